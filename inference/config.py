@@ -1,0 +1,60 @@
+"""ServerConfig: every setting of the server, from CLI flags or `LLM_SERVING_*` environment variables.
+
+The Kubernetes ConfigMap that `infra/` generates sets exactly these environment variables, so the
+names here are part of the contract between the two halves (see `env_name`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LLM_SERVING_"
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Quantization = Literal["none", "int8", "int8-weight-only", "int8-dynamic"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ServerConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    model_path: Path | None = Field(
+        None, description="Hugging Face model directory; none makes and serves the tiny demo model."
+    )
+    served_model_name: str | None = Field(None, description="Model id in the API; defaults to the directory name.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: LogLevel = "info"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
+    quantization: Quantization = "none"
+
+    api_key: str | None = Field(None, description="Bearer token required on /v1 routes; prefer api_key_file.")
+    api_key_file: Path | None = Field(None, description="File holding the bearer token (a mounted Secret).")
+
+    max_num_seqs: int = Field(64, ge=1, description="Sequences in the running batch at most.")
+    max_num_batched_tokens: int = Field(2048, ge=16, description="Tokens in one forward pass at most.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length; defaults to the model's.")
+    kv_cache_block_size: int = Field(16, ge=1, description="Tokens per KV cache block.")
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="KV cache budget; defaults to a fraction of free device memory."
+    )
+    max_queue_len: int = Field(256, ge=0, description="Requests waiting for admission at most; more get 429.")
+    drain_timeout_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ServerConfig:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set api_key or api_key_file, not both")
+        return self
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`, e.g. `max_num_seqs` -> `LLM_SERVING_MAX_NUM_SEQS`."""
+    if field not in ServerConfig.model_fields:
+        raise KeyError(f"ServerConfig has no field {field!r}")
+    return ENV_PREFIX + field.upper()

@@ -1,0 +1,59 @@
+"""What the API layer hands the engine and what it gets back: the engine's public vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    seed: int | None = None
+    stop_token_ids: frozenset[int] = frozenset()
+    logprobs: bool = False  # return the chosen token's log-probability
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. The last event of a request has `finish_reason` set."""
+
+    token_id: int
+    logprob: float | None = None
+    finish_reason: FinishReason | None = None
+
+
+class EngineError(Exception):
+    """Base of the errors the engine raises to the API layer."""
+
+
+class QueueFullError(EngineError):
+    """The waiting queue is at its configured bound; the caller should retry later (429)."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(f"the waiting queue is full; retry in {retry_after_seconds} s")
+        self.retry_after_seconds = retry_after_seconds
+
+
+class EngineNotReadyError(EngineError):
+    """The engine is loading, draining or stopped and admits no new request (503)."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt plus max_tokens does not fit the model's context (400)."""

@@ -1,0 +1,139 @@
+"""The metric catalog: every metric the server exports, by name, type, labels and buckets.
+
+This module is the seam between the two halves of the project. The server builds its Prometheus
+collectors from it; `infra/` generates dashboards, alert rules and autoscaling queries from the
+same names. It imports no torch so that infrastructure code can use it on a machine without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+
+class Kind(str, Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    def series_names(self) -> tuple[str, ...]:
+        """The time-series names Prometheus stores for this metric."""
+        if self.kind is Kind.HISTOGRAM:
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+
+# Latencies from a millisecond (a decode step on a GPU) to minutes (a long generation).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0)
+
+HTTP_REQUESTS = MetricSpec(
+    "http_requests_total", Kind.COUNTER, "HTTP requests by method, route and status code.",
+    ("method", "route", "status"),
+)
+HTTP_REQUEST_DURATION = MetricSpec(
+    "http_request_duration_seconds", Kind.HISTOGRAM, "HTTP request latency, headers to last byte.",
+    ("method", "route"), _LATENCY_BUCKETS,
+)
+REQUESTS_RUNNING = MetricSpec(
+    "llm_requests_running", Kind.GAUGE, "Sequences in the running batch of the engine."
+)
+REQUESTS_WAITING = MetricSpec(
+    "llm_requests_waiting", Kind.GAUGE, "Requests queued for admission into the running batch."
+)
+KV_CACHE_USAGE = MetricSpec(
+    "llm_kv_cache_usage_ratio", Kind.GAUGE, "Fraction of KV cache blocks in use, 0 to 1."
+)
+TIME_TO_FIRST_TOKEN = MetricSpec(
+    "llm_time_to_first_token_seconds", Kind.HISTOGRAM, "Time from arrival to the first generated token.",
+    (), _LATENCY_BUCKETS,
+)
+INTER_TOKEN_LATENCY = MetricSpec(
+    "llm_inter_token_latency_seconds", Kind.HISTOGRAM, "Time between consecutive generated tokens.",
+    (), _TOKEN_LATENCY_BUCKETS,
+)
+REQUEST_LATENCY = MetricSpec(
+    "llm_request_duration_seconds", Kind.HISTOGRAM, "End-to-end generation latency, arrival to finish.",
+    ("finish_reason",), _LATENCY_BUCKETS,
+)
+PROMPT_TOKENS = MetricSpec(
+    "llm_prompt_tokens_total", Kind.COUNTER, "Prompt tokens processed (prefill)."
+)
+GENERATION_TOKENS = MetricSpec(
+    "llm_generation_tokens_total", Kind.COUNTER, "Tokens generated (decode)."
+)
+REQUESTS_REJECTED = MetricSpec(
+    "llm_requests_rejected_total", Kind.COUNTER, "Requests refused before admission, by reason.",
+    ("reason",),
+)
+REQUESTS_CANCELLED = MetricSpec(
+    "llm_requests_cancelled_total", Kind.COUNTER, "Requests cancelled by a client disconnect or abort."
+)
+PREEMPTIONS = MetricSpec(
+    "llm_preemptions_total", Kind.COUNTER, "Sequences preempted for recompute because KV memory ran out."
+)
+DEVICE_MEMORY_USED = MetricSpec(
+    "llm_device_memory_used_bytes", Kind.GAUGE, "Accelerator (or host) memory in use by the server.",
+    ("device",),
+)
+DEVICE_MEMORY_TOTAL = MetricSpec(
+    "llm_device_memory_total_bytes", Kind.GAUGE, "Accelerator (or host) memory available to the server.",
+    ("device",),
+)
+MODEL_INFO = MetricSpec(
+    "llm_model_info", Kind.GAUGE, "Always 1; labels describe the served model.",
+    ("model", "dtype", "device", "quantization"),
+)
+
+CATALOG: tuple[MetricSpec, ...] = (
+    HTTP_REQUESTS,
+    HTTP_REQUEST_DURATION,
+    REQUESTS_RUNNING,
+    REQUESTS_WAITING,
+    KV_CACHE_USAGE,
+    TIME_TO_FIRST_TOKEN,
+    INTER_TOKEN_LATENCY,
+    REQUEST_LATENCY,
+    PROMPT_TOKENS,
+    GENERATION_TOKENS,
+    REQUESTS_REJECTED,
+    REQUESTS_CANCELLED,
+    PREEMPTIONS,
+    DEVICE_MEMORY_USED,
+    DEVICE_MEMORY_TOTAL,
+    MODEL_INFO,
+)
+
+
+def series_names() -> frozenset[str]:
+    """Every series name a PromQL query may use against this server."""
+    return frozenset(series for spec in CATALOG for series in spec.series_names())
+
+
+def build_collectors(registry: CollectorRegistry) -> dict[str, MetricWrapperBase]:
+    """One prometheus_client collector per catalog entry, registered in `registry`, keyed by name."""
+    collectors: dict[str, MetricWrapperBase] = {}
+    for spec in CATALOG:
+        # prometheus_client appends `_total` to counters itself.
+        name = spec.name.removesuffix("_total") if spec.kind is Kind.COUNTER else spec.name
+        if spec.kind is Kind.COUNTER:
+            collectors[spec.name] = Counter(name, spec.help, spec.labels, registry=registry)
+        elif spec.kind is Kind.GAUGE:
+            collectors[spec.name] = Gauge(name, spec.help, spec.labels, registry=registry)
+        else:
+            collectors[spec.name] = Histogram(
+                name, spec.help, spec.labels, registry=registry, buckets=spec.buckets
+            )
+    return collectors

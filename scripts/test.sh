@@ -5,6 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.tools/checkov/bin:$PATH"
 .venv/bin/python -m ruff check infra inference tests || exit 1
+bash scripts/lint.sh || exit 1
 .venv/bin/python -m pytest "$@"
 status=$?
 if [ "$status" -eq 5 ]; then

@@ -17,6 +17,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: frozenset[int] = frozenset()
     logprobs: bool = False  # return the chosen token's log-probability
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
 
     @property
     def greedy(self) -> bool:
@@ -53,6 +54,10 @@ class QueueFullError(EngineError):
 
 class EngineNotReadyError(EngineError):
     """The engine is loading, draining or stopped and admits no new request (503)."""
+
+
+class InvalidRequestError(EngineError):
+    """The request cannot run as given: no prompt, nothing to generate, ids outside the vocabulary (400)."""
 
 
 class PromptTooLongError(EngineError):

@@ -1,0 +1,87 @@
+"""`python -m inference serve | make-tiny-model | bench | quantize`.
+
+Every `serve` flag is generated from a ServerConfig field and is also its `LLM_SERVING_*` variable;
+a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from inference.config import ServerConfig, env_name
+
+# Subcommands owned by their own modules, each exposing `main(argv) -> int`.
+_DELEGATED = {"bench": "inference.bench", "quantize": "inference.quantize"}
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for field, info in ServerConfig.model_fields.items():
+        description = info.description or field.replace("_", " ")
+        parser.add_argument(
+            flag_name(field),
+            dest=field,
+            default=argparse.SUPPRESS,  # absent flags leave the field to the environment or default
+            metavar=field.upper(),
+            help=f"{description} [env {env_name(field)}; default {info.default!r}]",
+        )
+
+
+def config_from_flags(flags: dict[str, Any]) -> ServerConfig:
+    # pydantic-settings ranks init arguments above environment variables: flags win.
+    return ServerConfig(**flags)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags = {field: value for field, value in vars(args).items() if field in ServerConfig.model_fields}
+    try:
+        config = config_from_flags(flags)
+    except ValidationError as error:
+        print(f"invalid server configuration:\n{error}", file=sys.stderr)
+        return 2
+    from inference.server import serve
+
+    return serve(config)
+
+
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from inference.tiny_model import make_tiny_model
+
+    print(make_tiny_model(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="serve the OpenAI-compatible API")
+    add_config_flags(serve_parser)
+    serve_parser.set_defaults(handler=_serve)
+    tiny_parser = commands.add_parser("make-tiny-model", help="write the random-weight demo model")
+    tiny_parser.add_argument("--out", type=Path, required=True, help="directory to write it to")
+    tiny_parser.set_defaults(handler=_make_tiny_model)
+    for name, module in _DELEGATED.items():
+        commands.add_parser(name, help=f"see `{name} --help` ({module})", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in _DELEGATED:
+        return int(importlib.import_module(_DELEGATED[arguments[0]]).main(arguments[1:]) or 0)
+    args = build_parser().parse_args(arguments)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

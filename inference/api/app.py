@@ -1,0 +1,74 @@
+"""The FastAPI application: routes, error shape, auth, observation, and the model's life cycle.
+
+The model loads in the background after the port opens, so liveness answers at once and readiness
+says 503 until the engine runs; a slow load is then visible to probes instead of a refused port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from inference.api import probes, v1
+from inference.api.auth import ApiKeyMiddleware
+from inference.api.errors import install_error_handlers
+from inference.api.middleware import RequestObserver
+from inference.api.state import ServingState
+from inference.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+
+async def start_engine(state: ServingState) -> None:
+    """Load the model and start the engine; a failure is recorded for the server to exit on."""
+    # Imported here so the API (schemas, errors, auth) stays importable without the torch stack.
+    from inference.engine.async_engine import AsyncEngine
+    from inference.model_loading import load_model
+
+    try:
+        model = await asyncio.to_thread(load_model, state.config)
+        engine = AsyncEngine(model, state.config, collectors=state.collectors)
+        await engine.start()
+    except Exception as error:
+        state.startup_error = error
+        logger.error("model loading failed: %s", error, exc_info=error)
+        return
+    state.model, state.engine = model, engine
+    logger.info(
+        "ready",
+        extra={"model": model.name, "device": str(model.device), "max_model_len": model.max_model_len},
+    )
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    state = ServingState.from_config(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        starting = asyncio.create_task(start_engine(state))
+        try:
+            yield
+        finally:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            if state.engine is not None:
+                await state.engine.stop()
+
+    app = FastAPI(title="llm-serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serving = state
+    install_error_handlers(app)
+    app.include_router(probes.router)
+    app.include_router(v1.router)
+    # Added last, so it runs first: every request is counted and logged, refused ones included.
+    app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    app.add_middleware(RequestObserver, collectors=state.collectors)
+    return app
+
+
+def serving_state(app: FastAPI) -> ServingState:
+    return app.state.serving

@@ -1,0 +1,150 @@
+"""From engine requests to choice deltas: admission, detokenization, stop strings, n choices merged.
+
+Every engine request opened here is closed on every path (finish, stop string, error, client
+disconnect): closing its event iterator is what makes the engine abort it and free its KV memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from transformers import PreTrainedTokenizerBase
+
+from inference.api.text_output import IncrementalDetokenizer, StopStringMatcher
+from inference.engine.request import GenerationRequest, TokenEvent
+
+if TYPE_CHECKING:
+    from inference.engine.async_engine import AsyncEngine
+    from inference.engine.stream import RequestStream
+
+T = TypeVar("T")
+
+
+@dataclass
+class ChoiceDelta:
+    index: int
+    text: str
+    tokens: list[TokenEvent] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class OpenedRequest:
+    """An engine request past admission: its first event has arrived, so refusals were raised already."""
+
+    def __init__(
+        self, engine: AsyncEngine, request_id: str, first: TokenEvent | None, rest: RequestStream
+    ) -> None:
+        self._engine = engine
+        self._request_id = request_id
+        self._first = first
+        self._rest = rest
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        if self._first is not None:
+            yield self._first
+        async for event in self._rest:
+            yield event
+
+    def finish_on_stop_string(self) -> None:
+        # A normal finish for the engine, unlike closing the stream, which counts as a cancellation.
+        self._engine.abort(self._request_id, reason="stop")
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
+
+
+async def open_request(engine: AsyncEngine, request: GenerationRequest) -> OpenedRequest:
+    events = engine.generate(request)
+    try:
+        first = await anext(events, None)
+    except BaseException:
+        await events.aclose()
+        raise
+    return OpenedRequest(engine, request.request_id, first, events)
+
+
+async def open_all(engine: AsyncEngine, requests: Sequence[GenerationRequest]) -> list[OpenedRequest]:
+    """Open every request or none: if one is refused, the ones already admitted are aborted."""
+    tasks = [asyncio.ensure_future(open_request(engine, request)) for request in requests]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is None:
+                await task.result().aclose()
+        raise
+    return [task.result() for task in tasks]
+
+
+async def choice_deltas(
+    index: int,
+    opened: OpenedRequest,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_token_ids: Sequence[int],
+    stop: Sequence[str],
+) -> AsyncIterator[ChoiceDelta]:
+    """Text deltas of one choice; the last one carries the finish reason."""
+    detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids)
+    matcher = StopStringMatcher(stop)
+    try:
+        async for event in opened.events():
+            final = event.finish_reason is not None
+            new_text = detokenizer.push(event.token_id) + (detokenizer.flush() if final else "")
+            text, stopped = matcher.feed(new_text, final=final)
+            if stopped and not final:
+                opened.finish_on_stop_string()
+            finish_reason = "stop" if stopped else event.finish_reason
+            yield ChoiceDelta(index, text, [event], finish_reason)
+            if finish_reason is not None:
+                return
+        # The engine ended the request without a finish reason: it was stopped under us.
+        text, _ = matcher.feed(detokenizer.flush(), final=True)
+        yield ChoiceDelta(index, text, [], "abort")
+    finally:
+        await opened.aclose()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+_EXHAUSTED = object()
+
+
+async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+    """Items of all streams as each produces them; closing the merge cancels and closes every stream."""
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[T]) -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait(item)
+        except Exception as error:
+            queue.put_nowait(_Failed(error))
+        finally:
+            queue.put_nowait(_EXHAUSTED)
+
+    tasks = [asyncio.ensure_future(pump(stream)) for stream in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is _EXHAUSTED:
+                remaining -= 1
+            elif isinstance(item, _Failed):
+                raise item.error
+            else:
+                yield item  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,43 @@
+"""Endpoints for the platform rather than for users: Kubernetes probes and the Prometheus scrape."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inference.api.state import ServingState
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    # Answered by the event loop itself: if this fails, the process is wedged and should restart.
+    return {"status": "alive"}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    state = _state(request)
+    return JSONResponse({"status": state.phase}, status_code=200 if state.ready else 503)
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """The seed's health check (Docker HEALTHCHECK, old probes): readiness with the model named."""
+    state = _state(request)
+    body = {
+        "status": "healthy" if state.ready else state.phase,
+        "model": state.model.name if state.model is not None else None,
+    }
+    return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics(request: Request) -> Response:
+    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)

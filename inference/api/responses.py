@@ -1,0 +1,224 @@
+"""Choice deltas to OpenAI bodies: whole responses, SSE chunks, usage, logprobs; chat and text."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from transformers import PreTrainedTokenizerBase
+
+from inference.api.errors import APIError, from_engine_error
+from inference.api.generation import ChoiceDelta
+from inference.api.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    Usage,
+)
+from inference.engine.request import TokenEvent
+
+
+@dataclass
+class ChoiceResult:
+    """A choice accumulated from its deltas."""
+
+    index: int
+    text: str = ""
+    tokens: list[TokenEvent] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.text += delta.text
+        self.tokens.extend(delta.tokens)
+        self.finish_reason = delta.finish_reason or self.finish_reason
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+class Formatter(Protocol):
+    def stream_start(self, choice_count: int) -> list[dict[str, Any]]: ...
+    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any] | None: ...
+    def stream_usage(self, totals: Usage) -> dict[str, Any]: ...
+    def complete(self, choices: Sequence[ChoiceResult], totals: Usage) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Identity:
+    id: str
+    model: str
+    tokenizer: PreTrainedTokenizerBase
+    want_logprobs: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+
+class ChatFormatter(_Identity):
+    def _logprobs(self, tokens: Sequence[TokenEvent]) -> ChatLogprobs | None:
+        if not self.want_logprobs:
+            return None
+        content = []
+        for event in tokens:
+            text = self.token_text(event.token_id)
+            logprob = event.logprob or 0.0
+            content.append(ChatTokenLogprob(token=text, logprob=logprob, bytes=list(text.encode())))
+        return ChatLogprobs(content=content)
+
+    def _chunk(self, choices: list[ChatChunkChoice], totals: Usage | None = None) -> dict[str, Any]:
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=totals
+        ).model_dump()
+
+    def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
+        return [
+            self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+            for index in range(choice_count)
+        ]
+
+    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any] | None:
+        if not delta.text and delta.finish_reason is None:
+            return None
+        content = ChatDelta(content=delta.text) if delta.text else ChatDelta()
+        choice = ChatChunkChoice(
+            index=delta.index,
+            delta=content,
+            logprobs=self._logprobs(delta.tokens),
+            finish_reason=delta.finish_reason,
+        )
+        return self._chunk([choice])
+
+    def stream_usage(self, totals: Usage) -> dict[str, Any]:
+        return self._chunk([], totals)
+
+    def complete(self, choices: Sequence[ChoiceResult], totals: Usage) -> dict[str, Any]:
+        body = ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                ChatChoice(
+                    index=choice.index,
+                    message=AssistantMessage(content=choice.text),
+                    logprobs=self._logprobs(choice.tokens),
+                    finish_reason=choice.finish_reason,
+                )
+                for choice in choices
+            ],
+            usage=totals,
+        )
+        return body.model_dump()
+
+
+class CompletionFormatter(_Identity):
+    def _logprobs(self, tokens: Sequence[TokenEvent]) -> CompletionLogprobs | None:
+        if not self.want_logprobs:
+            return None
+        texts = [self.token_text(event.token_id) for event in tokens]
+        values = [event.logprob or 0.0 for event in tokens]
+        offsets, position = [], 0
+        for text in texts:
+            offsets.append(position)
+            position += len(text)
+        return CompletionLogprobs(
+            tokens=texts,
+            token_logprobs=values,
+            top_logprobs=[{text: value} for text, value in zip(texts, values, strict=True)],
+            text_offset=offsets,
+        )
+
+    def _body(self, choices: list[CompletionChoice], totals: Usage | None) -> dict[str, Any]:
+        return Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=totals
+        ).model_dump()
+
+    def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
+        return []
+
+    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any] | None:
+        if not delta.text and delta.finish_reason is None:
+            return None
+        choice = CompletionChoice(
+            index=delta.index,
+            text=delta.text,
+            logprobs=self._logprobs(delta.tokens),
+            finish_reason=delta.finish_reason,
+        )
+        return self._body([choice], None)
+
+    def stream_usage(self, totals: Usage) -> dict[str, Any]:
+        return self._body([], totals)
+
+    def complete(self, choices: Sequence[ChoiceResult], totals: Usage) -> dict[str, Any]:
+        return self._body(
+            [
+                CompletionChoice(
+                    index=choice.index,
+                    text=choice.text,
+                    logprobs=self._logprobs(choice.tokens),
+                    finish_reason=choice.finish_reason,
+                )
+                for choice in choices
+            ],
+            totals,
+        )
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+async def collect(deltas: AsyncIterator[ChoiceDelta], choice_count: int) -> list[ChoiceResult]:
+    results = [ChoiceResult(index) for index in range(choice_count)]
+    async for delta in deltas:
+        results[delta.index].add(delta)
+    return results
+
+
+async def sse_stream(
+    deltas: AsyncIterator[ChoiceDelta],
+    formatter: Formatter,
+    choice_count: int,
+    prompt_tokens: int,
+    include_usage: bool,
+    on_finish: Callable[[int], None],
+) -> AsyncIterator[str]:
+    """The SSE body: role chunks, content chunks, finish chunks, optional usage, `[DONE]`.
+
+    An error after the first byte cannot change the status any more; it is sent as an error event.
+    """
+    completion_tokens = 0
+    try:
+        for chunk in formatter.stream_start(choice_count):
+            yield sse(chunk)
+        async for delta in deltas:
+            completion_tokens += len(delta.tokens)
+            chunk = formatter.stream_delta(delta)
+            if chunk is not None:
+                yield sse(chunk)
+        if include_usage:
+            yield sse(formatter.stream_usage(usage(prompt_tokens, completion_tokens)))
+    except Exception as error:
+        failure = error if isinstance(error, APIError) else from_engine_error(error, prompt_param="prompt")
+        yield sse(failure.body())
+    finally:
+        on_finish(completion_tokens)
+    yield sse("[DONE]")

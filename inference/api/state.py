@@ -1,0 +1,71 @@
+"""What the routes share for the life of the process: config, metrics, the model, the engine, drain state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+
+from inference import metrics
+from inference.api.auth import load_api_key
+from inference.api.errors import APIError
+from inference.config import ServerConfig
+
+if TYPE_CHECKING:
+    from inference.engine.async_engine import AsyncEngine
+    from inference.model_loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingState:
+    config: ServerConfig
+    api_key: bytes | None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    collectors: dict[str, MetricWrapperBase] = field(default_factory=dict)
+    model: LoadedModel | None = None
+    engine: AsyncEngine | None = None
+    draining: bool = False
+    startup_error: BaseException | None = None
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> ServingState:
+        state = cls(config=config, api_key=load_api_key(config))
+        state.collectors = metrics.build_collectors(state.registry)
+        return state
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.engine is not None and self.engine.ready
+
+    @property
+    def phase(self) -> str:
+        if self.draining:
+            return "draining"
+        if self.startup_error is not None:
+            return "failed"
+        if self.engine is None:
+            return "loading"
+        return "ready" if self.engine.ready else "engine_stopped"
+
+    def serving_engine(self) -> tuple[LoadedModel, AsyncEngine]:
+        """The model and engine for a new request, or 503 while loading, draining or stopped."""
+        if not self.ready or self.model is None or self.engine is None:
+            self.collectors[metrics.REQUESTS_REJECTED.name].labels(reason=self.phase).inc()
+            raise APIError(503, f"the server is not ready ({self.phase})", code="not_ready",
+                           headers={"Retry-After": "1"})
+        return self.model, self.engine
+
+    async def drain(self) -> bool:
+        """Refuse new work at once, let in-flight requests finish; True when all did within the grace."""
+        self.draining = True
+        if self.engine is None:
+            return True
+        self.engine.begin_drain()
+        finished = await self.engine.wait_idle(self.config.drain_timeout_seconds)
+        logger.info("drain finished", extra={"all_requests_completed": finished})
+        return finished

@@ -1,0 +1,201 @@
+"""`python -m inference bench`: the engine against the seed's batching, on the same workload, in one run.
+
+Two arrival patterns: every request at once (`burst`) and Poisson arrivals at a steady rate
+(`steady`). For each, both systems serve the same requests in-process (no HTTP, so that the
+comparison is of batching alone) and the run prints JSON: output tokens/s, time to first token
+and inter-token latency percentiles per system, and the engine/baseline ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.baseline import WindowBatchingBaseline
+from inference.bench_workload import RequestTiming, WorkItem, make_workload, summarize
+from inference.config import ServerConfig
+from inference.engine.async_engine import AsyncEngine
+from inference.engine.request import GenerationRequest, SamplingParams
+from inference.model_loading import LoadedModel, load_model
+
+MODES = ("burst", "steady")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model_path: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    num_requests: int = 256
+    prompt_tokens: tuple[int, int] = (16, 256)
+    output_tokens: tuple[int, int] = (16, 128)
+    rate_per_second: float = 48.0
+    modes: tuple[str, ...] = MODES
+    max_num_seqs: int = 64
+    max_batch_size: int = 16
+    batch_window_seconds: float = 0.05
+    seed: int = 0
+
+
+async def _drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
+    start = time.monotonic()
+
+    async def one(item: WorkItem) -> RequestTiming:
+        await asyncio.sleep(max(0.0, start + item.arrival_offset - time.monotonic()))
+        arrival = time.monotonic()
+        sampling = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True)
+        stream = engine.generate(GenerationRequest(item.request_id, item.prompt_token_ids, sampling))
+        return RequestTiming(arrival, [time.monotonic() async for _ in stream])
+
+    return list(await asyncio.gather(*(one(item) for item in workload)))
+
+
+def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> list[RequestTiming]:
+    config = ServerConfig(
+        model_path=settings.model_path,
+        max_num_seqs=settings.max_num_seqs,
+        max_queue_len=len(workload),
+        max_model_len=loaded.max_model_len,
+    )
+
+    async def main() -> list[RequestTiming]:
+        engine = AsyncEngine(loaded, config)
+        await engine.start()
+        try:
+            return await _drive_engine(engine, workload)
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+def run_baseline(
+    loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+) -> list[RequestTiming]:
+    tokenizer = loaded.tokenizer
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    baseline = WindowBatchingBaseline(
+        loaded.model, pad_token_id, settings.max_batch_size, settings.batch_window_seconds
+    )
+    return baseline.run(workload)
+
+
+def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
+    return {
+        "output_tokens_per_s": engine["output_tokens_per_s"] / baseline["output_tokens_per_s"],
+        "ttft_p50": engine["ttft_s"]["p50"] / baseline["ttft_s"]["p50"],
+        "inter_token_latency_p50": engine["inter_token_latency_s"]["p50"]
+        / baseline["inter_token_latency_s"]["p50"],
+    }
+
+
+def run_bench(settings: BenchSettings) -> dict[str, object]:
+    loaded = load_model(
+        ServerConfig(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
+    )
+    vocab_size = loaded.model.get_input_embeddings().num_embeddings
+    report: dict[str, object] = {
+        "model": loaded.name,
+        "device": loaded.device.type,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "workload": {
+            "num_requests": settings.num_requests,
+            "prompt_tokens": list(settings.prompt_tokens),
+            "output_tokens": list(settings.output_tokens),
+            "seed": settings.seed,
+        },
+        "baseline": {
+            "max_batch_size": settings.max_batch_size,
+            "batch_window_s": settings.batch_window_seconds,
+        },
+    }
+    for mode in settings.modes:
+        rate = settings.rate_per_second if mode == "steady" else None
+        workload = make_workload(
+            settings.num_requests,
+            settings.prompt_tokens,
+            settings.output_tokens,
+            vocab_size,
+            rate,
+            settings.seed,
+        )
+        baseline = summarize(run_baseline(loaded, settings, workload))
+        engine = summarize(run_engine(loaded, settings, workload))
+        report[mode] = {
+            "arrival_rate_per_s": rate,
+            "engine": engine,
+            "baseline": baseline,
+            "engine_over_baseline": _ratios(engine, baseline),
+        }
+    return report
+
+
+def _length_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    bounds = (int(low), int(high or low))
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    return bounds
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="python -m inference bench",
+        description=__doc__,
+        epilog="With --quantization int8 it compares the unquantized and the int8 model instead; "
+        "see `python -m inference bench --quantization int8 --help`.",
+    )
+    defaults = BenchSettings()
+    parser.add_argument("--model-path", type=Path, default=None, help="default: the tiny demo model")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=defaults.dtype)
+    parser.add_argument("--num-requests", type=int, default=defaults.num_requests)
+    parser.add_argument(
+        "--prompt-tokens", type=_length_range, default=defaults.prompt_tokens, metavar="MIN:MAX"
+    )
+    parser.add_argument(
+        "--output-tokens", type=_length_range, default=defaults.output_tokens, metavar="MIN:MAX"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=defaults.rate_per_second, help="steady mode, requests/s"
+    )
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(defaults.modes))
+    parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    return BenchSettings(
+        model_path=args.model_path,
+        device=args.device,
+        dtype=args.dtype,
+        num_requests=args.num_requests,
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        rate_per_second=args.rate,
+        modes=tuple(args.modes),
+        max_num_seqs=args.max_num_seqs,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(argument.split("=")[0] == "--quantization" for argument in arguments):
+        # The int8 comparison (unquantized vs quantized, same process) has its own workload and flags.
+        from inference.quantize.bench import main as quantization_bench
+
+        return quantization_bench(arguments)
+    args = build_parser().parse_args(arguments)
+    print(json.dumps(run_bench(settings_from_args(args)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

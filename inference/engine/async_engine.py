@@ -1,0 +1,188 @@
+"""The engine as the API layer sees it: submit a request, iterate its tokens as they come.
+
+The model loop runs on its own thread, never on the event loop. Each iteration it schedules
+under a lock, runs the forward pass without it (so submissions and aborts never wait for the
+model), commits the sampled tokens under the lock again and hands them to the event loop with
+one `call_soon_threadsafe` per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from typing import Literal
+
+from prometheus_client.metrics import MetricWrapperBase
+
+from inference.config import ServerConfig
+from inference.engine.llm_engine import EngineCore, StepOutput
+from inference.engine.request import EngineNotReadyError, GenerationRequest, QueueFullError
+from inference.engine.sequence import Sequence
+from inference.engine.stream import RequestStream, StreamItem
+from inference.engine.telemetry import EngineTelemetry
+from inference.model_loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+# How long the idle loop sleeps between gauge refreshes when nothing wakes it.
+_IDLE_POLL_SECONDS = 0.5
+_IDLE_CHECK_SECONDS = 0.02
+_MAX_RETRY_AFTER_SECONDS = 60
+_LATENCY_SMOOTHING = 0.1
+
+
+class AsyncEngine:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: ServerConfig,
+        collectors: dict[str, MetricWrapperBase] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.config = config
+        self._telemetry = EngineTelemetry(collectors, loaded.device)
+        self._core: EngineCore | None = None
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._stopping = False
+        self._mean_latency_seconds = 1.0
+
+    async def start(self) -> None:
+        """Build the KV cache and run the warm-up pass (off the event loop), then start the loop."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._core = await asyncio.to_thread(EngineCore, self.loaded, self.config)
+        self._telemetry.model_loaded(self.loaded.name, self.loaded.dtype, self.loaded.quantization)
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the loop after its current step; requests still in flight end with EngineNotReadyError."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self._fail_all(EngineNotReadyError("the engine stopped before the request finished"))
+
+    @property
+    def ready(self) -> bool:
+        alive = self._thread is not None and self._thread.is_alive()
+        return self._core is not None and alive and not self._draining and not self._stopping
+
+    def begin_drain(self) -> None:
+        """Refuse new requests; those already submitted run to the end."""
+        self._draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is running or waiting; False if `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running, waiting, _ = self.stats()
+            if running + waiting == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_IDLE_CHECK_SECONDS)
+
+    def stats(self) -> tuple[int, int, float]:
+        """(running, waiting, KV usage 0-1)."""
+        if self._core is None:
+            return 0, 0, 0.0
+        with self._lock:
+            return self._core.num_running, self._core.num_waiting, self._core.blocks.usage
+
+    def generate(self, request: GenerationRequest) -> RequestStream:
+        """Submit `request`; raises EngineNotReadyError, QueueFullError, PromptTooLongError or
+        InvalidRequestError here, before any token, when it cannot be admitted."""
+        core = self._core
+        if core is None or not self.ready:
+            raise EngineNotReadyError("the engine is not accepting requests (starting, draining or stopped)")
+        seq = Sequence.from_request(request, time.monotonic(), self.loaded.device)
+        with self._lock:
+            core.validate(request)
+            # Requests that get a running slot at the next step are not queued behind anyone.
+            free_slots = max(0, self.config.max_num_seqs - core.num_running)
+            if core.num_waiting >= self.config.max_queue_len + free_slots:
+                self._telemetry.rejected("queue_full")
+                raise QueueFullError(self._retry_after_seconds(core.num_waiting))
+            seq.sink = RequestStream(request.request_id, on_abandon=self.abort)
+            core.add(seq)
+        self._wakeup.set()
+        return seq.sink
+
+    def abort(self, request_id: str, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
+        """End a request and free its KV blocks. `cancelled`: the client went away (counted as a
+        cancellation); `stop`: the API layer matched a stop string, a normal finish."""
+        if self._core is None:
+            return
+        with self._lock:
+            seq = self._core.abort(request_id, "abort" if reason == "cancelled" else "stop")
+        if seq is None:
+            return
+        if reason == "cancelled":
+            self._telemetry.cancelled()
+        self._telemetry.finished(seq, time.monotonic())
+        self._send([(seq.sink, None)])
+        self._wakeup.set()
+
+    def _retry_after_seconds(self, waiting: int) -> int:
+        estimate = self._mean_latency_seconds * (waiting + 1) / self.config.max_num_seqs
+        return max(1, min(_MAX_RETRY_AFTER_SECONDS, math.ceil(estimate)))
+
+    def _run(self) -> None:
+        core = self._core
+        assert core is not None
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                with self._lock:
+                    chunks = core.schedule()
+                    self._telemetry.load(core.num_running, core.num_waiting, core.blocks.usage)
+                if not chunks:
+                    self._wakeup.wait(_IDLE_POLL_SECONDS)
+                    continue
+                preemptions_before = core.scheduler.num_preemptions
+                sampled = core.execute(chunks)
+                with self._lock:
+                    outputs = core.commit(chunks, sampled)
+                self._telemetry.preempted(core.scheduler.num_preemptions - preemptions_before)
+                self._publish(outputs)
+        except Exception:
+            logger.exception("the engine loop failed; failing every request in flight")
+            self._fail_all(EngineNotReadyError("the engine failed while running the request"))
+
+    def _publish(self, outputs: list[StepOutput]) -> None:
+        now = time.monotonic()
+        deliveries: list[tuple[RequestStream, StreamItem]] = []
+        for output in outputs:
+            self._telemetry.token(output.seq, now)
+            if output.event.finish_reason is not None:
+                self._telemetry.finished(output.seq, now)
+                latency = now - output.seq.arrival_time
+                self._mean_latency_seconds += _LATENCY_SMOOTHING * (latency - self._mean_latency_seconds)
+            deliveries.append((output.seq.sink, output.event))
+        self._send(deliveries)
+
+    def _fail_all(self, error: EngineNotReadyError) -> None:
+        if self._core is None:
+            return
+        with self._lock:
+            aborted = [self._core.abort(request_id) for request_id in list(self._core.sequences)]
+        self._send([(seq.sink, error) for seq in aborted if seq is not None])
+
+    def _send(self, deliveries: list[tuple[RequestStream, StreamItem]]) -> None:
+        if not deliveries or self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(_deliver, deliveries)
+
+
+def _deliver(deliveries: list[tuple[RequestStream, StreamItem]]) -> None:
+    for stream, item in deliveries:
+        stream.push(item)

@@ -1,0 +1,168 @@
+"""Paged attention plugged into Hugging Face models through `transformers.AttentionInterface`.
+
+The model is called on one flat batch `[1, T]` holding every scheduled token of the step, with
+each token's own position id. Every attention layer lands here: it writes the step's keys and
+values into the paged KV cache, then attends per sequence over that sequence's cached context.
+Any architecture that routes attention through the interface (Llama, Qwen2, Mistral, GPT-NeoX, ...)
+runs unchanged. The step's layout reaches this function through a context variable, because the
+model's forward signature is not ours to extend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "llm_serving_paged"
+
+
+@dataclass(frozen=True)
+class PrefillSpan:
+    """Query rows `[row_start, row_end)` of one sequence whose first token sits at `position`."""
+
+    row_start: int
+    row_end: int
+    position: int
+    context_slots: torch.Tensor | None  # KV slots of positions [0, position + rows); None when position == 0
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    slot_mapping: torch.Tensor  # [T]: the KV slot each token of the step writes
+    prefills: list[PrefillSpan]
+    decode_rows: torch.Tensor  # [B]: rows of single-token decodes, batched together
+    decode_slots: torch.Tensor  # [B, L]: KV slots of each decode's context, padded
+    decode_lengths: torch.Tensor  # [B]: context length of each decode, the new token included
+
+
+@dataclass
+class LayerCache:
+    keys: torch.Tensor  # [num_slots, kv_heads, head_dim]
+    values: torch.Tensor
+
+
+@dataclass
+class StepContext:
+    layout: StepLayout | None  # None: a plain causal pass over one sequence, nothing cached
+    caches: dict[int, LayerCache]
+    # Filled by a pass without layout: what each layer would store, to size the cache.
+    observed: dict[int, tuple[int, int, torch.dtype]]
+
+
+_current_step: ContextVar[StepContext | None] = ContextVar("llm_serving_step", default=None)
+
+
+@contextlib.contextmanager
+def step_context(context: StepContext) -> Iterator[None]:
+    token = _current_step.set(context)
+    try:
+        yield
+    finally:
+        _current_step.reset(token)
+
+
+def _window_mask(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Causal mask, narrowed to a sliding window when the layer has one (True means attend)."""
+    allowed = key_positions[None, :] <= query_positions[:, None]
+    if window is not None:
+        allowed &= key_positions[None, :] > query_positions[:, None] - window
+    return allowed
+
+
+def _attend(query, key, value, scaling: float, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
+    )
+
+
+def _gather(cache_tensor: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """`cache_tensor[slots]` as [B, kv_heads, L, head_dim]; index_select is much faster on CPU."""
+    rows, length = slots.shape
+    gathered = cache_tensor.index_select(0, slots.flatten())
+    return gathered.view(rows, length, *cache_tensor.shape[1:]).transpose(1, 2)
+
+
+def _decode_attention(
+    query: torch.Tensor,  # [heads, B, head_dim]: one new token per sequence
+    cache: LayerCache,
+    layout: StepLayout,
+    scaling: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    heads, batch, head_dim = query.shape
+    keys, values = _gather(cache.keys, layout.decode_slots), _gather(cache.values, layout.decode_slots)
+    kv_heads = keys.shape[1]
+    # The query heads sharing a KV head become that head's query rows: GQA without copying KV.
+    grouped_query = query.transpose(0, 1).reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    key_positions = torch.arange(layout.decode_slots.shape[1], device=query.device)
+    mask = key_positions[None, :] < layout.decode_lengths[:, None]
+    if sliding_window is not None:
+        mask &= key_positions[None, :] >= layout.decode_lengths[:, None] - sliding_window
+    attended = F.scaled_dot_product_attention(
+        grouped_query, keys, values, attn_mask=mask[:, None, None, :], scale=scaling
+    )
+    return attended.reshape(batch, heads, head_dim)
+
+
+def paged_attention(
+    module: nn.Module,
+    query: torch.Tensor,  # [1, heads, T, head_dim]
+    key: torch.Tensor,  # [1, kv_heads, T, head_dim]
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    context = _current_step.get()
+    if context is None:
+        raise RuntimeError("the paged attention ran outside an engine step")
+    layer = module.layer_idx
+    if context.layout is None:
+        context.observed[layer] = (key.shape[1], key.shape[3], key.dtype)
+        total = query.shape[2]
+        positions = torch.arange(total, device=query.device)
+        mask = _window_mask(positions, positions, sliding_window)
+        return _attend(query, key, value, scaling, mask, False).transpose(1, 2), None
+
+    layout, cache = context.layout, context.caches[layer]
+    new_keys, new_values = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [T, kv_heads, head_dim]
+    cache.keys.index_copy_(0, layout.slot_mapping, new_keys)
+    cache.values.index_copy_(0, layout.slot_mapping, new_values)
+    output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [T, heads, head_dim]
+
+    for span in layout.prefills:
+        rows = slice(span.row_start, span.row_end)
+        span_query = query[:, :, rows]
+        if span.context_slots is None and sliding_window is None:
+            attended = _attend(span_query, key[:, :, rows], value[:, :, rows], scaling, None, True)
+        else:
+            slots = span.context_slots if span.context_slots is not None else layout.slot_mapping[rows]
+            span_keys = _gather(cache.keys, slots[None])
+            span_values = _gather(cache.values, slots[None])
+            query_positions = torch.arange(
+                span.position, span.position + span_query.shape[2], device=query.device
+            )
+            key_positions = torch.arange(slots.shape[0], device=query.device)
+            mask = _window_mask(query_positions, key_positions, sliding_window)
+            attended = _attend(span_query, span_keys, span_values, scaling, mask, False)
+        output[rows] = attended[0].transpose(0, 1)
+
+    if layout.decode_rows.numel():
+        output[layout.decode_rows] = _decode_attention(
+            query[0, :, layout.decode_rows], cache, layout, scaling, sliding_window
+        )
+    return output.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention)

@@ -1,0 +1,153 @@
+"""The synchronous engine core: admit sequences, run steps, report the tokens each step produced.
+
+Not thread-safe; `AsyncEngine` serialises access. `step()` is schedule + execute + commit; the
+async engine calls the three apart so that the forward pass runs without holding its lock.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from inference.config import ServerConfig
+from inference.engine.block_manager import BlockManager
+from inference.engine.model_runner import ModelRunner
+from inference.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    InvalidRequestError,
+    PromptTooLongError,
+    TokenEvent,
+)
+from inference.engine.sampler import sample
+from inference.engine.scheduler import Chunk, Scheduler
+from inference.engine.sequence import Sequence, SequenceStatus
+from inference.model_loading import LoadedModel
+
+# Without an explicit budget, the KV cache takes this share of the memory free after loading.
+_CUDA_FREE_MEMORY_SHARE = 0.85
+_HOST_FREE_MEMORY_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    seq: Sequence
+    event: TokenEvent
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * _CUDA_FREE_MEMORY_SHARE)
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * _HOST_FREE_MEMORY_SHARE)
+
+
+def plan_num_blocks(
+    config: ServerConfig, runner: ModelRunner, max_model_len: int, device: torch.device
+) -> int:
+    """KV blocks that fit the budget, never more than every sequence at full length could use."""
+    block_bytes = runner.kv_bytes_per_token * config.kv_cache_block_size
+    budget = config.kv_cache_memory_bytes or _free_memory_bytes(device)
+    blocks_per_sequence = -(-max_model_len // config.kv_cache_block_size)
+    num_blocks = min(budget // block_bytes, blocks_per_sequence * config.max_num_seqs)
+    if num_blocks < blocks_per_sequence:
+        raise ValueError(
+            f"the KV cache budget of {budget} bytes holds {num_blocks} blocks of "
+            f"{config.kv_cache_block_size} tokens; one sequence of max_model_len={max_model_len} "
+            f"needs {blocks_per_sequence}: "
+            "raise kv_cache_memory_bytes or lower max_model_len"
+        )
+    return int(num_blocks)
+
+
+def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
+    eos = loaded.model.generation_config.eos_token_id
+    if eos is None:
+        eos = loaded.tokenizer.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset(eos if isinstance(eos, list) else [eos])
+
+
+class EngineCore:
+    def __init__(self, loaded: LoadedModel, config: ServerConfig) -> None:
+        self.device = loaded.device
+        self.max_model_len = loaded.max_model_len
+        self.vocab_size = loaded.model.get_input_embeddings().num_embeddings
+        self.eos_token_ids = _stop_token_ids(loaded)
+        self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
+        num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len, loaded.device)
+        self.runner.allocate_cache(num_blocks)
+        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.sequences: dict[str, Sequence] = {}
+
+    def validate(self, request: GenerationRequest) -> None:
+        prompt, max_tokens = request.prompt_token_ids, request.sampling.max_tokens
+        if not prompt:
+            raise InvalidRequestError("the prompt has no tokens")
+        if max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be at least 1")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {self.vocab_size})")
+        if len(prompt) + max_tokens > self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"context length of {self.max_model_len} tokens"
+            )
+        if request.request_id in self.sequences:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
+
+    def add(self, seq: Sequence) -> None:
+        self.sequences[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str, finish_reason: FinishReason = "abort") -> Sequence | None:
+        seq = self.sequences.pop(request_id, None)
+        if seq is not None:
+            seq.finish_reason = finish_reason
+            self.scheduler.finish(seq)
+        return seq
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def schedule(self) -> list[Chunk]:
+        return self.scheduler.schedule()
+
+    def execute(self, chunks: list[Chunk]) -> tuple[list[int], list[float | None]]:
+        logits = self.runner.run(chunks)
+        return sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+
+    def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
+        """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
+        outputs = []
+        sampling = (chunk.seq for chunk in chunks if chunk.samples)
+        for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.token_ids.append(token_id)
+            seq.finish_reason = self._finish_reason(seq, token_id)
+            if seq.finish_reason is not None:
+                del self.sequences[seq.request_id]
+                self.scheduler.finish(seq)
+            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason)))
+        return outputs
+
+    def step(self) -> list[StepOutput]:
+        chunks = self.schedule()
+        return self.commit(chunks, self.execute(chunks)) if chunks else []
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+        params = seq.sampling
+        if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.eos_token_ids):
+            return "stop"
+        if seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_model_len:
+            return "length"
+        return None

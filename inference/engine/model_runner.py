@@ -1,0 +1,119 @@
+"""Runs one engine step through the model: packs the scheduled chunks, returns next-token logits."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from inference.engine.attention import (
+    ATTENTION_NAME,
+    LayerCache,
+    PrefillSpan,
+    StepContext,
+    StepLayout,
+    step_context,
+)
+from inference.engine.scheduler import Chunk
+
+# A short pass at start-up both warms the kernels and reveals what each layer caches per token.
+_PROBE_TOKENS = 8
+
+
+class ModelRunner:
+    def __init__(self, model: PreTrainedModel, device: torch.device, block_size: int) -> None:
+        self.model = model
+        self.device = device
+        self.block_size = block_size
+        model.set_attn_implementation(ATTENTION_NAME)
+        self.layer_shapes = self._probe()
+        self.caches: dict[int, LayerCache] = {}
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return sum(2 * heads * dim * dtype.itemsize for heads, dim, dtype in self.layer_shapes.values())
+
+    def allocate_cache(self, num_blocks: int) -> None:
+        slots = num_blocks * self.block_size
+        self.caches = {
+            layer: LayerCache(
+                keys=torch.zeros(slots, heads, dim, dtype=dtype, device=self.device),
+                values=torch.zeros(slots, heads, dim, dtype=dtype, device=self.device),
+            )
+            for layer, (heads, dim, dtype) in self.layer_shapes.items()
+        }
+
+    @torch.inference_mode()
+    def _probe(self) -> dict[int, tuple[int, int, torch.dtype]]:
+        context = StepContext(layout=None, caches={}, observed={})
+        tokens = torch.zeros(1, _PROBE_TOKENS, dtype=torch.long, device=self.device)
+        with step_context(context):
+            self.model(input_ids=tokens, use_cache=False, logits_to_keep=1)
+        if not context.observed:
+            raise RuntimeError(
+                f"{type(self.model).__name__} does not route attention through AttentionInterface"
+            )
+        return context.observed
+
+    @torch.inference_mode()
+    def run(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Logits `[S, vocab]` (float32) for the chunks that sample, in their order in `chunks`."""
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        prefills: list[PrefillSpan] = []
+        decode_rows: list[int] = []
+        decode_tables: list[list[int]] = []
+        decode_lengths: list[int] = []
+        for chunk in chunks:
+            row = len(token_ids)
+            chunk_positions = range(chunk.start, chunk.end)
+            token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
+            positions.extend(chunk_positions)
+            table = chunk.seq.block_table
+            slots.extend(
+                table[p // self.block_size] * self.block_size + p % self.block_size for p in chunk_positions
+            )
+            if chunk.length == 1 and chunk.start > 0:
+                decode_rows.append(row)
+                decode_tables.append(table)
+                decode_lengths.append(chunk.end)
+            else:
+                context = self._context_slots(table, chunk.end) if chunk.start > 0 else None
+                prefills.append(PrefillSpan(row, row + chunk.length, chunk.start, context))
+            if chunk.samples:
+                sample_rows.append(row + chunk.length - 1)
+
+        layout = StepLayout(
+            slot_mapping=self._tensor(slots),
+            prefills=prefills,
+            decode_rows=self._tensor(decode_rows),
+            decode_slots=self._decode_slots(decode_tables, decode_lengths),
+            decode_lengths=self._tensor(decode_lengths),
+        )
+        with step_context(StepContext(layout=layout, caches=self.caches, observed={})):
+            output = self.model(
+                input_ids=self._tensor(token_ids).unsqueeze(0),
+                position_ids=self._tensor(positions).unsqueeze(0),
+                use_cache=False,
+                logits_to_keep=self._tensor(sample_rows),
+            )
+        return output.logits[0].float()
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _context_slots(self, table: list[int], length: int) -> torch.Tensor:
+        blocks = self._tensor(table[: -(-length // self.block_size)])
+        offsets = torch.arange(self.block_size, device=self.device)
+        return (blocks[:, None] * self.block_size + offsets).flatten()[:length]
+
+    def _decode_slots(self, tables: list[list[int]], lengths: list[int]) -> torch.Tensor:
+        if not tables:
+            return torch.empty(0, 0, dtype=torch.long, device=self.device)
+        width = max(len(table) for table in tables)
+        # Padding points at block 0; the length mask keeps those entries out of the softmax.
+        blocks = self._tensor([table + [0] * (width - len(table)) for table in tables])
+        offsets = torch.arange(self.block_size, device=self.device)
+        slots = (blocks[:, :, None] * self.block_size + offsets).flatten(1)
+        return slots[:, : max(lengths)]

@@ -1,0 +1,53 @@
+"""One request's stream of tokens, from the engine thread to the coroutine serving the client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from inference.engine.request import EngineNotReadyError, TokenEvent
+
+# What a stream's queue carries: a token, the end of an aborted request, or the engine's failure.
+StreamItem = TokenEvent | EngineNotReadyError | None
+
+
+class RequestStream:
+    """One request's tokens in order; the last has `finish_reason`. Closing the stream, or cancelling
+    the task awaiting it, aborts the request. An aborted request's stream simply ends; if the
+    engine stops first, iterating raises `EngineNotReadyError`."""
+
+    def __init__(self, request_id: str, on_abandon: Callable[[str], None]) -> None:
+        self.request_id = request_id
+        self._on_abandon = on_abandon
+        self._items: asyncio.Queue[StreamItem] = asyncio.Queue()
+        self._done = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._items.get()
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        if item is None or isinstance(item, EngineNotReadyError) or item.finish_reason is not None:
+            self._done = True
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, EngineNotReadyError):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if not self._done:
+            self._done = True
+            self._on_abandon(self.request_id)
+
+    def push(self, item: StreamItem) -> None:
+        self._items.put_nowait(item)

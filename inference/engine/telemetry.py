@@ -1,0 +1,78 @@
+"""The engine's side of the metric catalog: queue and KV gauges, token latencies, counters."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+
+from inference import metrics
+from inference.engine.sequence import Sequence
+
+_DEVICE_MEMORY_REFRESH_SECONDS = 1.0
+
+
+def _device_memory(device: torch.device) -> tuple[int, int]:
+    """(used, total) bytes: the accelerator's when there is one, else this process's resident set."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free, total
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * page_size, os.sysconf("SC_PHYS_PAGES") * page_size
+
+
+class EngineTelemetry:
+    def __init__(self, collectors: dict[str, MetricWrapperBase] | None, device: torch.device) -> None:
+        # Without collectors from the server, metrics go to a private registry nobody scrapes.
+        self._collectors = (
+            collectors if collectors is not None else metrics.build_collectors(CollectorRegistry())
+        )
+        self._device = device
+        self._memory_refreshed_at = float("-inf")
+
+    def _metric(self, spec: metrics.MetricSpec) -> MetricWrapperBase:
+        return self._collectors[spec.name]
+
+    def model_loaded(self, model: str, dtype: torch.dtype, quantization: str) -> None:
+        labels = {"model": model, "dtype": str(dtype).removeprefix("torch."), "device": self._device.type}
+        self._metric(metrics.MODEL_INFO).labels(**labels, quantization=quantization).set(1)
+
+    def rejected(self, reason: str) -> None:
+        self._metric(metrics.REQUESTS_REJECTED).labels(reason=reason).inc()
+
+    def cancelled(self) -> None:
+        self._metric(metrics.REQUESTS_CANCELLED).inc()
+
+    def preempted(self, count: int) -> None:
+        if count:
+            self._metric(metrics.PREEMPTIONS).inc(count)
+
+    def token(self, seq: Sequence, now: float) -> None:
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            self._metric(metrics.TIME_TO_FIRST_TOKEN).observe(now - seq.arrival_time)
+            self._metric(metrics.PROMPT_TOKENS).inc(seq.num_prompt_tokens)
+        else:
+            self._metric(metrics.INTER_TOKEN_LATENCY).observe(now - seq.last_token_time)
+        seq.last_token_time = now
+        self._metric(metrics.GENERATION_TOKENS).inc()
+
+    def finished(self, seq: Sequence, now: float) -> None:
+        reason = seq.finish_reason or "abort"
+        self._metric(metrics.REQUEST_LATENCY).labels(finish_reason=reason).observe(now - seq.arrival_time)
+
+    def load(self, running: int, waiting: int, kv_usage: float) -> None:
+        self._metric(metrics.REQUESTS_RUNNING).set(running)
+        self._metric(metrics.REQUESTS_WAITING).set(waiting)
+        self._metric(metrics.KV_CACHE_USAGE).set(kv_usage)
+        now = time.monotonic()
+        if now - self._memory_refreshed_at >= _DEVICE_MEMORY_REFRESH_SECONDS:
+            self._memory_refreshed_at = now
+            used, total = _device_memory(self._device)
+            self._metric(metrics.DEVICE_MEMORY_USED).labels(device=self._device.type).set(used)
+            self._metric(metrics.DEVICE_MEMORY_TOTAL).labels(device=self._device.type).set(total)

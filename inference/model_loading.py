@@ -1,0 +1,146 @@
+"""Load a local Hugging Face causal LM (or make the tiny demo model) onto the right device and dtype."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from inference.config import ServerConfig
+from inference.quantize import (
+    QuantizationError,
+    is_quantized_checkpoint,
+    load_quantized_checkpoint,
+    quantize_loaded_model,
+)
+from inference.tiny_model import make_tiny_model
+
+# The first of these that a model's config sets is its context length.
+_CONTEXT_LENGTH_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory is missing, incomplete or not a causal LM; the message says which."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+    max_model_len: int
+    quantization: str
+
+
+def tiny_demo_model_dir() -> Path:
+    """Where the demo model is cached between runs: `$XDG_CACHE_HOME/llm-serving/tiny-demo`."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "llm-serving" / "tiny-demo"
+
+
+def ensure_tiny_demo_model() -> Path:
+    directory = tiny_demo_model_dir()
+    if not (directory / "config.json").is_file():
+        # Write into a sibling and rename, so that a crash never leaves a half-written model to re-use.
+        staging = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+        make_tiny_model(staging)
+        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            staging.replace(directory)
+        except OSError:  # another process finished first; its copy is as good as ours
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelLoadError("device=cuda was requested but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[requested]
+
+
+def context_length(model: PreTrainedModel, requested: int | None) -> int:
+    """The configured limit, checked against what the model was trained for."""
+    model_limit = next(
+        (
+            getattr(model.config, name)
+            for name in _CONTEXT_LENGTH_ATTRIBUTES
+            if getattr(model.config, name, None)
+        ),
+        None,
+    )
+    if requested is None:
+        if model_limit is None:
+            raise ModelLoadError("the model config states no context length; set max_model_len")
+        return int(model_limit)
+    if model_limit is not None and requested > model_limit:
+        raise ModelLoadError(f"max_model_len={requested} exceeds the model's context length {model_limit}")
+    return requested
+
+
+def apply_quantization(model: PreTrainedModel, config: ServerConfig) -> str:
+    """The one place where a loaded model is quantized; returns the scheme now in effect."""
+    if config.quantization == "none":
+        return "none"
+    try:
+        return quantize_loaded_model(model, config)
+    except QuantizationError as error:
+        raise ModelLoadError(str(error)) from error
+
+
+def load_quantized(
+    model_dir: Path, device: torch.device, dtype: torch.dtype, config: ServerConfig
+) -> tuple[PreTrainedModel, str]:
+    """A checkpoint written by `python -m inference quantize`, served with the scheme it records."""
+    try:
+        model, record = load_quantized_checkpoint(model_dir, device, dtype)
+    except QuantizationError as error:
+        raise ModelLoadError(str(error)) from error
+    if config.quantization not in ("none", "int8", record.scheme):
+        raise ModelLoadError(
+            f"{model_dir} is quantized with {record.scheme}; "
+            f"serve it with quantization none or {record.scheme}"
+        )
+    return model, record.scheme
+
+
+def load_model(config: ServerConfig) -> LoadedModel:
+    model_dir = config.model_path if config.model_path is not None else ensure_tiny_demo_model()
+    if not (model_dir / "config.json").is_file():
+        raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if is_quantized_checkpoint(model_dir):
+            model, quantization = load_quantized(model_dir, device, dtype, config)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+            model = model.to(device).eval()
+            quantization = apply_quantization(model, config)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {error}") from error
+    name = config.served_model_name or (model_dir.name if config.model_path is not None else "tiny-demo")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        name=name,
+        max_model_len=context_length(model, config.max_model_len),
+        quantization=quantization,
+    )

@@ -1,0 +1,100 @@
+"""Run the app under uvicorn with a Kubernetes-friendly shutdown.
+
+On SIGTERM (or SIGINT) uvicorn would close the listening socket at once. Here the server keeps
+answering instead: readiness turns 503 so the Service stops routing to the pod, new generation
+requests get 503, in-flight ones run to completion (up to `drain_timeout_seconds`), and only then
+does uvicorn shut down, so the process exits 0. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from transformers.utils import logging as hf_logging
+
+from inference.api.app import create_app, serving_state
+from inference.api.state import ServingState
+from inference.config import ServerConfig
+from inference.logging import configure_logging
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After the engine is idle, the last bytes of finished responses still need to reach their clients.
+_RESPONSE_FLUSH_SECONDS = 5.0
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServingState) -> None:
+        super().__init__(config)
+        self.serving = state
+        self._drain_task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Unlike uvicorn's own handler, this one does not re-raise the signal after shutdown, which
+        # would turn a clean drain into death by SIGTERM (exit status 143).
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in _SHUTDOWN_SIGNALS:
+            loop.add_signal_handler(sig, self.request_shutdown, sig)
+        try:
+            yield
+        finally:
+            for sig in _SHUTDOWN_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def request_shutdown(self, sig: int = signal.SIGTERM) -> None:
+        if self._drain_task is None:
+            logger.info("draining", extra={"signal": signal.Signals(sig).name})
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit())
+        else:
+            logger.warning("second shutdown signal: exiting without waiting")
+            self.should_exit = True
+            self.force_exit = True
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.serving.drain()
+        finally:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.serving.startup_error is not None:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def build_server(config: ServerConfig) -> DrainingServer:
+    app = create_app(config)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,  # logging.configure_logging owns the format
+        log_level=config.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=_RESPONSE_FLUSH_SECONDS,
+    )
+    return DrainingServer(uvicorn_config, serving_state(app))
+
+
+def serve(config: ServerConfig) -> int:
+    """Serve until drained or failed; the process exit status."""
+    configure_logging(config.log_level)
+    # Progress bars are not log lines; on a JSON log stream they are noise a parser must skip.
+    hf_logging.disable_progress_bar()
+    server = build_server(config)
+    server.run()
+    if server.serving.startup_error is not None:
+        return 1
+    return 0

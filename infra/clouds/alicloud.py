@@ -1,0 +1,354 @@
+"""Alibaba Cloud: ACK (a managed cluster with a GPU node pool, or existing), an OSS model bucket read
+through RRSA, ESSD volumes, an intranet or internet CLB, and an SLS project and logstore.
+
+RRSA is ACK's service-account-to-RAM-role federation: the ack-pod-identity-webhook injects the OIDC
+token and role into pods of annotated service accounts, and the role's trust policy names exactly
+one service account. SLS takes logs from fluent-bit over its Kafka-compatible endpoint, which
+accepts only an AccessKey, so the logging agent gets a RAM user allowed to write to one logstore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_alicloud as alicloud
+
+from infra.clouds import common
+from infra.clouds.base import CloudTarget, LogSink, ModelSync
+from infra.config import MODEL_DIR, AlicloudClusterCreate, AlicloudConfig, StackConfig
+
+STS_AUDIENCE = "sts.aliyuncs.com"
+ESSD_STORAGE_CLASS = "alicloud-disk-essd-encrypted"
+LB_ANNOTATION = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-"
+# Add-ons a new cluster gets: network, disk CSI, and the webhook that makes RRSA transparent to pods.
+CLUSTER_ADDONS = ("flannel", "csi-plugin", "csi-provisioner", "ack-pod-identity-webhook")
+MAX_LOG_RETENTION_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: pulumi.Input[str]
+    kubeconfig: pulumi.Output[str]
+    oidc_provider_arn: pulumi.Input[str]
+    oidc_issuer_url: pulumi.Input[str]
+    dependencies: tuple[pulumi.Resource, ...] = ()
+
+
+def _issued_kubeconfig(cluster_id: pulumi.Input[str], invoke: pulumi.InvokeOptions) -> pulumi.Output[str]:
+    credential = alicloud.cs.get_cluster_credential_output(cluster_id=cluster_id, opts=invoke)
+    return pulumi.Output.secret(credential.kube_config)
+
+
+def _create_cluster(
+    config: StackConfig,
+    spec: AlicloudClusterCreate,
+    opts: pulumi.ResourceOptions,
+    invoke: pulumi.InvokeOptions,
+) -> Cluster:
+    prefix = config.name
+    cluster = alicloud.cs.ManagedKubernetes(
+        f"{prefix}-ack",
+        name=f"{prefix}-{config.stack}",
+        cluster_spec=spec.cluster_spec,
+        version=spec.version,
+        vswitch_ids=spec.subnet_ids,
+        pod_cidr=spec.pod_cidr,
+        service_cidr=spec.service_cidr,
+        enable_rrsa=True,
+        slb_internet_enabled=spec.api_public,
+        deletion_protection=True,
+        addons=[alicloud.cs.ManagedKubernetesAddonArgs(name=addon) for addon in CLUSTER_ADDONS],
+        opts=opts,
+    )
+    system_pool = alicloud.cs.NodePool(
+        f"{prefix}-system",
+        cluster_id=cluster.id,
+        node_pool_name="system",
+        vswitch_ids=spec.subnet_ids,
+        instance_types=[spec.system_node_pool.instance_type],
+        desired_size=str(spec.system_node_pool.size),
+        system_disk_category="cloud_essd",
+        system_disk_encrypted=True,
+        opts=opts,
+    )
+    pool = spec.node_pool
+    gpu_pool = alicloud.cs.NodePool(
+        f"{prefix}-gpu",
+        cluster_id=cluster.id,
+        node_pool_name="gpu",
+        vswitch_ids=spec.subnet_ids,
+        instance_types=[pool.instance_type],
+        scaling_config=alicloud.cs.NodePoolScalingConfigArgs(
+            enable=True, min_size=pool.min_size, max_size=pool.max_size
+        ),
+        system_disk_category="cloud_essd",
+        system_disk_size=pool.disk_size_gb,
+        system_disk_encrypted=True,
+        labels=[alicloud.cs.NodePoolLabelArgs(key=common.GPU_POOL_LABEL[0], value=common.GPU_POOL_LABEL[1])],
+        taints=[
+            alicloud.cs.NodePoolTaintArgs(
+                key=common.GPU_TAINT.key, value=common.GPU_TAINT.value, effect=common.GPU_TAINT.effect
+            )
+        ],
+        opts=opts,
+    )
+    return Cluster(
+        id=cluster.id,
+        kubeconfig=_issued_kubeconfig(cluster.id, invoke),
+        oidc_provider_arn=cluster.rrsa_metadata.apply(lambda rrsa: rrsa.ram_oidc_provider_arn),
+        oidc_issuer_url=cluster.rrsa_metadata.apply(lambda rrsa: rrsa.rrsa_oidc_issuer_url),
+        dependencies=(system_pool, gpu_pool),
+    )
+
+
+def rrsa_trust_policy(cluster: Cluster, subject: str) -> pulumi.Output[str]:
+    """Only tokens the cluster issued to `subject`, for Alibaba Cloud STS, may assume the role."""
+    return common.json_document(
+        {
+            "Version": "1",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "sts:AssumeRole",
+                    "Principal": {"Federated": [cluster.oidc_provider_arn]},
+                    "Condition": {
+                        "StringEquals": {
+                            "oidc:aud": STS_AUDIENCE,
+                            "oidc:iss": cluster.oidc_issuer_url,
+                            "oidc:sub": subject,
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+def model_read_policy(bucket: str, prefix: str) -> pulumi.Output[str]:
+    """List the weights' prefix and read its objects; nothing else in OSS."""
+    return common.json_document(
+        {
+            "Version": "1",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["oss:ListObjects"],
+                    "Resource": [f"acs:oss:*:*:{bucket}"],
+                    "Condition": {"StringLike": {"oss:Prefix": [prefix, f"{prefix}/*"]}},
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": ["oss:GetObject"],
+                    "Resource": [f"acs:oss:*:*:{bucket}/{prefix}/*"],
+                },
+            ],
+        }
+    )
+
+
+def _model_bucket(config: StackConfig, name: str, opts: pulumi.ResourceOptions) -> alicloud.oss.Bucket:
+    """A private bucket: public access blocked, private ACL, server-side encrypted, versioned."""
+    prefix = config.name
+    bucket = alicloud.oss.Bucket(f"{prefix}-models", bucket=name, opts=opts)
+    alicloud.oss.BucketAcl(f"{prefix}-models", bucket=bucket.bucket, acl="private", opts=opts)
+    alicloud.oss.BucketPublicAccessBlock(
+        f"{prefix}-models", bucket=bucket.bucket, block_public_access=True, opts=opts
+    )
+    alicloud.oss.BucketServerSideEncryption(
+        f"{prefix}-models", bucket=bucket.bucket, sse_algorithm="AES256", opts=opts
+    )
+    alicloud.oss.BucketVersioning(f"{prefix}-models", bucket=bucket.bucket, status="Enabled", opts=opts)
+    return bucket
+
+
+def _model_reader(
+    config: StackConfig, cluster: Cluster, bucket: str, opts: pulumi.ResourceOptions
+) -> alicloud.ram.Role:
+    name = f"{config.name}-{config.stack}-model-sync"
+    role = alicloud.ram.Role(
+        f"{config.name}-model-sync",
+        role_name=name,
+        description="Reads the model weights; assumable only by the serving pods' service account (RRSA).",
+        assume_role_policy_document=rrsa_trust_policy(
+            cluster,
+            common.service_account_subject(config.namespace, common.model_sync_service_account(config)),
+        ),
+        opts=opts,
+    )
+    policy = alicloud.ram.Policy(
+        f"{config.name}-model-read",
+        policy_name=name,
+        policy_document=model_read_policy(bucket, common.model_prefix(config)),
+        opts=opts,
+    )
+    alicloud.ram.RolePolicyAttachment(
+        f"{config.name}-model-sync",
+        role_name=role.role_name,
+        policy_name=policy.policy_name,
+        policy_type="Custom",
+        opts=opts,
+    )
+    return role
+
+
+def _log_sink(
+    config: StackConfig, region: str, opts: pulumi.ResourceOptions
+) -> tuple[LogSink, alicloud.log.Project, alicloud.log.Store]:
+    retention = common.require_retention(
+        config, lambda days: 1 <= days <= MAX_LOG_RETENTION_DAYS, f"1 to {MAX_LOG_RETENTION_DAYS} days"
+    )
+    prefix = config.name
+    project = alicloud.log.Project(
+        f"{prefix}-logs",
+        project_name=f"{prefix}-{config.stack}-logs",
+        description="llm-serving server logs",
+        opts=opts,
+    )
+    store = alicloud.log.Store(
+        f"{prefix}-logs",
+        project_name=project.project_name,
+        logstore_name="server",
+        retention_period=retention,
+        shard_count=2,
+        auto_split=True,
+        max_split_shard_count=16,
+        opts=opts,
+    )
+    writer = alicloud.ram.User(
+        f"{prefix}-log-agent",
+        name=f"{prefix}-{config.stack}-log-agent",
+        comments="fluent-bit: writes to one SLS logstore",
+        opts=opts,
+    )
+    policy = alicloud.ram.Policy(
+        f"{prefix}-log-write",
+        policy_name=f"{prefix}-{config.stack}-log-write",
+        policy_document=common.json_document(
+            {
+                "Version": "1",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["log:PostLogStoreLogs"],
+                        "Resource": [
+                            pulumi.Output.concat(
+                                "acs:log:",
+                                region,
+                                ":*:project/",
+                                project.project_name,
+                                "/logstore/",
+                                store.logstore_name,
+                            )
+                        ],
+                    }
+                ],
+            }
+        ),
+        opts=opts,
+    )
+    alicloud.ram.UserPolicyAttachment(
+        f"{prefix}-log-write",
+        user_name=writer.name,
+        policy_name=policy.policy_name,
+        policy_type="Custom",
+        opts=opts,
+    )
+    key = alicloud.ram.AccessKey(f"{prefix}-log-agent", user_name=writer.name, opts=opts)
+    sink = LogSink(
+        kind="sls",
+        # SLS's Kafka-compatible endpoint: topic = logstore, SASL user = project, password = key id#secret.
+        outputs={
+            "Name": "kafka",
+            "Brokers": pulumi.Output.concat(
+                project.project_name, f".{region}-intranet.log.aliyuncs.com:10011"
+            ),
+            "Topics": store.logstore_name,
+            "Format": "json",
+            "rdkafka.security.protocol": "sasl_ssl",
+            "rdkafka.sasl.mechanism": "PLAIN",
+            "rdkafka.sasl.username": project.project_name,
+        },
+        secret_outputs={
+            "rdkafka.sasl.password": pulumi.Output.secret(pulumi.Output.concat(key.id, "#", key.secret))
+        },
+    )
+    return sink, project, store
+
+
+def load_balancer_annotations(cloud: AlicloudConfig) -> dict[str, str]:
+    """A CLB billed by capacity units, on the intranet (in the given vSwitch) or the internet."""
+    annotations = {
+        f"{LB_ANNOTATION}address-type": cloud.load_balancer_address_type,
+        f"{LB_ANNOTATION}instance-charge-type": "PayByCLCU",
+    }
+    if cloud.load_balancer_address_type == "intranet" and cloud.load_balancer_vswitch_id:
+        annotations[f"{LB_ANNOTATION}vswitch-id"] = cloud.load_balancer_vswitch_id
+    return annotations
+
+
+def build_target(config: StackConfig) -> CloudTarget:
+    cloud = config.alicloud
+    assert cloud is not None, "StackConfig checks that the alicloud section is present"
+    provider = alicloud.Provider(f"{config.name}-alicloud", region=cloud.region)
+    opts = pulumi.ResourceOptions(provider=provider)
+    invoke = pulumi.InvokeOptions(provider=provider)
+    if cloud.cluster is not None:
+        cluster = _create_cluster(config, cloud.cluster, opts, invoke)
+    else:
+        existing = cloud.existing_cluster
+        assert existing is not None
+        cluster = Cluster(
+            id=existing.name,
+            kubeconfig=common.kubeconfig(config, lambda: _issued_kubeconfig(existing.name, invoke)),
+            oidc_provider_arn=existing.rrsa_oidc_provider_arn,
+            oidc_issuer_url=existing.rrsa_oidc_issuer_url,
+        )
+    log_sink, log_project, log_store = _log_sink(config, cloud.region, opts)
+    bucket_name = common.bucket_name(config, cloud.bucket.name)
+    bucket = _model_bucket(config, bucket_name, opts)
+    model_sync = None
+    if common.uses_bucket(config):
+        reader = _model_reader(config, cluster, bucket_name, opts)
+        model_sync = ModelSync(
+            image=cloud.model_sync_image,
+            # ossutil 2 takes the RRSA role from the variables the pod identity webhook injects.
+            command=[
+                "ossutil",
+                "cp",
+                "--recursive",
+                "--update",
+                "--region",
+                cloud.region,
+                "--endpoint",
+                f"oss-{cloud.region}-internal.aliyuncs.com",
+                f"oss://{bucket_name}/{common.model_prefix(config)}/",
+                f"{MODEL_DIR}/",
+            ],
+            service_account_annotations={"pod-identity.alibabacloud.com/role-name": reader.role_name},
+        )
+    k8s_provider = common.kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
+    return CloudTarget(
+        name="alicloud",
+        kubernetes_provider=k8s_provider,
+        storage_class=common.storage_class(
+            config,
+            ESSD_STORAGE_CLASS,
+            "diskplugin.csi.alibabacloud.com",
+            {"type": "cloud_essd", "performanceLevel": "PL1", "encrypted": "true", "fstype": "ext4"},
+            k8s_provider,
+        ),
+        service_type="LoadBalancer",
+        service_annotations=load_balancer_annotations(cloud),
+        node_selector=common.gpu_node_selector(config),
+        tolerations=common.gpu_tolerations(config),
+        model_sync=model_sync,
+        log_sink=log_sink,
+        outputs={
+            "clusterId": cluster.id,
+            "modelBucket": bucket.bucket,
+            "logProject": log_project.project_name,
+            "logStore": log_store.logstore_name,
+        },
+        namespace_labels={"pod-identity.alibabacloud.com/injection": "on"} if model_sync else {},
+    )

@@ -1,0 +1,61 @@
+"""The seam between a cloud and the Kubernetes components: what a cloud target hands over.
+
+Each module in `infra.clouds` exposes `build_target(config: StackConfig) -> CloudTarget`. It declares
+that cloud's own resources (cluster and GPU node pool, or an existing cluster; model bucket and the
+identity that reads it; log sink) and returns the few facts the Kubernetes components need. Nothing
+below this seam knows which cloud it runs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+
+@dataclass(frozen=True)
+class ModelSync:
+    """How an init container fills the model volume from the bucket before the server starts."""
+
+    image: str  # pinned tag or digest, never latest
+    command: Sequence[str]  # e.g. ["aws", "s3", "sync", "s3://bucket/prefix", "/models/model"]
+    env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # e.g. IRSA
+    service_account_labels: Mapping[str, str] = field(default_factory=dict)  # e.g. pod identity labels
+    # Where the download goes, for the NetworkPolicy; empty means anywhere on port 443.
+    egress_cidrs: Sequence[str] = ()
+    # Credentials the cloud can only give as a key (no workload identity): file name -> content. The
+    # component keeps them in a Secret mounted read-only at SECRET_FILES_DIR, never in env or plain text.
+    secret_files: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+
+    SECRET_FILES_DIR = "/var/run/secrets/model-sync"
+
+
+@dataclass(frozen=True)
+class LogSink:
+    """Where the logging agent ships the server's JSON logs."""
+
+    kind: str  # "elasticsearch" | "cloudwatch" | "sls" | "cls"
+    outputs: Mapping[str, pulumi.Input[str]]  # output-plugin parameters (fluent-bit [OUTPUT] keys)
+    service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Output parameters that are credentials (a sink reachable only with a key): the component keeps
+    # the [OUTPUT] section that holds them in a Secret, never in a ConfigMap.
+    secret_outputs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloudTarget:
+    name: str  # "local" | "aws" | "alicloud" | "tencent"
+    kubernetes_provider: k8s.Provider | None  # from the cluster's kubeconfig; None: the ambient kubeconfig
+    storage_class: str | None  # for the model PVC; None: the cluster default
+    service_type: str  # "ClusterIP" or "LoadBalancer"
+    service_annotations: Mapping[str, str]
+    node_selector: Mapping[str, str]  # GPU node labels the workload selects (empty on CPU)
+    tolerations: Sequence[Mapping[str, str]]  # {"key", "operator", "value"?, "effect"} of the GPU taint
+    model_sync: ModelSync | None  # None: no bucket; the volume is filled otherwise (or the demo model)
+    log_sink: LogSink
+    outputs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # extra stack outputs
+    # Labels the app's Namespace must carry for the cloud's identity webhook (e.g. ACK RRSA injection).
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,137 @@
+"""What the three managed clouds share: the GPU pool's taint and label, the identities' subjects,
+the cluster's Kubernetes provider, and the model volume's StorageClass.
+
+The GPU node pool each cloud creates carries GPU_TAINT and GPU_POOL_LABEL; the CloudTarget hands
+the workload the matching toleration and nodeSelector from the same two constants, so the two can
+never drift apart. An existing cluster's GPU nodes must carry the same taint and label.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components.naming import App
+from infra.config import PROJECT, ConfigError, StackConfig, stack_file
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str  # Kubernetes spelling; each cloud maps it to its API's spelling
+
+
+GPU_TAINT = Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")
+GPU_POOL_LABEL = ("node.llm-serving.io/pool", "gpu")
+
+
+def gpu_node_selector(config: StackConfig) -> dict[str, str]:
+    return dict([GPU_POOL_LABEL]) if config.gpu.count > 0 else {}
+
+
+def gpu_tolerations(config: StackConfig) -> list[dict[str, str]]:
+    if config.gpu.count == 0:
+        return []
+    return [{"key": GPU_TAINT.key, "operator": "Equal", "value": GPU_TAINT.value, "effect": GPU_TAINT.effect}]
+
+
+def model_sync_service_account(config: StackConfig) -> str:
+    """The service account of the pods whose init step syncs the model: the only identity that may
+    read the bucket."""
+    return App.from_config(config).service_account
+
+
+def log_agent_service_account(config: StackConfig) -> str:
+    """The service account of the logging agent: the only identity that may write to the log sink."""
+    return f"{config.name}-log-agent"
+
+
+def log_agent_namespace(config: StackConfig) -> str:
+    """The logging agent's own namespace: it mounts node paths, which the app's namespace forbids."""
+    return f"{config.namespace}-logging"
+
+
+def service_account_subject(namespace: str, service_account: str) -> str:
+    """The `sub` claim of a projected service account token, which cloud trust policies match."""
+    return f"system:serviceaccount:{namespace}:{service_account}"
+
+
+def bucket_name(config: StackConfig, configured: str | None) -> str:
+    return configured or f"{config.name}-{config.stack}-models"
+
+
+def uses_bucket(config: StackConfig) -> bool:
+    return config.model.source == "bucket"
+
+
+def model_prefix(config: StackConfig) -> str:
+    return config.model.bucket_prefix.strip("/")
+
+
+def require_retention(config: StackConfig, allowed: Callable[[int], bool], what: str) -> int:
+    """The log retention, if the cloud's log service accepts it; else stop naming the key."""
+    days = config.logging.retention_days
+    if not allowed(days):
+        raise ConfigError(
+            stack_file(config.stack),
+            [
+                (
+                    f"{PROJECT}:logging.retentionDays",
+                    f"{days} is not accepted by {config.cloud}; allowed: {what}",
+                )
+            ],
+        )
+    return days
+
+
+def kubeconfig(config: StackConfig, from_cloud: Callable[[], pulumi.Input[str]]) -> pulumi.Output[str]:
+    """The secret `kubeconfig` when the stack gives one, else the one the cloud issues; always secret."""
+    given = config.secrets.get("kubeconfig")
+    return pulumi.Output.secret(given if given is not None else from_cloud())
+
+
+def kubernetes_provider(
+    config: StackConfig, config_file: pulumi.Input[str], depends_on: Sequence[pulumi.Resource] = ()
+) -> k8s.Provider:
+    return k8s.Provider(
+        f"{config.name}-{config.cloud}",
+        kubeconfig=config_file,
+        # Objects without a namespace would land in `default`: every object here names its own.
+        namespace=config.namespace,
+        opts=pulumi.ResourceOptions(depends_on=list(depends_on)),
+    )
+
+
+def json_document(document: Mapping[str, object]) -> pulumi.Output[str]:
+    """A policy document that may hold Outputs (ARNs, names), as a JSON string Output."""
+    return pulumi.Output.from_input(document).apply(lambda resolved: json.dumps(resolved, sort_keys=True))
+
+
+def storage_class(
+    config: StackConfig, name: str, provisioner: str, parameters: Mapping[str, str], provider: k8s.Provider
+) -> str:
+    """Declare the model volume's StorageClass (encrypted, expandable, bound where the pod lands)."""
+    k8s.storage.v1.StorageClass(
+        f"{config.name}-{name}",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=name,
+            labels={
+                "app.kubernetes.io/name": config.name,
+                "app.kubernetes.io/part-of": PROJECT,
+                "app.kubernetes.io/component": "storage",
+                "app.kubernetes.io/managed-by": "pulumi",
+            },
+        ),
+        provisioner=provisioner,
+        parameters=dict(parameters),
+        reclaim_policy="Retain",
+        allow_volume_expansion=True,
+        volume_binding_mode="WaitForFirstConsumer",
+        opts=pulumi.ResourceOptions(provider=provider),
+    )
+    return name

@@ -1,0 +1,322 @@
+"""Tencent Cloud: TKE (a managed cluster with a GPU node pool, or existing), a COS model bucket,
+CBS premium volumes, an internal or public CLB, and a CLS logset and topic.
+
+The model-sync step reads COS through its S3-compatible API with the key of a CAM user allowed to
+read only the model prefix; the key is a Pulumi secret and reaches the pod as a file in a
+Kubernetes Secret. CLS takes logs from fluent-bit over its Kafka-compatible endpoint with the key
+of a second CAM user allowed to write to one topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import tencentcloud_iac_pulumi as tencentcloud
+
+from infra.clouds import common
+from infra.clouds.base import CloudTarget, LogSink, ModelSync
+from infra.config import MODEL_DIR, StackConfig, TencentClusterCreate, TencentConfig
+
+CBS_STORAGE_CLASS = "cbs-premium"
+MAX_LOG_RETENTION_DAYS = 3600
+INTERNAL_SUBNET_ANNOTATION = "service.kubernetes.io/qcloud-loadbalancer-internal-subnetid"
+CREDENTIALS_FILE = "credentials"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: pulumi.Input[str]
+    kubeconfig: pulumi.Output[str]
+    dependencies: tuple[pulumi.Resource, ...] = ()
+
+
+def _node_pool(
+    config: StackConfig,
+    spec: TencentClusterCreate,
+    cluster: tencentcloud.kubernetes.Cluster,
+    role: str,
+    pool: dict[str, object],
+    opts: pulumi.ResourceOptions,
+) -> tencentcloud.kubernetes.NodePool:
+    return tencentcloud.kubernetes.NodePool(
+        f"{config.name}-{role}",
+        cluster_id=cluster.id,
+        name=role,
+        vpc_id=spec.vpc_id,
+        subnet_ids=spec.subnet_ids,
+        opts=opts,
+        **pool,
+    )
+
+
+def _create_cluster(config: StackConfig, spec: TencentClusterCreate, opts: pulumi.ResourceOptions) -> Cluster:
+    public_api = spec.api_public_security_group_id is not None
+    cluster = tencentcloud.kubernetes.Cluster(
+        f"{config.name}-tke",
+        vpc_id=spec.vpc_id,
+        cluster_name=f"{config.name}-{config.stack}",
+        cluster_version=spec.version,
+        cluster_deploy_type="MANAGED_CLUSTER",
+        cluster_cidr=spec.cluster_cidr,
+        container_runtime="containerd",
+        cluster_internet=public_api,
+        cluster_internet_security_group=spec.api_public_security_group_id,
+        cluster_intranet=True,
+        cluster_intranet_subnet_id=spec.subnet_ids[0],
+        deletion_protection=True,
+        opts=opts,
+    )
+
+    def scaling(instance_type: str, disk_gb: int) -> tencentcloud.kubernetes.NodePoolAutoScalingConfigArgs:
+        return tencentcloud.kubernetes.NodePoolAutoScalingConfigArgs(
+            instance_type=instance_type,
+            system_disk_type="CLOUD_SSD",
+            system_disk_size=disk_gb,
+            orderly_security_group_ids=spec.security_group_ids,
+        )
+
+    system = spec.system_node_pool
+    system_pool = _node_pool(
+        config,
+        spec,
+        cluster,
+        "system",
+        {
+            "min_size": system.size,
+            "max_size": system.size,
+            "desired_capacity": system.size,
+            "auto_scaling_config": scaling(system.instance_type, 100),
+        },
+        opts,
+    )
+    gpu = spec.node_pool
+    gpu_pool = _node_pool(
+        config,
+        spec,
+        cluster,
+        "gpu",
+        {
+            "min_size": gpu.min_size,
+            "max_size": gpu.max_size,
+            "desired_capacity": gpu.desired_size,
+            "enable_auto_scale": True,
+            "auto_scaling_config": scaling(gpu.instance_type, gpu.disk_size_gb),
+            "labels": dict([common.GPU_POOL_LABEL]),
+            "taints": [
+                tencentcloud.kubernetes.NodePoolTaintArgs(
+                    key=common.GPU_TAINT.key, value=common.GPU_TAINT.value, effect=common.GPU_TAINT.effect
+                )
+            ],
+        },
+        opts,
+    )
+    return Cluster(
+        id=cluster.id,
+        kubeconfig=pulumi.Output.secret(cluster.kube_config if public_api else cluster.kube_config_intranet),
+        dependencies=(system_pool, gpu_pool),
+    )
+
+
+def _existing_cluster(config: StackConfig, cluster_id: str, invoke: pulumi.InvokeOptions) -> Cluster:
+    def issued() -> pulumi.Output[str]:
+        found = tencentcloud.kubernetes.get_clusters_output(cluster_id=cluster_id, opts=invoke)
+        return found.lists.apply(lambda clusters: clusters[0].kube_config)
+
+    return Cluster(id=cluster_id, kubeconfig=common.kubeconfig(config, issued))
+
+
+def cos_bucket_name(config: StackConfig, cloud: TencentConfig) -> str:
+    """COS bucket names end in the account's APPID."""
+    return f"{common.bucket_name(config, cloud.bucket.name)}-{cloud.app_id}"
+
+
+def _model_bucket(
+    config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions
+) -> tencentcloud.cos.Bucket:
+    """A private bucket: private ACL and no bucket policy (so no public access), SSE-COS, versioned."""
+    return tencentcloud.cos.Bucket(
+        f"{config.name}-models",
+        bucket=cos_bucket_name(config, cloud),
+        acl="private",
+        encryption_algorithm="AES256",
+        versioning_enable=True,
+        opts=opts,
+    )
+
+
+def model_read_policy(config: StackConfig, cloud: TencentConfig) -> pulumi.Output[str]:
+    """List the bucket and read objects under the model prefix; nothing else."""
+    bucket = f"qcs::cos:{cloud.region}:uid/{cloud.app_id}:{cos_bucket_name(config, cloud)}"
+    return common.json_document(
+        {
+            "version": "2.0",
+            "statement": [
+                {"effect": "allow", "action": ["name/cos:GetBucket"], "resource": [f"{bucket}/*"]},
+                {
+                    "effect": "allow",
+                    "action": ["name/cos:GetObject", "name/cos:HeadObject"],
+                    "resource": [f"{bucket}/{common.model_prefix(config)}/*"],
+                },
+            ],
+        }
+    )
+
+
+def _api_user(
+    config: StackConfig, role: str, document: pulumi.Input[str], remark: str, opts: pulumi.ResourceOptions
+) -> tencentcloud.cam.AccessKey:
+    """A CAM user for API calls only, holding one policy; its key is a Pulumi secret."""
+    name = f"{config.name}-{config.stack}-{role}"
+    user = tencentcloud.cam.User(
+        f"{config.name}-{role}",
+        name=name,
+        use_api=True,
+        console_login=False,
+        remark=remark,
+        force_delete=True,
+        opts=opts,
+    )
+    policy = tencentcloud.cam.Policy(f"{config.name}-{role}", name=name, document=document, opts=opts)
+    tencentcloud.cam.UserPolicyAttachment(
+        f"{config.name}-{role}", user_name=user.name, policy_id=policy.id, opts=opts
+    )
+    return tencentcloud.cam.AccessKey(
+        f"{config.name}-{role}",
+        target_uin=user.uin,
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["secret_access_key"])
+        ),
+    )
+
+
+def _model_sync(config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions) -> ModelSync:
+    key = _api_user(config, "model-sync", model_read_policy(config, cloud), "reads the model weights", opts)
+    credentials = pulumi.Output.secret(
+        pulumi.Output.format(
+            "[default]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n",
+            key.access_key,
+            key.secret_access_key,
+        )
+    )
+    return ModelSync(
+        image=cloud.model_sync_image,
+        command=[
+            "aws",
+            "s3",
+            "sync",
+            "--only-show-errors",
+            "--no-progress",
+            "--endpoint-url",
+            f"https://cos.{cloud.region}.myqcloud.com",
+            f"s3://{cos_bucket_name(config, cloud)}/{common.model_prefix(config)}",
+            MODEL_DIR,
+        ],
+        env={
+            "AWS_DEFAULT_REGION": cloud.region,
+            "AWS_SHARED_CREDENTIALS_FILE": f"{ModelSync.SECRET_FILES_DIR}/{CREDENTIALS_FILE}",
+        },
+        secret_files={CREDENTIALS_FILE: credentials},
+    )
+
+
+def _log_sink(
+    config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions
+) -> tuple[LogSink, tencentcloud.cls.Topic]:
+    retention = common.require_retention(
+        config, lambda days: 1 <= days <= MAX_LOG_RETENTION_DAYS, f"1 to {MAX_LOG_RETENTION_DAYS} days"
+    )
+    logset = tencentcloud.cls.Logset(
+        f"{config.name}-logs", logset_name=f"{config.name}-{config.stack}", opts=opts
+    )
+    topic = tencentcloud.cls.Topic(
+        f"{config.name}-logs",
+        logset_id=logset.id,
+        topic_name="server",
+        period=retention,
+        partition_count=1,
+        auto_split=True,
+        max_split_partitions=10,
+        storage_type="hot",
+        opts=opts,
+    )
+    key = _api_user(
+        config,
+        "log-agent",
+        common.json_document(
+            {
+                "version": "2.0",
+                "statement": [
+                    {
+                        "effect": "allow",
+                        "action": ["name/cls:ProducerLog", "name/cls:UploadLog"],
+                        "resource": [pulumi.Output.concat(f"qcs::cls:{cloud.region}:uin/*:topic/", topic.id)],
+                    }
+                ],
+            }
+        ),
+        "fluent-bit: writes to one CLS topic",
+        opts,
+    )
+    sink = LogSink(
+        kind="cls",
+        # CLS's Kafka-compatible endpoint (intranet): topic = topic id, SASL user = logset id,
+        # password = SecretId#SecretKey.
+        outputs={
+            "Name": "kafka",
+            "Brokers": f"{cloud.region}-producer.cls.tencentyun.com:9095",
+            "Topics": topic.id,
+            "Format": "json",
+            "rdkafka.security.protocol": "sasl_plaintext",
+            "rdkafka.sasl.mechanism": "PLAIN",
+            "rdkafka.sasl.username": logset.id,
+        },
+        secret_outputs={
+            "rdkafka.sasl.password": pulumi.Output.secret(
+                pulumi.Output.concat(key.access_key, "#", key.secret_access_key)
+            )
+        },
+    )
+    return sink, topic
+
+
+def load_balancer_annotations(cloud: TencentConfig) -> dict[str, str]:
+    """A CLB in the given subnet (internal) or, without one, on the internet."""
+    subnet = cloud.load_balancer_internal_subnet_id
+    return {INTERNAL_SUBNET_ANNOTATION: subnet} if subnet else {}
+
+
+def build_target(config: StackConfig) -> CloudTarget:
+    cloud = config.tencent
+    assert cloud is not None, "StackConfig checks that the tencent section is present"
+    provider = tencentcloud.Provider(f"{config.name}-tencent", region=cloud.region)
+    opts = pulumi.ResourceOptions(provider=provider)
+    if cloud.cluster is not None:
+        cluster = _create_cluster(config, cloud.cluster, opts)
+    else:
+        assert cloud.existing_cluster is not None
+        cluster = _existing_cluster(
+            config, cloud.existing_cluster.name, pulumi.InvokeOptions(provider=provider)
+        )
+    log_sink, topic = _log_sink(config, cloud, opts)
+    bucket = _model_bucket(config, cloud, opts)
+    model_sync = _model_sync(config, cloud, opts) if common.uses_bucket(config) else None
+    k8s_provider = common.kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
+    return CloudTarget(
+        name="tencent",
+        kubernetes_provider=k8s_provider,
+        storage_class=common.storage_class(
+            config,
+            CBS_STORAGE_CLASS,
+            "com.tencent.cloud.csi.cbs",
+            {"diskType": "CLOUD_PREMIUM"},
+            k8s_provider,
+        ),
+        service_type="LoadBalancer",
+        service_annotations=load_balancer_annotations(cloud),
+        node_selector=common.gpu_node_selector(config),
+        tolerations=common.gpu_tolerations(config),
+        model_sync=model_sync,
+        log_sink=log_sink,
+        outputs={"clusterId": cluster.id, "modelBucket": bucket.bucket, "logTopic": topic.id},
+    )

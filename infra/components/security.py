@@ -1,0 +1,121 @@
+"""Network and API access: default-deny NetworkPolicies with the few allows the server needs, and RBAC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components.naming import App, child_opts
+from infra.config import SERVER_PORT
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
+ANYWHERE = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class SecurityArgs:
+    app: App
+    ingress_controller_namespace: str
+    prometheus_namespace: str
+    # None: no model download; empty: anywhere on 443 (the bucket's addresses are not known up front)
+    model_download_cidrs: Sequence[str] | None
+
+
+def _from_namespace(namespace: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+    return k8s.networking.v1.NetworkPolicyPeerArgs(
+        namespace_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={NAMESPACE_NAME_LABEL: namespace})
+    )
+
+
+def _port(port: int, protocol: str = "TCP") -> k8s.networking.v1.NetworkPolicyPortArgs:
+    return k8s.networking.v1.NetworkPolicyPortArgs(port=port, protocol=protocol)
+
+
+class Security(pulumi.ComponentResource):
+    def __init__(self, name: str, args: SecurityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("llm-serving:security:Security", name, None, opts)
+        app = args.app
+        k8s.networking.v1.NetworkPolicy(
+            f"{app.name}-default-deny-networkpolicy",
+            metadata=app.metadata(f"{app.name}-default-deny", "security"),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
+            ),
+            opts=child_opts(self),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{app.name}-networkpolicy",
+            metadata=app.metadata(app.name, "security"),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=app.selector()),
+                policy_types=["Ingress", "Egress"],
+                ingress=[
+                    k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=[
+                            _from_namespace(args.ingress_controller_namespace),
+                            _from_namespace(args.prometheus_namespace),
+                        ],
+                        ports=[_port(SERVER_PORT)],
+                    )
+                ],
+                egress=self._egress(args),
+            ),
+            opts=child_opts(self),
+        )
+        self._rbac(app)
+        self.register_outputs({})
+
+    @staticmethod
+    def _egress(args: SecurityArgs) -> list[k8s.networking.v1.NetworkPolicyEgressRuleArgs]:
+        rules = [
+            k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                to=[_from_namespace("kube-system")],
+                ports=[_port(53, "UDP"), _port(53, "TCP")],
+            )
+        ]
+        if args.model_download_cidrs is not None:
+            cidrs = list(args.model_download_cidrs) or [ANYWHERE]
+            rules.append(
+                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                    to=[
+                        k8s.networking.v1.NetworkPolicyPeerArgs(
+                            ip_block=k8s.networking.v1.IPBlockArgs(cidr=c)
+                        )
+                        for c in cidrs
+                    ],
+                    ports=[_port(443)],
+                )
+            )
+        return rules
+
+    def _rbac(self, app: App) -> None:
+        """The server's identity may read its own settings and nothing else."""
+        role = k8s.rbac.v1.Role(
+            f"{app.name}-role",
+            metadata=app.metadata(app.name, "security"),
+            rules=[
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=[""],
+                    resources=["configmaps"],
+                    resource_names=[app.settings_config_map],
+                    verbs=["get"],
+                )
+            ],
+            opts=child_opts(self),
+        )
+        k8s.rbac.v1.RoleBinding(
+            f"{app.name}-rolebinding",
+            metadata=app.metadata(app.name, "security"),
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io", kind="Role", name=app.name
+            ),
+            subjects=[
+                k8s.rbac.v1.SubjectArgs(
+                    kind="ServiceAccount", name=app.service_account, namespace=app.namespace
+                )
+            ],
+            opts=child_opts(self, depends_on=[role]),
+        )

@@ -1,0 +1,41 @@
+"""The server's environment: stack settings mapped onto `inference.config` names, so they cannot drift."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from inference.config import env_name
+from infra.config import SERVER_PORT, StackConfig
+
+API_KEY_DIR = "/var/run/secrets/llm-serving"
+API_KEY_FILE_NAME = "api-key"
+CACHE_DIR = "/cache"
+TMP_DIR = "/tmp"
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def server_environment(config: StackConfig, model_path: str | None) -> dict[str, str]:
+    """Every variable of the server's ConfigMap, sorted by name."""
+    settings = config.server.model_dump(exclude_none=True)
+    settings.update(
+        host="0.0.0.0",
+        port=SERVER_PORT,
+        api_key_file=str(PurePosixPath(API_KEY_DIR, API_KEY_FILE_NAME)),
+    )
+    if model_path is not None:
+        settings["model_path"] = model_path
+    environment = {env_name(field): _env_value(value) for field, value in settings.items()}
+    # The root filesystem is read-only: every cache (and the demo model) goes to writable emptyDirs.
+    environment.update(
+        HOME=TMP_DIR,
+        TMPDIR=TMP_DIR,
+        XDG_CACHE_HOME=CACHE_DIR,
+        HF_HOME=f"{CACHE_DIR}/huggingface",
+    )
+    return dict(sorted(environment.items()))

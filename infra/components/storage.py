@@ -1,0 +1,89 @@
+"""Model storage: a PVC on the target's storage class, and the init container that fills it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.clouds.base import ModelSync
+from infra.components.naming import App, child_opts
+from infra.components.pod_security import restricted_container_context
+from infra.config import MODEL_MOUNT_PATH
+
+MODEL_VOLUME = "model"
+SYNC_TMP_VOLUME = "sync-tmp"
+
+
+@dataclass(frozen=True)
+class ModelStorageArgs:
+    app: App
+    size: str
+    access_mode: str
+    storage_class: str | None
+    model_sync: ModelSync | None
+
+
+def sync_init_container(sync: ModelSync) -> k8s.core.v1.ContainerArgs:
+    """Copies the weights from the bucket into the volume before the server starts."""
+    return k8s.core.v1.ContainerArgs(
+        name="model-sync",
+        image=sync.image,
+        image_pull_policy="Always",
+        command=list(sync.command),
+        # Tools that cache credentials or temp files under $HOME need a writable one.
+        env=[k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
+        + [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in sorted(sync.env.items())],
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "500m", "memory": "512Mi"},
+            limits={"cpu": "2", "memory": "2Gi"},
+        ),
+        security_context=restricted_container_context(),
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODEL_MOUNT_PATH),
+            k8s.core.v1.VolumeMountArgs(name=SYNC_TMP_VOLUME, mount_path="/tmp"),
+        ],
+    )
+
+
+class ModelStorage(pulumi.ComponentResource):
+    """The claim, and what the workload takes from it: `volumes`, `init_containers`, `server_mounts`."""
+
+    def __init__(self, name: str, args: ModelStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("llm-serving:storage:ModelStorage", name, None, opts)
+        app = args.app
+        self.claim = k8s.core.v1.PersistentVolumeClaim(
+            f"{app.model_claim}-persistentvolumeclaim",
+            # On WaitForFirstConsumer storage classes a claim binds only once its pod is scheduled, so
+            # waiting for it to bind before the Deployment exists would never end.
+            metadata=app.metadata(
+                app.model_claim, "model-storage", annotations={"pulumi.com/skipAwait": "true"}
+            ),
+            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                access_modes=[args.access_mode],
+                storage_class_name=args.storage_class,
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": args.size}),
+            ),
+            opts=child_opts(self),
+        )
+        self.volumes = [
+            k8s.core.v1.VolumeArgs(
+                name=MODEL_VOLUME,
+                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                    claim_name=app.model_claim
+                ),
+            )
+        ]
+        self.server_mounts = [
+            k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODEL_MOUNT_PATH, read_only=True)
+        ]
+        self.init_containers: list[k8s.core.v1.ContainerArgs] = []
+        if args.model_sync is not None:
+            self.init_containers.append(sync_init_container(args.model_sync))
+            self.volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name=SYNC_TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")
+                )
+            )
+        self.register_outputs({"claim": self.claim.metadata.name})

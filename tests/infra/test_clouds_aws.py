@@ -1,0 +1,185 @@
+"""The AWS target under Pulumi's mock runtime: Pulumi.prod.yaml (a created EKS cluster) and the same
+stack on an existing cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.clouds.aws import TAINT_EFFECTS
+from infra.clouds.common import log_agent_namespace, log_agent_service_account, service_account_subject
+from infra.config import ConfigError, StackConfig
+from infra.render import RecordingMocks
+from tests.infra.cloud_stacks import (
+    load_config,
+    pod_spec,
+    policy,
+    resource,
+    resources,
+    run_stack,
+    stack_values,
+    tolerates,
+    with_changes,
+)
+
+STACK = "prod"
+EXISTING = {"aws.cluster": None, "aws.existingCluster": {"name": "team-gpu"}}
+
+
+@pytest.fixture(scope="module")
+def values() -> dict:
+    return stack_values(STACK)
+
+
+@pytest.fixture(scope="module")
+def config(values: dict) -> StackConfig:
+    return load_config(STACK, values)
+
+
+@pytest.fixture(scope="module")
+def created(values: dict) -> RecordingMocks:
+    return run_stack(STACK, values)
+
+
+@pytest.fixture(scope="module")
+def existing(values: dict) -> RecordingMocks:
+    return run_stack(STACK, with_changes(values, EXISTING))
+
+
+def _role(mocks: RecordingMocks, name: str) -> tuple[dict, dict]:
+    """Trust policy and inline policy of an IRSA role."""
+    trust = policy(resource(mocks, "aws:iam/role:Role", name)["assumeRolePolicy"])
+    inline = policy(resource(mocks, "aws:iam/rolePolicy:RolePolicy", name)["policy"])
+    return trust, inline
+
+
+def test_created_cluster_declares_eks_with_a_gpu_node_group(created: RecordingMocks) -> None:
+    assert len(resources(created, "aws:eks/cluster:Cluster")) == 1
+    pools = [r.inputs for r in resources(created, "aws:eks/nodeGroup:NodeGroup")]
+    assert any(pool.get("amiType", "").endswith("NVIDIA") for pool in pools)
+
+
+def test_existing_cluster_declares_no_cluster_nodes_or_oidc_provider(existing: RecordingMocks) -> None:
+    for token in (
+        "aws:eks/cluster:Cluster",
+        "aws:eks/nodeGroup:NodeGroup",
+        "aws:iam/openIdConnectProvider:OpenIdConnectProvider",
+    ):
+        assert resources(existing, token) == []
+    assert resources(existing, "pulumi:providers:kubernetes")
+
+
+def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
+    spec = pod_spec(created, config)
+    pool = resource(created, "aws:eks/nodeGroup:NodeGroup", f"{config.name}-gpu")
+    kube_effect = {aws_effect: kube for kube, aws_effect in TAINT_EFFECTS.items()}
+    assert pool["taints"]
+    for taint in pool["taints"]:
+        assert tolerates(spec["tolerations"], taint["key"], taint.get("value"), kube_effect[taint["effect"]])
+    assert pool["labels"].items() <= spec["nodeSelector"].items()
+
+
+def test_system_pool_is_untainted(created: RecordingMocks, config: StackConfig) -> None:
+    assert "taints" not in resource(created, "aws:eks/nodeGroup:NodeGroup", f"{config.name}-system")
+
+
+def test_model_bucket_is_private_encrypted_and_versioned(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    name = f"{config.name}-models"
+    bucket_id = f"{name}-id"
+    block = resource(created, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", name)
+    assert block["bucket"] == bucket_id
+    assert all(
+        block[key] is True
+        for key in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
+    sse = resource(
+        created,
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        name,
+    )
+    assert sse["bucket"] == bucket_id
+    assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
+    versioning = resource(created, "aws:s3/bucketVersioning:BucketVersioning", name)
+    assert (versioning["bucket"], versioning["versioningConfiguration"]["status"]) == (bucket_id, "Enabled")
+
+
+def test_model_sync_role_trusts_only_the_serving_service_account(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    trust, _ = _role(created, f"{config.name}-model-sync")
+    (statement,) = trust["Statement"]
+    conditions = statement["Condition"]["StringEquals"]
+    service_account = pod_spec(created, config)["serviceAccountName"]
+    subjects = [v for k, v in conditions.items() if k.endswith(":sub")]
+    audiences = [v for k, v in conditions.items() if k.endswith(":aud")]
+    assert subjects == [f"system:serviceaccount:{config.namespace}:{service_account}"]
+    assert audiences == ["sts.amazonaws.com"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+
+
+def test_model_sync_policy_reads_only_the_bucket_prefix(created: RecordingMocks, config: StackConfig) -> None:
+    _, inline = _role(created, f"{config.name}-model-sync")
+    bucket_arn = f"arn:aws:mock:::{config.name}-models"
+    prefix = config.model.bucket_prefix.strip("/")
+    actions = {s["Action"]: s for s in inline["Statement"]}
+    assert set(actions) == {"s3:ListBucket", "s3:GetObject", "kms:Decrypt"}
+    assert actions["s3:GetObject"]["Resource"] == f"{bucket_arn}/{prefix}/*"
+    assert actions["s3:ListBucket"]["Resource"] == bucket_arn
+    assert actions["s3:ListBucket"]["Condition"]["StringLike"]["s3:prefix"] == [prefix, f"{prefix}/*"]
+
+
+def test_service_account_carries_the_model_sync_role(created: RecordingMocks, config: StackConfig) -> None:
+    account = pod_spec(created, config)["serviceAccountName"]
+    (manifest,) = [
+        o
+        for o in created.kubernetes_objects()
+        if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account
+    ]
+    assert manifest["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
+        f"arn:aws:mock:::{config.name}-model-sync"
+    )
+
+
+def test_service_is_an_nlb_with_ip_targets_and_the_configured_scheme(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    (service,) = [o for o in created.kubernetes_objects() if o["kind"] == "Service"]
+    annotations = service["metadata"]["annotations"]
+    assert config.aws is not None
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "external"
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-nlb-target-type"] == "ip"
+    assert (
+        annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == config.aws.load_balancer_scheme
+    )
+    assert service["spec"]["type"] == "LoadBalancer"
+
+
+def test_model_volume_uses_encrypted_gp3(created: RecordingMocks) -> None:
+    (claim,) = [o for o in created.kubernetes_objects() if o["kind"] == "PersistentVolumeClaim"]
+    (storage_class,) = [o for o in created.kubernetes_objects() if o["kind"] == "StorageClass"]
+    assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    assert storage_class["parameters"]["type"] == "gp3"
+    assert storage_class["parameters"]["encrypted"] == "true"
+
+
+def test_log_group_keeps_logs_for_the_configured_retention(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    (group,) = resources(created, "aws:cloudwatch/logGroup:LogGroup")
+    assert group.inputs["retentionInDays"] == config.logging.retention_days
+
+
+def test_log_agent_role_may_write_only_to_the_log_group(created: RecordingMocks, config: StackConfig) -> None:
+    trust, inline = _role(created, f"{config.name}-log-agent")
+    (statement,) = inline["Statement"]
+    group_arn = f"arn:aws:mock:::{config.name}-logs"
+    assert all(resource_arn.startswith(group_arn) for resource_arn in statement["Resource"])
+    (trust_statement,) = trust["Statement"]
+    subject = service_account_subject(log_agent_namespace(config), log_agent_service_account(config))
+    assert subject in trust_statement["Condition"]["StringEquals"].values()
+
+
+def test_retention_cloudwatch_does_not_offer_stops_naming_the_key(values: dict) -> None:
+    with pytest.raises(ConfigError, match=r"llm-serving:logging\.retentionDays"):
+        run_stack(STACK, with_changes(values, {"logging.retentionDays": 8}))

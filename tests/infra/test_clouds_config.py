@@ -1,0 +1,66 @@
+"""A wrong cloud section stops before any resource with one message naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.config import ConfigError
+from tests.infra.cloud_stacks import load_config, stack_values, with_changes
+
+# Each cloud's example stack and the section it configures.
+CLOUD_STACKS = {"aws": "prod", "alicloud": "prod-alicloud", "tencent": "prod-tencent"}
+EXISTING_CLUSTERS = {
+    "aws": {"name": "team-gpu"},
+    "alicloud": {
+        "name": "c0123",
+        "rrsaOidcProviderArn": "acs:ram::1:oidc-provider/ack-rrsa-c0123",
+        "rrsaOidcIssuerUrl": "https://oidc-ack.cn-hangzhou.aliyuncs.com/c0123",
+    },
+    "tencent": {"name": "cls-0123abcd"},
+}
+
+
+def _error(cloud: str, changes: dict) -> ConfigError:
+    stack = CLOUD_STACKS[cloud]
+    with pytest.raises(ConfigError) as raised:
+        load_config(stack, with_changes(stack_values(stack), changes))
+    return raised.value
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_every_example_stack_is_valid(cloud: str) -> None:
+    stack = CLOUD_STACKS[cloud]
+    assert load_config(stack, stack_values(stack)).cloud == cloud
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_missing_region_names_the_key(cloud: str) -> None:
+    error = _error(cloud, {f"{cloud}.region": None})
+    assert [key for key, _ in error.problems] == [f"llm-serving:{cloud}.region"]
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_cpu_instance_type_for_the_gpu_pool_names_the_key_and_the_families(cloud: str) -> None:
+    error = _error(cloud, {f"{cloud}.cluster.nodePool.instanceType": "m7.large"})
+    ((key, problem),) = error.problems
+    assert key == f"llm-serving:{cloud}.cluster.nodePool.instanceType"
+    assert "allowed families" in problem
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_existing_cluster_and_create_together_name_both_keys(cloud: str) -> None:
+    error = _error(cloud, {f"{cloud}.existingCluster": EXISTING_CLUSTERS[cloud]})
+    ((key, problem),) = error.problems
+    assert key == f"llm-serving:{cloud}"
+    assert "existingCluster" in problem and "cluster" in problem
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_neither_existing_cluster_nor_create_is_refused(cloud: str) -> None:
+    error = _error(cloud, {f"{cloud}.cluster": None})
+    assert [key for key, _ in error.problems] == [f"llm-serving:{cloud}"]
+
+
+def test_gpu_pool_sizes_out_of_order_name_the_pool() -> None:
+    error = _error("aws", {"aws.cluster.nodePool.minSize": 5, "aws.cluster.nodePool.desiredSize": 2})
+    assert [key for key, _ in error.problems] == ["llm-serving:aws.cluster.nodePool"]

@@ -1,0 +1,136 @@
+"""The Tencent Cloud target under Pulumi's mock runtime: Pulumi.prod-tencent.yaml (a created TKE
+cluster) and the same stack on an existing cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.clouds.base import ModelSync
+from infra.clouds.tencent import CREDENTIALS_FILE, INTERNAL_SUBNET_ANNOTATION, build_target
+from infra.config import ConfigError, StackConfig
+from infra.render import RecordingMocks, run_program
+from tests.infra.cloud_stacks import (
+    KUBECONFIG,
+    load_config,
+    pod_spec,
+    policy,
+    resource,
+    resources,
+    run_stack,
+    stack_values,
+    tolerates,
+    with_changes,
+)
+
+STACK = "prod-tencent"
+EXISTING = {"tencent.cluster": None, "tencent.existingCluster": {"name": "cls-0123abcd"}}
+
+
+@pytest.fixture(scope="module")
+def values() -> dict:
+    return stack_values(STACK)
+
+
+@pytest.fixture(scope="module")
+def config(values: dict) -> StackConfig:
+    return load_config(STACK, values)
+
+
+@pytest.fixture(scope="module")
+def created(values: dict) -> RecordingMocks:
+    return run_stack(STACK, values)
+
+
+@pytest.fixture(scope="module")
+def existing(values: dict) -> RecordingMocks:
+    return run_stack(STACK, with_changes(values, EXISTING), secrets={"kubeconfig": KUBECONFIG})
+
+
+def _policy_of(mocks: RecordingMocks, name: str) -> dict:
+    return policy(resource(mocks, "tencentcloud:Cam/policy:Policy", name)["document"])
+
+
+def test_created_cluster_is_managed(created: RecordingMocks) -> None:
+    (cluster,) = resources(created, "tencentcloud:Kubernetes/cluster:Cluster")
+    assert cluster.inputs["clusterDeployType"] == "MANAGED_CLUSTER"
+
+
+def test_existing_cluster_declares_no_cluster_or_node_pool(existing: RecordingMocks) -> None:
+    assert resources(existing, "tencentcloud:Kubernetes/cluster:Cluster") == []
+    assert resources(existing, "tencentcloud:Kubernetes/nodePool:NodePool") == []
+    assert resources(existing, "pulumi:providers:kubernetes")
+
+
+def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
+    spec = pod_spec(created, config)
+    pool = resource(created, "tencentcloud:Kubernetes/nodePool:NodePool", f"{config.name}-gpu")
+    assert pool["taints"]
+    for taint in pool["taints"]:
+        assert tolerates(spec["tolerations"], taint["key"], taint.get("value"), taint["effect"])
+    assert pool["labels"].items() <= spec["nodeSelector"].items()
+
+
+def test_model_bucket_is_private_encrypted_and_versioned(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    bucket = resource(created, "tencentcloud:Cos/bucket:Bucket", f"{config.name}-models")
+    assert bucket["acl"] == "private"
+    assert bucket["encryptionAlgorithm"] in ("AES256", "KMS", "cos/kms")
+    assert bucket["versioningEnable"] is True
+    assert resources(created, "tencentcloud:Cos/bucketPolicy:BucketPolicy") == []
+
+
+def test_model_sync_key_may_read_only_the_bucket_prefix(created: RecordingMocks, config: StackConfig) -> None:
+    bucket = resource(created, "tencentcloud:Cos/bucket:Bucket", f"{config.name}-models")["bucket"]
+    prefix = config.model.bucket_prefix.strip("/")
+    by_action = {
+        a: s for s in _policy_of(created, f"{config.name}-model-sync")["statement"] for a in s["action"]
+    }
+    assert set(by_action) == {"name/cos:GetBucket", "name/cos:GetObject", "name/cos:HeadObject"}
+    assert all(r.endswith(f":{bucket}/{prefix}/*") for r in by_action["name/cos:GetObject"]["resource"])
+    assert all(r.endswith(f":{bucket}/*") for r in by_action["name/cos:GetBucket"]["resource"])
+
+
+def test_model_sync_key_is_a_secret_file_not_an_env_value(config: StackConfig) -> None:
+    """The key reaches the init container only through `secret_files`; its env points at that file."""
+    seen: list[ModelSync] = []
+    run_program(lambda: seen.append(build_target(config).model_sync), "prod-tencent", {}, [])
+    (sync,) = seen
+    assert set(sync.secret_files) == {CREDENTIALS_FILE}
+    assert sync.env["AWS_SHARED_CREDENTIALS_FILE"] == f"{ModelSync.SECRET_FILES_DIR}/{CREDENTIALS_FILE}"
+    assert all(isinstance(value, str) for value in sync.env.values())
+
+
+def test_internal_load_balancer_lands_in_the_configured_subnet(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    (service,) = [o for o in created.kubernetes_objects() if o["kind"] == "Service"]
+    assert config.tencent is not None
+    assert service["metadata"]["annotations"][INTERNAL_SUBNET_ANNOTATION] == (
+        config.tencent.load_balancer_internal_subnet_id
+    )
+
+
+def test_model_volume_uses_premium_cbs(created: RecordingMocks) -> None:
+    (claim,) = [o for o in created.kubernetes_objects() if o["kind"] == "PersistentVolumeClaim"]
+    (storage_class,) = [o for o in created.kubernetes_objects() if o["kind"] == "StorageClass"]
+    assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    assert storage_class["provisioner"] == "com.tencent.cloud.csi.cbs"
+
+
+def test_cls_topic_keeps_logs_for_the_configured_retention(
+    created: RecordingMocks, config: StackConfig
+) -> None:
+    (topic,) = resources(created, "tencentcloud:Cls/topic:Topic")
+    assert topic.inputs["period"] == config.logging.retention_days
+
+
+def test_log_writer_may_write_only_to_the_topic(created: RecordingMocks, config: StackConfig) -> None:
+    topic_id = f"{config.name}-logs-id"
+    (statement,) = _policy_of(created, f"{config.name}-log-agent")["statement"]
+    assert [r.endswith(f":topic/{topic_id}") for r in statement["resource"]] == [True]
+
+
+def test_retention_cls_does_not_offer_stops_naming_the_key(values: dict) -> None:
+    with pytest.raises(ConfigError, match=r"llm-serving:logging\.retentionDays"):
+        run_stack(STACK, with_changes(values, {"logging.retentionDays": 3650}))

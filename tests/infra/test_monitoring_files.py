@@ -1,0 +1,47 @@
+"""`python -m infra monitoring-files`: the files a local Prometheus and Grafana load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.cli import main
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("monitoring")
+    assert main(["monitoring-files", "--out", str(out), "--target", "inference:8000", "--job", "llm"]) == 0
+    return out
+
+
+def test_prometheus_config_scrapes_the_given_target_as_the_given_job(written: Path) -> None:
+    config = yaml.safe_load((written / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert (job["job_name"], job["static_configs"][0]["targets"]) == ("llm", ["inference:8000"])
+
+
+def test_prometheus_config_loads_the_written_rules(written: Path) -> None:
+    config = yaml.safe_load((written / "prometheus.yml").read_text())
+    matched = {path for pattern in config["rule_files"] for path in written.glob(pattern)}
+    assert matched == set(written.glob("rules/*.yml")) != set()
+
+
+def test_written_config_passes_promtool(written: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package as root")
+    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=written,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_is_a_grafana_dashboard_model(written: Path) -> None:
+    (path,) = written.glob("dashboards/*.json")
+    model = json.loads(path.read_text())
+    assert model["panels"] and all(panel["targets"] for panel in model["panels"])

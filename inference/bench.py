@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from inference.baseline import WindowBatchingBaseline
 from inference.bench_workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig
@@ -31,7 +33,7 @@ class BenchSettings:
     model_path: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
-    num_requests: int = 256
+    num_requests: int = 128
     prompt_tokens: tuple[int, int] = (16, 256)
     output_tokens: tuple[int, int] = (16, 128)
     rate_per_second: float = 48.0
@@ -40,6 +42,7 @@ class BenchSettings:
     max_batch_size: int = 16
     batch_window_seconds: float = 0.05
     seed: int = 0
+    torch_threads: int | None = None  # None: torch's default
 
 
 async def _drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
@@ -95,6 +98,8 @@ def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
 
 
 def run_bench(settings: BenchSettings) -> dict[str, object]:
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
     loaded = load_model(
         ServerConfig(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
     )
@@ -103,6 +108,7 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
         "model": loaded.name,
         "device": loaded.device.type,
         "dtype": str(loaded.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
         "workload": {
             "num_requests": settings.num_requests,
             "prompt_tokens": list(settings.prompt_tokens),
@@ -167,6 +173,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(defaults.modes))
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser
 
 
@@ -182,6 +189,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         modes=tuple(args.modes),
         max_num_seqs=args.max_num_seqs,
         seed=args.seed,
+        torch_threads=args.threads,
     )
 
 

@@ -62,7 +62,7 @@ def build_serving_stack(config: StackConfig, target: CloudTarget) -> ServingStac
     )
     namespace = Namespace("namespace", NamespaceArgs(
         app=app, quota=config.quota, limit_range=config.limit_range,
-        gpu_resource_name=config.gpu.resource_name,
+        gpu_resource_name=config.gpu.resource_name, extra_labels=target.namespace_labels,
     ), provider_opts)
     opts = pulumi.ResourceOptions.merge(provider_opts, pulumi.ResourceOptions(depends_on=[namespace]))
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -29,6 +30,8 @@ class NamespaceArgs:
     quota: QuotaConfig
     limit_range: LimitRangeConfig
     gpu_resource_name: str
+    # Labels the cloud's identity webhook needs on the namespace (e.g. ACK RRSA injection).
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class Namespace(pulumi.ComponentResource):
@@ -38,7 +41,10 @@ class Namespace(pulumi.ComponentResource):
         self.namespace = k8s.core.v1.Namespace(
             f"{app.namespace}-namespace",
             metadata=app.metadata(
-                app.namespace, "namespace", namespaced=False, labels=pod_security_labels("restricted")
+                app.namespace,
+                "namespace",
+                namespaced=False,
+                labels={**args.extra_labels, **pod_security_labels("restricted")},
             ),
             opts=child_opts(self),
         )

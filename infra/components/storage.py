@@ -14,6 +14,7 @@ from infra.config import MODEL_MOUNT_PATH
 
 MODEL_VOLUME = "model"
 SYNC_TMP_VOLUME = "sync-tmp"
+SYNC_SECRET_VOLUME = "sync-credentials"
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,14 @@ def sync_init_container(sync: ModelSync) -> k8s.core.v1.ContainerArgs:
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODEL_MOUNT_PATH),
             k8s.core.v1.VolumeMountArgs(name=SYNC_TMP_VOLUME, mount_path="/tmp"),
-        ],
+        ]
+        + (
+            [k8s.core.v1.VolumeMountArgs(
+                name=SYNC_SECRET_VOLUME, mount_path=ModelSync.SECRET_FILES_DIR, read_only=True
+            )]
+            if sync.secret_files
+            else []
+        ),
     )
 
 
@@ -86,4 +94,21 @@ class ModelStorage(pulumi.ComponentResource):
                     name=SYNC_TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")
                 )
             )
+            if args.model_sync.secret_files:
+                self.volumes.append(self._credentials_volume(app, args.model_sync))
         self.register_outputs({"claim": self.claim.metadata.name})
+
+    def _credentials_volume(self, app: App, sync: ModelSync) -> k8s.core.v1.VolumeArgs:
+        """A cloud with no workload identity hands a key: it lives in a Secret, mounted read-only."""
+        name = f"{app.name}-model-sync-credentials"
+        k8s.core.v1.Secret(
+            f"{name}-secret",
+            metadata=app.metadata(name, "model-storage"),
+            type="Opaque",
+            string_data={file: pulumi.Output.secret(content) for file, content in sync.secret_files.items()},
+            opts=child_opts(self),
+        )
+        return k8s.core.v1.VolumeArgs(
+            name=SYNC_SECRET_VOLUME,
+            secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=name, default_mode=0o400),
+        )

@@ -63,15 +63,18 @@ def drain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrainObservation
     process, base_url = start_server(tmp_path, "--drain-timeout-seconds", "60")
     try:
         wait_for_status(f"{base_url}/health/ready", 200)
-        with httpx.Client(base_url=base_url, timeout=60) as http:
-            with http.stream("POST", "/v1/completions", json=LONG_STREAM) as in_flight:
-                lines = in_flight.iter_lines()
-                first = next(lines)
-                process.send_signal(signal.SIGTERM)
-                wait_for_status(f"{base_url}/health/ready", 503, timeout=10)
-                ready_status = http.get("/health/ready").status_code
-                new_status = http.post("/v1/completions", json={"prompt": "late", "max_tokens": 2}).status_code
-                payloads = sse_payloads([first, *lines])
+        late_request = {"prompt": "late", "max_tokens": 2}
+        with (
+            httpx.Client(base_url=base_url, timeout=60) as http,
+            http.stream("POST", "/v1/completions", json=LONG_STREAM) as in_flight,
+        ):
+            lines = in_flight.iter_lines()
+            first = next(lines)
+            process.send_signal(signal.SIGTERM)
+            wait_for_status(f"{base_url}/health/ready", 503, timeout=10)
+            ready_status = http.get("/health/ready").status_code
+            new_status = http.post("/v1/completions", json=late_request).status_code
+            payloads = sse_payloads([first, *lines])
         yield DrainObservation(ready_status, new_status, payloads, process.wait(timeout=60))
     finally:
         if process.poll() is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.infra.conftest import BASE_CONFIG, Declared, declare
+from tests.infra.conftest import BASE_CONFIG, Declared, declare, gpu_target
 
 
 def test_namespace_enforces_audits_and_warns_restricted(declared: Declared) -> None:
@@ -75,3 +75,15 @@ def test_every_object_has_standard_labels(declared: Declared) -> None:
         assert labels["app.kubernetes.io/name"] == "llm-serving", obj["kind"]
         assert labels["app.kubernetes.io/managed-by"] == "pulumi", obj["kind"]
         assert labels["app.kubernetes.io/version"] == BASE_CONFIG["image"].rsplit(":", 1)[1], obj["kind"]
+
+
+def test_namespace_carries_the_targets_labels() -> None:
+    target = gpu_target(namespace_labels={"identity.example.com/injection": "on"})
+    labels = declare(target=target).one("Namespace")["metadata"]["labels"]
+    assert labels["identity.example.com/injection"] == "on"
+
+
+def test_target_labels_cannot_weaken_pod_security() -> None:
+    target = gpu_target(namespace_labels={"pod-security.kubernetes.io/enforce": "privileged"})
+    labels = declare(target=target).one("Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from infra.clouds.base import ModelSync
 from infra.config import MODEL_DIR, MODEL_MOUNT_PATH
 from tests.infra.conftest import declare, gpu_target
 
@@ -75,3 +78,31 @@ def test_sync_identity_on_the_service_account() -> None:
     account = declare(target=target, sync_from_bucket=True).one("ServiceAccount")["metadata"]
     assert account["annotations"] == dict(target.model_sync.service_account_annotations)
     assert account["labels"].items() >= dict(target.model_sync.service_account_labels).items()
+
+
+def test_sync_credentials_live_in_a_secret_mounted_read_only() -> None:
+    sync = gpu_target().model_sync
+    assert sync is not None
+    target = gpu_target(model_sync=replace(sync, secret_files={"credentials": "key = value"}))
+    declared = declare(target=target, sync_from_bucket=True)
+    secret = declared.one("Secret", "llm-serving-model-sync-credentials")
+    assert secret["stringData"] == {"credentials": "key = value"}
+    volume = next(
+        v for v in declared.pod_spec["volumes"]
+        if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]
+    )
+    sync_mounts = declared.pod_spec["initContainers"][0]["volumeMounts"]
+    mount = next(m for m in sync_mounts if m["name"] == volume["name"])
+    assert mount == {"name": volume["name"], "mountPath": ModelSync.SECRET_FILES_DIR, "readOnly": True}
+
+
+def test_server_container_never_mounts_sync_credentials() -> None:
+    sync = gpu_target().model_sync
+    assert sync is not None
+    target = gpu_target(model_sync=replace(sync, secret_files={"credentials": "key = value"}))
+    declared = declare(target=target, sync_from_bucket=True)
+    credentials = next(
+        v["name"] for v in declared.pod_spec["volumes"]
+        if v.get("secret", {}).get("secretName") == "llm-serving-model-sync-credentials"
+    )
+    assert credentials not in {m["name"] for m in declared.server["volumeMounts"]}

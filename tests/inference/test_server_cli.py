@@ -1,0 +1,53 @@
+"""The command line: flags and environment variables, the demo model command, the log format."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from inference.__main__ import build_parser, config_from_flags, flag_name, main
+from inference.config import ServerConfig, env_name
+from inference.logging import JsonFormatter
+
+
+def serve_config(*argv: str) -> ServerConfig:
+    args = build_parser().parse_args(["serve", *argv])
+    return config_from_flags({k: v for k, v in vars(args).items() if k in ServerConfig.model_fields})
+
+
+@pytest.mark.parametrize("field", sorted(ServerConfig.model_fields))
+def test_every_config_field_has_a_serve_flag(field: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert flag_name(field) in capsys.readouterr().out
+
+
+def test_environment_sets_a_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name("max_num_seqs"), "7")
+    assert serve_config().max_num_seqs == 7
+
+
+def test_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name("max_num_seqs"), "7")
+    assert serve_config("--max-num-seqs", "9").max_num_seqs == 9
+
+
+def test_invalid_flag_value_exits_2_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--port", "0"]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_make_tiny_model_writes_a_hugging_face_directory(tmp_path: Path) -> None:
+    assert main(["make-tiny-model", "--out", str(tmp_path / "tiny")]) == 0
+    assert {"config.json", "tokenizer.json"} <= {path.name for path in (tmp_path / "tiny").iterdir()}
+
+
+def test_log_records_are_one_json_object_per_line() -> None:
+    fields = {"msg": "two\nlines", "levelname": "INFO", "name": "x", "request_id": "r1"}
+    record = logging.makeLogRecord(fields)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    assert (json.loads(line)["message"], json.loads(line)["request_id"]) == ("two\nlines", "r1")

@@ -62,7 +62,10 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m inference",
+        description="Serve a causal LM behind an OpenAI-compatible API; benchmark and quantize it.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve the OpenAI-compatible API")
     add_config_flags(serve_parser)

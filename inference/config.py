@@ -25,7 +25,9 @@ class ServerConfig(BaseSettings):
     model_path: Path | None = Field(
         None, description="Hugging Face model directory; none makes and serves the tiny demo model."
     )
-    served_model_name: str | None = Field(None, description="Model id in the API; defaults to the directory name.")
+    served_model_name: str | None = Field(
+        None, description="Model id in the API; defaults to the directory name."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: LogLevel = "info"

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import uvicorn
 from transformers.utils import logging as hf_logging
 
-from inference.api.app import create_app, serving_state
+from inference.api.app import create_app, serving_state_of
 from inference.api.state import ServingState
 from inference.config import ServerConfig
 from inference.logging import configure_logging
@@ -68,7 +68,8 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
     async def on_tick(self, counter: int) -> bool:
-        if self.serving.startup_error is not None:
+        # Exiting non-zero lets the orchestrator restart the container; readiness alone would not.
+        if self.serving.failed:
             self.should_exit = True
         return await super().on_tick(counter)
 
@@ -85,7 +86,7 @@ def build_server(config: ServerConfig) -> DrainingServer:
         lifespan="on",
         timeout_graceful_shutdown=_RESPONSE_FLUSH_SECONDS,
     )
-    return DrainingServer(uvicorn_config, serving_state(app))
+    return DrainingServer(uvicorn_config, serving_state_of(app))
 
 
 def serve(config: ServerConfig) -> int:
@@ -95,6 +96,4 @@ def serve(config: ServerConfig) -> int:
     hf_logging.disable_progress_bar()
     server = build_server(config)
     server.run()
-    if server.serving.startup_error is not None:
-        return 1
-    return 0
+    return 1 if server.serving.failed else 0

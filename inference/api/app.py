@@ -70,5 +70,5 @@ def create_app(config: ServerConfig) -> FastAPI:
     return app
 
 
-def serving_state(app: FastAPI) -> ServingState:
+def serving_state_of(app: FastAPI) -> ServingState:
     return app.state.serving

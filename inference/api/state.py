@@ -43,6 +43,12 @@ class ServingState:
         return not self.draining and self.engine is not None and self.engine.ready
 
     @property
+    def failed(self) -> bool:
+        """The model did not load or the engine loop died: nothing short of a restart will help."""
+        engine_died = self.engine is not None and not self.engine.ready and not self.draining
+        return self.startup_error is not None or engine_died
+
+    @property
     def phase(self) -> str:
         if self.draining:
             return "draining"

@@ -59,6 +59,7 @@ class AsyncEngine:
             return
         self._loop = asyncio.get_running_loop()
         self._core = await asyncio.to_thread(EngineCore, self.loaded, self.config)
+        await asyncio.to_thread(self._core.warm_up)
         self._telemetry.model_loaded(self.loaded.name, self.loaded.dtype, self.loaded.quantization)
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
@@ -143,16 +144,16 @@ class AsyncEngine:
             while not self._stopping:
                 self._wakeup.clear()
                 with self._lock:
+                    preemptions_before = core.scheduler.num_preemptions
                     chunks = core.schedule()
+                    self._telemetry.preempted(core.scheduler.num_preemptions - preemptions_before)
                     self._telemetry.load(core.num_running, core.num_waiting, core.blocks.usage)
                 if not chunks:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue
-                preemptions_before = core.scheduler.num_preemptions
                 sampled = core.execute(chunks)
                 with self._lock:
                     outputs = core.commit(chunks, sampled)
-                self._telemetry.preempted(core.scheduler.num_preemptions - preemptions_before)
                 self._publish(outputs)
         except Exception:
             logger.exception("the engine loop failed; failing every request in flight")

@@ -21,6 +21,8 @@ from torch import nn
 from transformers import AttentionInterface
 
 ATTENTION_NAME = "llm_serving_paged"
+# Attention variants some architectures ask for (Gemma 2 soft-capping, attention sinks).
+_UNSUPPORTED_OPTIONS = ("softcap", "s_aux", "sinks")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,14 @@ def _window_mask(
     return allowed
 
 
-def _attend(query, key, value, scaling: float, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    mask: torch.Tensor | None,
+    causal: bool,
+) -> torch.Tensor:
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
     )
@@ -127,6 +136,10 @@ def paged_attention(
     context = _current_step.get()
     if context is None:
         raise RuntimeError("the paged attention ran outside an engine step")
+    unsupported = sorted(name for name in _UNSUPPORTED_OPTIONS if kwargs.get(name) is not None)
+    if unsupported:
+        # Ignoring them would silently change the model's outputs.
+        raise NotImplementedError(f"paged attention does not implement {', '.join(unsupported)}")
     layer = module.layer_idx
     if context.layout is None:
         context.observed[layer] = (key.shape[1], key.shape[3], key.dtype)

@@ -19,6 +19,7 @@ from inference.engine.request import (
     GenerationRequest,
     InvalidRequestError,
     PromptTooLongError,
+    SamplingParams,
     TokenEvent,
 )
 from inference.engine.sampler import sample
@@ -143,6 +144,15 @@ class EngineCore:
     def step(self) -> list[StepOutput]:
         chunks = self.schedule()
         return self.commit(chunks, self.execute(chunks)) if chunks else []
+
+    def warm_up(self) -> int:
+        """Generate one token from a one-token prompt, so that ready means the model produces output."""
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        seq = Sequence("warm-up", [0], sampling, arrival_time=0.0)
+        self.add(seq)
+        while not seq.is_finished:
+            self.step()
+        return seq.output_token_ids[0]
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.sampling

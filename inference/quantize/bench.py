@@ -177,11 +177,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per batch size")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads is not None:
+        # On a shared machine one thread per process avoids OpenMP barriers waiting on descheduled
+        # threads, which otherwise penalise the kernels with the most parallel regions.
+        torch.set_num_threads(args.threads)
     workload = Workload(
         tuple(args.batch_sizes), args.prompt_tokens, args.new_tokens, args.device, args.dtype, args.repeats
     )

@@ -47,11 +47,12 @@ class Int8Linear(nn.Module):
 
 
 class Int8WeightOnlyLinear(Int8Linear):
-    """int8 weights, activations in the model's dtype: reads half the bytes of bf16 per decode step.
+    """int8 weights (half the bytes of bf16), activations and arithmetic in the model's dtype.
 
     The forward is written as `linear(x, int8.to(dtype)) * scale`, the form that torch.compile fuses
-    into one kernel reading the int8 weights directly. Scales stay float32 whatever the model's dtype,
-    so a checkpoint quantized from bf16 weights serves the same answers as quantizing at load time.
+    into one kernel reading the int8 weights directly; run eagerly, it converts the weight per call.
+    Scales stay float32 whatever the model's dtype, so a checkpoint quantized from bf16 weights
+    serves the same answers as quantizing at load time.
     """
 
     def __init__(

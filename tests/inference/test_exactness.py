@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXConfig, PretrainedConfig, Qwen2Config
+from prometheus_client import CollectorRegistry
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPTNeoXConfig,
+    MistralConfig,
+    PretrainedConfig,
+    Qwen2Config,
+)
 
+from inference import metrics
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.request import GenerationRequest, SamplingParams
@@ -53,6 +62,22 @@ def _gpt_neox_config() -> PretrainedConfig:
     )  # fmt: skip
 
 
+def _mistral_sliding_window_config() -> PretrainedConfig:
+    # A window much shorter than the requests, so every attention path has to apply it.
+    return MistralConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, sliding_window=24, initializer_range=0.3,
+        tie_word_embeddings=False, **_special_ids(),
+    )  # fmt: skip
+
+
+RANDOM_ARCHITECTURES = {
+    "qwen2": _qwen2_config,
+    "gpt_neox": _gpt_neox_config,
+    "mistral_sliding_window": _mistral_sliding_window_config,
+}
+
+
 def _save_random_model(config: PretrainedConfig, out_dir: Path) -> Path:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
@@ -60,13 +85,12 @@ def _save_random_model(config: PretrainedConfig, out_dir: Path) -> Path:
     return out_dir
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt_neox"])
+@pytest.fixture(scope="module", params=["llama", *RANDOM_ARCHITECTURES])
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out_dir = tmp_path_factory.mktemp(request.param)
     if request.param == "llama":
         return make_tiny_model(out_dir)
-    config = _qwen2_config() if request.param == "qwen2" else _gpt_neox_config()
-    return _save_random_model(config, out_dir)
+    return _save_random_model(RANDOM_ARCHITECTURES[request.param](), out_dir)
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +133,22 @@ async def _generate_concurrently(
     return {request.request_id: tokens for request, tokens in zip(requests, results, strict=True)}
 
 
-def _run_engine(config: ServerConfig, requests: list[GenerationRequest]) -> tuple[dict[str, list[int]], int]:
-    async def main() -> tuple[dict[str, list[int]], int]:
-        engine = AsyncEngine(load_model(config), config)
+def _run_engine(
+    config: ServerConfig, requests: list[GenerationRequest]
+) -> tuple[dict[str, list[int]], float]:
+    """Each request's tokens through a fresh engine, and how many preemptions the engine reported."""
+    registry = CollectorRegistry()
+
+    async def main() -> dict[str, list[int]]:
+        engine = AsyncEngine(load_model(config), config, metrics.build_collectors(registry))
         await engine.start()
         try:
-            outputs = await _generate_concurrently(engine, requests)
-            return outputs, engine._core.scheduler.num_preemptions
+            return await _generate_concurrently(engine, requests)
         finally:
             await engine.stop()
 
-    return asyncio.run(main())
+    outputs = asyncio.run(main())
+    return outputs, registry.get_sample_value("llm_preemptions_total") or 0.0
 
 
 def test_concurrent_greedy_batch_matches_generate_alone(model_dir, requests, expected):

@@ -8,6 +8,7 @@ is its manifest. Secrets cannot be decrypted without the CLI, so they come from 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -167,12 +168,23 @@ def run_program(
 ) -> RecordingMocks:
     """Run `program` under `mocks` (default: a fresh recorder) with `config`; its exceptions propagate."""
     mocks = mocks or RecordingMocks()
+    _ensure_event_loop()
     # A fresh root stack per run: exports and children of an earlier run in this process must not leak in.
     settings.set_root_resource(None)  # type: ignore[arg-type]
     pulumi.runtime.set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
     _sync_await(run_pulumi_func(program))
     return mocks
+
+
+def _ensure_event_loop() -> None:
+    """Pulumi's runtime schedules on the thread's current loop; an earlier `asyncio.run` leaves none."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def manifest_file_names(objects: list[dict[str, Any]]) -> list[str]:

@@ -65,6 +65,7 @@ def summarize(timings: list[RequestTiming]) -> dict[str, object]:
         "requests": len(timings),
         "output_tokens": output_tokens,
         "duration_s": end - start,
+        "requests_per_s": len(timings) / (end - start),
         "output_tokens_per_s": output_tokens / (end - start),
         "ttft_s": percentiles([timing.token_times[0] - timing.arrival for timing in timings]),
         "inter_token_latency_s": percentiles(inter_token),

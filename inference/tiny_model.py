@@ -6,7 +6,9 @@ checkpoint, so every path of the server runs without downloading anything.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -38,28 +40,47 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Write the demo model to `out_dir` (created if needed) and return it."""
+TINY_DIMENSIONS = {
+    "hidden_size": 64,
+    "intermediate_size": 172,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def write_random_llama(
+    out_dir: Path,
+    dimensions: Mapping[str, int],
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **config: Any,
+) -> Path:
+    """A random-weight Llama with the byte-level tokenizer, saved to `out_dir` in Hugging Face format."""
     tokenizer = byte_level_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=172,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        # A wide init makes the logits peaked, so greedy decoding has no near-ties that rounding
-        # differences between batched and single-request kernels could flip.
-        initializer_range=0.3,
+    llama_config = LlamaConfig(
+        **{"vocab_size": len(tokenizer), **dimensions},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **config,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    LlamaForCausalLM(llama_config).to(dtype).eval().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def make_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """Write the demo model to `out_dir` (created if needed) and return it."""
+    return write_random_llama(
+        out_dir,
+        TINY_DIMENSIONS,
+        seed=seed,
+        max_position_embeddings=512,
+        # A wide init makes the logits peaked, so greedy decoding has no near-ties that rounding
+        # differences between batched and single-request kernels could flip.
+        initializer_range=0.3,
+    )

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from inference.tiny_model import byte_level_tokenizer
+from inference.tiny_model import write_random_llama
 
 # "small" is wide enough for per-channel int8 to behave as on real models yet quick in tests, "wide"
 # big enough on CPU for int8 to matter, "llama-1b" has the layer sizes of Llama 3.2 1B (GPU runs).
@@ -29,17 +28,6 @@ SHAPES: dict[str, dict[str, int]] = {
 
 def make_random_llama(out_dir: Path, shape: str, seed: int = 0) -> Path:
     """A random-weight Llama of a named shape with the byte-level tokenizer, in Hugging Face format."""
-    tokenizer = byte_level_tokenizer()
-    sizes = {"vocab_size": len(tokenizer), **SHAPES[shape]}
-    config = LlamaConfig(
-        **sizes,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    return write_random_llama(
+        out_dir, SHAPES[shape], seed=seed, dtype=torch.bfloat16, max_position_embeddings=2048
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir

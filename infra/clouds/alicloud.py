@@ -19,7 +19,11 @@ from infra.clouds.base import CloudTarget, LogSink, ModelSync
 from infra.config import MODEL_DIR, AlicloudClusterCreate, AlicloudConfig, StackConfig
 
 STS_AUDIENCE = "sts.aliyuncs.com"
-ESSD_STORAGE_CLASS = "alicloud-disk-essd-encrypted"
+ESSD_STORAGE_CLASS = common.StorageClassSpec(
+    name="alicloud-disk-essd-encrypted",
+    provisioner="diskplugin.csi.alibabacloud.com",
+    parameters={"type": "cloud_essd", "performanceLevel": "PL1", "encrypted": "true", "fstype": "ext4"},
+)
 LB_ANNOTATION = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-"
 # Add-ons a new cluster gets: network, disk CSI, and the webhook that makes RRSA transparent to pods.
 CLUSTER_ADDONS = ("flannel", "csi-plugin", "csi-provisioner", "ack-pod-identity-webhook")
@@ -162,6 +166,17 @@ def _model_bucket(config: StackConfig, name: str, opts: pulumi.ResourceOptions) 
     return bucket
 
 
+def _custom_policy(
+    resource_name: str, policy_name: str, document: pulumi.Input[str], opts: pulumi.ResourceOptions
+) -> alicloud.ram.Policy:
+    return alicloud.ram.Policy(resource_name, policy_name=policy_name, policy_document=document, opts=opts)
+
+
+def _attached(policy: alicloud.ram.Policy) -> dict[str, pulumi.Input[str]]:
+    """The arguments that name a custom policy in a role's or a user's policy attachment."""
+    return {"policy_name": policy.policy_name, "policy_type": "Custom"}
+
+
 def _model_reader(
     config: StackConfig, cluster: Cluster, bucket: str, opts: pulumi.ResourceOptions
 ) -> alicloud.ram.Role:
@@ -176,18 +191,11 @@ def _model_reader(
         ),
         opts=opts,
     )
-    policy = alicloud.ram.Policy(
-        f"{config.name}-model-read",
-        policy_name=name,
-        policy_document=model_read_policy(bucket, common.model_prefix(config)),
-        opts=opts,
+    policy = _custom_policy(
+        f"{config.name}-model-read", name, model_read_policy(bucket, common.model_prefix(config)), opts
     )
     alicloud.ram.RolePolicyAttachment(
-        f"{config.name}-model-sync",
-        role_name=role.role_name,
-        policy_name=policy.policy_name,
-        policy_type="Custom",
-        opts=opts,
+        f"{config.name}-model-sync", role_name=role.role_name, **_attached(policy), opts=opts
     )
     return role
 
@@ -195,9 +203,7 @@ def _model_reader(
 def _log_sink(
     config: StackConfig, region: str, opts: pulumi.ResourceOptions
 ) -> tuple[LogSink, alicloud.log.Project, alicloud.log.Store]:
-    retention = common.require_retention(
-        config, lambda days: 1 <= days <= MAX_LOG_RETENTION_DAYS, f"1 to {MAX_LOG_RETENTION_DAYS} days"
-    )
+    retention = common.require_retention_up_to(config, MAX_LOG_RETENTION_DAYS)
     prefix = config.name
     project = alicloud.log.Project(
         f"{prefix}-logs",
@@ -221,10 +227,10 @@ def _log_sink(
         comments="fluent-bit: writes to one SLS logstore",
         opts=opts,
     )
-    policy = alicloud.ram.Policy(
+    policy = _custom_policy(
         f"{prefix}-log-write",
-        policy_name=f"{prefix}-{config.stack}-log-write",
-        policy_document=common.json_document(
+        f"{prefix}-{config.stack}-log-write",
+        common.json_document(
             {
                 "Version": "1",
                 "Statement": [
@@ -245,33 +251,21 @@ def _log_sink(
                 ],
             }
         ),
-        opts=opts,
+        opts,
     )
     alicloud.ram.UserPolicyAttachment(
-        f"{prefix}-log-write",
-        user_name=writer.name,
-        policy_name=policy.policy_name,
-        policy_type="Custom",
-        opts=opts,
+        f"{prefix}-log-write", user_name=writer.name, **_attached(policy), opts=opts
     )
     key = alicloud.ram.AccessKey(f"{prefix}-log-agent", user_name=writer.name, opts=opts)
-    sink = LogSink(
-        kind="sls",
-        # SLS's Kafka-compatible endpoint: topic = logstore, SASL user = project, password = key id#secret.
-        outputs={
-            "Name": "kafka",
-            "Brokers": pulumi.Output.concat(
-                project.project_name, f".{region}-intranet.log.aliyuncs.com:10011"
-            ),
-            "Topics": store.logstore_name,
-            "Format": "json",
-            "rdkafka.security.protocol": "sasl_ssl",
-            "rdkafka.sasl.mechanism": "PLAIN",
-            "rdkafka.sasl.username": project.project_name,
-        },
-        secret_outputs={
-            "rdkafka.sasl.password": pulumi.Output.secret(pulumi.Output.concat(key.id, "#", key.secret))
-        },
+    # SLS's Kafka-compatible endpoint: topic = logstore, SASL user = project.
+    sink = common.kafka_log_sink(
+        "sls",
+        brokers=pulumi.Output.concat(project.project_name, f".{region}-intranet.log.aliyuncs.com:10011"),
+        topic=store.logstore_name,
+        username=project.project_name,
+        key_id=key.id,
+        key_secret=key.secret,
+        security_protocol="sasl_ssl",
     )
     return sink, project, store
 
@@ -327,21 +321,12 @@ def build_target(config: StackConfig) -> CloudTarget:
             ],
             service_account_annotations={"pod-identity.alibabacloud.com/role-name": reader.role_name},
         )
-    k8s_provider = common.kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
-    return CloudTarget(
-        name="alicloud",
-        kubernetes_provider=k8s_provider,
-        storage_class=common.storage_class(
-            config,
-            ESSD_STORAGE_CLASS,
-            "diskplugin.csi.alibabacloud.com",
-            {"type": "cloud_essd", "performanceLevel": "PL1", "encrypted": "true", "fstype": "ext4"},
-            k8s_provider,
-        ),
-        service_type="LoadBalancer",
+    return common.managed_cluster_target(
+        config,
+        "alicloud",
+        cluster,
+        ESSD_STORAGE_CLASS,
         service_annotations=load_balancer_annotations(cloud),
-        node_selector=common.gpu_node_selector(config),
-        tolerations=common.gpu_tolerations(config),
         model_sync=model_sync,
         log_sink=log_sink,
         outputs={

@@ -16,7 +16,7 @@ import pulumi_aws as aws
 
 from infra.clouds import common
 from infra.clouds.base import CloudTarget, LogSink, ModelSync
-from infra.config import MODEL_DIR, AwsClusterCreate, AwsConfig, StackConfig
+from infra.config import AwsClusterCreate, AwsConfig, StackConfig
 
 # The retention periods CloudWatch Logs accepts.
 LOG_RETENTION_DAYS = (
@@ -49,7 +49,11 @@ TAINT_EFFECTS = {
     "PreferNoSchedule": "PREFER_NO_SCHEDULE",
 }
 STS_AUDIENCE = "sts.amazonaws.com"
-GP3_STORAGE_CLASS = "gp3-encrypted"
+GP3_STORAGE_CLASS = common.StorageClassSpec(
+    name="gp3-encrypted",
+    provisioner="ebs.csi.aws.com",
+    parameters={"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"},
+)
 
 
 @dataclass(frozen=True)
@@ -468,33 +472,16 @@ def build_target(config: StackConfig) -> CloudTarget:
         )
         model_sync = ModelSync(
             image=cloud.model_sync_image,
-            command=[
-                "aws",
-                "s3",
-                "sync",
-                "--only-show-errors",
-                "--no-progress",
-                f"s3://{common.bucket_name(config, cloud.bucket.name)}/{prefix}",
-                MODEL_DIR,
-            ],
+            command=common.s3_sync_command(f"s3://{common.bucket_name(config, cloud.bucket.name)}/{prefix}"),
             env={"AWS_REGION": cloud.region},
             service_account_annotations={"eks.amazonaws.com/role-arn": reader.arn},
         )
-    k8s_provider = common.kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
-    return CloudTarget(
-        name="aws",
-        kubernetes_provider=k8s_provider,
-        storage_class=common.storage_class(
-            config,
-            GP3_STORAGE_CLASS,
-            "ebs.csi.aws.com",
-            {"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"},
-            k8s_provider,
-        ),
-        service_type="LoadBalancer",
+    return common.managed_cluster_target(
+        config,
+        "aws",
+        cluster,
+        GP3_STORAGE_CLASS,
         service_annotations=load_balancer_annotations(cloud),
-        node_selector=common.gpu_node_selector(config),
-        tolerations=common.gpu_tolerations(config),
         model_sync=model_sync,
         log_sink=log_sink,
         outputs={"clusterName": cluster.name, "modelBucket": bucket.bucket, "logGroup": log_group.name},

@@ -1,5 +1,6 @@
 """What the three managed clouds share: the GPU pool's taint and label, the identities' subjects,
-the cluster's Kubernetes provider, and the model volume's StorageClass.
+the cluster's Kubernetes provider, the model volume's StorageClass, the Kafka-compatible log sink,
+and the CloudTarget a managed cluster hands over.
 
 The GPU node pool each cloud creates carries GPU_TAINT and GPU_POOL_LABEL; the CloudTarget hands
 the workload the matching toleration and nodeSelector from the same two constants, so the two can
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.clouds.base import CloudTarget, LogSink, ModelSync
 from infra.components.naming import App
-from infra.config import PROJECT, ConfigError, StackConfig, stack_file
+from infra.config import MODEL_DIR, PROJECT, ConfigError, StackConfig, stack_file
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,13 @@ def model_prefix(config: StackConfig) -> str:
     return config.model.bucket_prefix.strip("/")
 
 
+def s3_sync_command(source: str, endpoint_url: str | None = None) -> list[str]:
+    """The AWS CLI's `s3 sync` of the weights at `source` (s3://bucket/prefix) into the model volume;
+    `endpoint_url` for an S3-compatible store."""
+    endpoint = ["--endpoint-url", endpoint_url] if endpoint_url else []
+    return ["aws", "s3", "sync", "--only-show-errors", "--no-progress", *endpoint, source, MODEL_DIR]
+
+
 def require_retention(config: StackConfig, allowed: Callable[[int], bool], what: str) -> int:
     """The log retention, if the cloud's log service accepts it; else stop naming the key."""
     days = config.logging.retention_days
@@ -87,6 +97,11 @@ def require_retention(config: StackConfig, allowed: Callable[[int], bool], what:
             ],
         )
     return days
+
+
+def require_retention_up_to(config: StackConfig, max_days: int) -> int:
+    """The log retention, for a log service that keeps logs from 1 to `max_days` days."""
+    return require_retention(config, lambda days: 1 <= days <= max_days, f"1 to {max_days} days")
 
 
 def kubeconfig(config: StackConfig, from_cloud: Callable[[], pulumi.Input[str]]) -> pulumi.Output[str]:
@@ -112,14 +127,21 @@ def json_document(document: Mapping[str, object]) -> pulumi.Output[str]:
     return pulumi.Output.from_input(document).apply(lambda resolved: json.dumps(resolved, sort_keys=True))
 
 
-def storage_class(
-    config: StackConfig, name: str, provisioner: str, parameters: Mapping[str, str], provider: k8s.Provider
-) -> str:
+@dataclass(frozen=True)
+class StorageClassSpec:
+    """The cloud's block storage for the model volume: its CSI provisioner and that driver's parameters."""
+
+    name: str
+    provisioner: str
+    parameters: Mapping[str, str]
+
+
+def storage_class(config: StackConfig, spec: StorageClassSpec, provider: k8s.Provider) -> str:
     """Declare the model volume's StorageClass (encrypted, expandable, bound where the pod lands)."""
     k8s.storage.v1.StorageClass(
-        f"{config.name}-{name}",
+        f"{config.name}-{spec.name}",
         metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=name,
+            name=spec.name,
             labels={
                 "app.kubernetes.io/name": config.name,
                 "app.kubernetes.io/part-of": PROJECT,
@@ -127,11 +149,78 @@ def storage_class(
                 "app.kubernetes.io/managed-by": "pulumi",
             },
         ),
-        provisioner=provisioner,
-        parameters=dict(parameters),
+        provisioner=spec.provisioner,
+        parameters=dict(spec.parameters),
         reclaim_policy="Retain",
         allow_volume_expansion=True,
         volume_binding_mode="WaitForFirstConsumer",
         opts=pulumi.ResourceOptions(provider=provider),
     )
-    return name
+    return spec.name
+
+
+def kafka_log_sink(
+    kind: str,
+    brokers: pulumi.Input[str],
+    topic: pulumi.Input[str],
+    username: pulumi.Input[str],
+    key_id: pulumi.Input[str],
+    key_secret: pulumi.Input[str],
+    security_protocol: str,
+) -> LogSink:
+    """fluent-bit's kafka output to a log service's Kafka-compatible endpoint: SASL PLAIN with the
+    password `key id#key secret`, which the component keeps in a Secret."""
+    return LogSink(
+        kind=kind,
+        outputs={
+            "Name": "kafka",
+            "Brokers": brokers,
+            "Topics": topic,
+            "Format": "json",
+            "rdkafka.security.protocol": security_protocol,
+            "rdkafka.sasl.mechanism": "PLAIN",
+            "rdkafka.sasl.username": username,
+        },
+        secret_outputs={
+            "rdkafka.sasl.password": pulumi.Output.secret(pulumi.Output.concat(key_id, "#", key_secret))
+        },
+    )
+
+
+class ManagedCluster(Protocol):
+    """What each cloud's cluster (created or existing) offers its target."""
+
+    @property
+    def kubeconfig(self) -> pulumi.Output[str]: ...
+
+    @property
+    def dependencies(self) -> tuple[pulumi.Resource, ...]: ...  # node pools, add-ons: ready first
+
+
+def managed_cluster_target(
+    config: StackConfig,
+    cloud: str,
+    cluster: ManagedCluster,
+    storage: StorageClassSpec,
+    service_annotations: Mapping[str, str],
+    model_sync: ModelSync | None,
+    log_sink: LogSink,
+    outputs: Mapping[str, pulumi.Input[str]],
+    namespace_labels: Mapping[str, str] | None = None,
+) -> CloudTarget:
+    """The target of a managed cluster: its own Kubernetes provider, the cloud's StorageClass, a
+    LoadBalancer Service, and the GPU pool's nodeSelector and tolerations."""
+    provider = kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
+    return CloudTarget(
+        name=cloud,
+        kubernetes_provider=provider,
+        storage_class=storage_class(config, storage, provider),
+        service_type="LoadBalancer",
+        service_annotations=service_annotations,
+        node_selector=gpu_node_selector(config),
+        tolerations=gpu_tolerations(config),
+        model_sync=model_sync,
+        log_sink=log_sink,
+        outputs=outputs,
+        namespace_labels=namespace_labels or {},
+    )

@@ -16,9 +16,11 @@ import tencentcloud_iac_pulumi as tencentcloud
 
 from infra.clouds import common
 from infra.clouds.base import CloudTarget, LogSink, ModelSync
-from infra.config import MODEL_DIR, StackConfig, TencentClusterCreate, TencentConfig
+from infra.config import StackConfig, TencentClusterCreate, TencentConfig
 
-CBS_STORAGE_CLASS = "cbs-premium"
+CBS_STORAGE_CLASS = common.StorageClassSpec(
+    name="cbs-premium", provisioner="com.tencent.cloud.csi.cbs", parameters={"diskType": "CLOUD_PREMIUM"}
+)
 MAX_LOG_RETENTION_DAYS = 3600
 INTERNAL_SUBNET_ANNOTATION = "service.kubernetes.io/qcloud-loadbalancer-internal-subnetid"
 CREDENTIALS_FILE = "credentials"
@@ -201,17 +203,10 @@ def _model_sync(config: StackConfig, cloud: TencentConfig, opts: pulumi.Resource
     )
     return ModelSync(
         image=cloud.model_sync_image,
-        command=[
-            "aws",
-            "s3",
-            "sync",
-            "--only-show-errors",
-            "--no-progress",
-            "--endpoint-url",
-            f"https://cos.{cloud.region}.myqcloud.com",
+        command=common.s3_sync_command(
             f"s3://{cos_bucket_name(config, cloud)}/{common.model_prefix(config)}",
-            MODEL_DIR,
-        ],
+            endpoint_url=f"https://cos.{cloud.region}.myqcloud.com",
+        ),
         env={
             "AWS_DEFAULT_REGION": cloud.region,
             "AWS_SHARED_CREDENTIALS_FILE": f"{ModelSync.SECRET_FILES_DIR}/{CREDENTIALS_FILE}",
@@ -223,9 +218,7 @@ def _model_sync(config: StackConfig, cloud: TencentConfig, opts: pulumi.Resource
 def _log_sink(
     config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions
 ) -> tuple[LogSink, tencentcloud.cls.Topic]:
-    retention = common.require_retention(
-        config, lambda days: 1 <= days <= MAX_LOG_RETENTION_DAYS, f"1 to {MAX_LOG_RETENTION_DAYS} days"
-    )
+    retention = common.require_retention_up_to(config, MAX_LOG_RETENTION_DAYS)
     logset = tencentcloud.cls.Logset(
         f"{config.name}-logs", logset_name=f"{config.name}-{config.stack}", opts=opts
     )
@@ -258,24 +251,15 @@ def _log_sink(
         "fluent-bit: writes to one CLS topic",
         opts,
     )
-    sink = LogSink(
-        kind="cls",
-        # CLS's Kafka-compatible endpoint (intranet): topic = topic id, SASL user = logset id,
-        # password = SecretId#SecretKey.
-        outputs={
-            "Name": "kafka",
-            "Brokers": f"{cloud.region}-producer.cls.tencentyun.com:9095",
-            "Topics": topic.id,
-            "Format": "json",
-            "rdkafka.security.protocol": "sasl_plaintext",
-            "rdkafka.sasl.mechanism": "PLAIN",
-            "rdkafka.sasl.username": logset.id,
-        },
-        secret_outputs={
-            "rdkafka.sasl.password": pulumi.Output.secret(
-                pulumi.Output.concat(key.access_key, "#", key.secret_access_key)
-            )
-        },
+    # CLS's Kafka-compatible endpoint (intranet): topic = topic id, SASL user = logset id.
+    sink = common.kafka_log_sink(
+        "cls",
+        brokers=f"{cloud.region}-producer.cls.tencentyun.com:9095",
+        topic=topic.id,
+        username=logset.id,
+        key_id=key.access_key,
+        key_secret=key.secret_access_key,
+        security_protocol="sasl_plaintext",
     )
     return sink, topic
 
@@ -301,21 +285,12 @@ def build_target(config: StackConfig) -> CloudTarget:
     log_sink, topic = _log_sink(config, cloud, opts)
     bucket = _model_bucket(config, cloud, opts)
     model_sync = _model_sync(config, cloud, opts) if common.uses_bucket(config) else None
-    k8s_provider = common.kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
-    return CloudTarget(
-        name="tencent",
-        kubernetes_provider=k8s_provider,
-        storage_class=common.storage_class(
-            config,
-            CBS_STORAGE_CLASS,
-            "com.tencent.cloud.csi.cbs",
-            {"diskType": "CLOUD_PREMIUM"},
-            k8s_provider,
-        ),
-        service_type="LoadBalancer",
+    return common.managed_cluster_target(
+        config,
+        "tencent",
+        cluster,
+        CBS_STORAGE_CLASS,
         service_annotations=load_balancer_annotations(cloud),
-        node_selector=common.gpu_node_selector(config),
-        tolerations=common.gpu_tolerations(config),
         model_sync=model_sync,
         log_sink=log_sink,
         outputs={"clusterId": cluster.id, "modelBucket": bucket.bucket, "logTopic": topic.id},

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from inference.bench import BenchSettings, main, run_bench
+from inference.bench import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, main, run_bench
 from inference.bench_workload import make_workload, percentiles
 from inference.tiny_model import byte_level_tokenizer
 
@@ -20,7 +21,6 @@ def small_settings(tiny_model_dir) -> BenchSettings:
         num_requests=6,
         prompt_tokens=(4, 12),
         output_tokens=(2, 6),
-        rate_per_second=200.0,
         max_num_seqs=4,
     )
 
@@ -33,7 +33,7 @@ def report(small_settings) -> dict:
 @pytest.mark.parametrize("mode", ["burst", "steady"])
 def test_both_systems_serve_every_requested_token(report, small_settings, mode):
     settings = small_settings
-    rate = settings.rate_per_second if mode == "steady" else None
+    rate = report[mode]["arrival_rate_per_s"]
     vocab_size = len(byte_level_tokenizer())
     workload = make_workload(
         settings.num_requests, settings.prompt_tokens, settings.output_tokens, vocab_size, rate, settings.seed
@@ -55,6 +55,29 @@ def test_figures_are_positive_and_ordered(report, mode):
             assert 0 < figures["p50"] <= figures["p90"] <= figures["p99"]
 
 
+@pytest.mark.parametrize("mode", ["burst", "steady"])
+def test_request_rate_is_requests_over_duration(report, mode):
+    for system in SYSTEMS:
+        summary = report[mode][system]
+        assert summary["requests_per_s"] == summary["requests"] / summary["duration_s"]
+
+
+def test_steady_rate_defaults_to_a_multiple_of_the_baseline_capacity_measured_in_burst(report):
+    capacity = report["burst"]["baseline"]["requests_per_s"]
+    assert report["burst"]["arrival_rate_per_s"] is None
+    assert report["steady"]["arrival_rate_per_s"] == STEADY_LOAD_OVER_BASELINE_CAPACITY * capacity
+    source = f"{STEADY_LOAD_OVER_BASELINE_CAPACITY}x baseline capacity measured in burst"
+    assert report["steady"]["rate_source"] == source
+
+
+def test_steady_alone_measures_the_baseline_capacity_in_a_calibration_burst(small_settings):
+    report = run_bench(replace(small_settings, modes=("steady",)))
+    assert "burst" not in report
+    assert report["steady"]["arrival_rate_per_s"] > 0
+    assert "calibration burst" in report["steady"]["rate_source"]
+    assert report["steady"]["baseline"]["requests"] == small_settings.num_requests
+
+
 def test_ratios_compare_engine_with_baseline(report):
     burst = report["burst"]
     ratio = burst["engine_over_baseline"]["output_tokens_per_s"]
@@ -66,6 +89,13 @@ def test_the_cli_prints_the_report_as_json(tiny_model_dir, capsys):
     assert main([*argv, "--output-tokens", "2", "--modes", "burst"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["burst"]) == {"arrival_rate_per_s", "engine", "baseline", "engine_over_baseline"}
+
+
+def test_the_rate_flag_sets_the_steady_rate(tiny_model_dir, capsys):
+    argv = ["--model-path", str(tiny_model_dir), "--num-requests", "2", "--prompt-tokens", "3:5"]
+    assert main([*argv, "--output-tokens", "2", "--modes", "steady", "--rate", "40"]) == 0
+    steady = json.loads(capsys.readouterr().out)["steady"]
+    assert (steady["arrival_rate_per_s"], steady["rate_source"]) == (40.0, "--rate")
 
 
 def test_percentiles_pick_by_nearest_rank():

@@ -3,23 +3,22 @@ cluster) and the same stack on an existing cluster."""
 
 from __future__ import annotations
 
-import pytest
-
 from infra.clouds.alicloud import LB_ANNOTATION
-from infra.config import ConfigError, StackConfig
+from infra.config import StackConfig
 from infra.render import RecordingMocks
 from tests.infra.cloud_stacks import (
     KUBECONFIG,
+    assert_retention_rejected,
+    assert_workload_fits_gpu_pool,
     kubernetes_object,
-    load_config,
+    model_volume_storage_class,
+    only_kubernetes_object,
+    only_resource,
     pod_spec,
     policy,
     resource,
     resources,
-    run_stack,
-    stack_values,
-    tolerates,
-    with_changes,
+    stack_fixtures,
 )
 
 STACK = "prod-alicloud"
@@ -32,25 +31,14 @@ EXISTING = {
     },
 }
 
-
-@pytest.fixture(scope="module")
-def values() -> dict:
-    return stack_values(STACK)
+values, config, created, existing = stack_fixtures(STACK, EXISTING, {"kubeconfig": KUBECONFIG})
 
 
-@pytest.fixture(scope="module")
-def config(values: dict) -> StackConfig:
-    return load_config(STACK, values)
-
-
-@pytest.fixture(scope="module")
-def created(values: dict) -> RecordingMocks:
-    return run_stack(STACK, values)
-
-
-@pytest.fixture(scope="module")
-def existing(values: dict) -> RecordingMocks:
-    return run_stack(STACK, with_changes(values, EXISTING), secrets={"kubeconfig": KUBECONFIG})
+def _model_sync_trust(mocks: RecordingMocks, config: StackConfig) -> dict:
+    """The one statement of the model-sync role's trust policy."""
+    role = resource(mocks, "alicloud:ram/role:Role", f"{config.name}-model-sync")
+    (statement,) = policy(role["assumeRolePolicyDocument"])["Statement"]
+    return statement
 
 
 def test_created_cluster_enables_rrsa(created: RecordingMocks) -> None:
@@ -66,23 +54,16 @@ def test_existing_cluster_declares_no_cluster_or_node_pool(existing: RecordingMo
 def test_existing_cluster_role_trusts_the_configured_rrsa_provider(
     existing: RecordingMocks, config: StackConfig
 ) -> None:
-    trust = policy(
-        resource(existing, "alicloud:ram/role:Role", f"{config.name}-model-sync")["assumeRolePolicyDocument"]
-    )
-    (statement,) = trust["Statement"]
+    statement = _model_sync_trust(existing, config)
     cluster = EXISTING["alicloud.existingCluster"]
     assert statement["Principal"]["Federated"] == [cluster["rrsaOidcProviderArn"]]
     assert statement["Condition"]["StringEquals"]["oidc:iss"] == cluster["rrsaOidcIssuerUrl"]
 
 
 def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
-    spec = pod_spec(created, config)
     pool = resource(created, "alicloud:cs/nodePool:NodePool", f"{config.name}-gpu")
-    assert pool["taints"]
-    for taint in pool["taints"]:
-        assert tolerates(spec["tolerations"], taint["key"], taint.get("value"), taint["effect"])
     labels = {label["key"]: label["value"] for label in pool["labels"]}
-    assert labels.items() <= spec["nodeSelector"].items()
+    assert_workload_fits_gpu_pool(created, config, pool["taints"], labels)
 
 
 def test_model_bucket_is_private_encrypted_and_versioned(
@@ -104,10 +85,7 @@ def test_model_bucket_is_private_encrypted_and_versioned(
 def test_model_sync_role_trusts_only_the_serving_service_account(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    trust = policy(
-        resource(created, "alicloud:ram/role:Role", f"{config.name}-model-sync")["assumeRolePolicyDocument"]
-    )
-    (statement,) = trust["Statement"]
+    statement = _model_sync_trust(created, config)
     conditions = statement["Condition"]["StringEquals"]
     service_account = pod_spec(created, config)["serviceAccountName"]
     assert conditions["oidc:sub"] == f"system:serviceaccount:{config.namespace}:{service_account}"
@@ -135,7 +113,7 @@ def test_service_account_names_the_model_sync_role(created: RecordingMocks, conf
 def test_service_uses_current_annotation_prefix_and_configured_address_type(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    (service,) = [o for o in created.kubernetes_objects() if o["kind"] == "Service"]
+    service = only_kubernetes_object(created, "Service")
     annotations = service["metadata"]["annotations"]
     assert config.alicloud is not None
     assert annotations[f"{LB_ANNOTATION}address-type"] == config.alicloud.load_balancer_address_type
@@ -143,18 +121,15 @@ def test_service_uses_current_annotation_prefix_and_configured_address_type(
 
 
 def test_model_volume_uses_encrypted_essd(created: RecordingMocks) -> None:
-    (claim,) = [o for o in created.kubernetes_objects() if o["kind"] == "PersistentVolumeClaim"]
-    (storage_class,) = [o for o in created.kubernetes_objects() if o["kind"] == "StorageClass"]
-    assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
-    assert storage_class["parameters"]["type"] == "cloud_essd"
-    assert storage_class["parameters"]["encrypted"] == "true"
+    parameters = model_volume_storage_class(created)["parameters"]
+    assert {"type": "cloud_essd", "encrypted": "true"}.items() <= parameters.items()
 
 
 def test_logstore_keeps_logs_for_the_configured_retention(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    (store,) = resources(created, "alicloud:log/store:Store")
-    assert store.inputs["retentionPeriod"] == config.logging.retention_days
+    store = only_resource(created, "alicloud:log/store:Store")
+    assert store["retentionPeriod"] == config.logging.retention_days
 
 
 def test_log_writer_may_post_only_to_the_logstore(created: RecordingMocks, config: StackConfig) -> None:
@@ -171,5 +146,4 @@ def test_log_writer_may_post_only_to_the_logstore(created: RecordingMocks, confi
 
 
 def test_retention_sls_does_not_offer_stops_naming_the_key(values: dict) -> None:
-    with pytest.raises(ConfigError, match=r"llm-serving:logging\.retentionDays"):
-        run_stack(STACK, with_changes(values, {"logging.retentionDays": 3650 + 1}))
+    assert_retention_rejected(STACK, values, 3650 + 1)

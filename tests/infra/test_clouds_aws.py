@@ -3,46 +3,33 @@ stack on an existing cluster."""
 
 from __future__ import annotations
 
+import pulumi
 import pytest
 
 from infra.clouds.aws import TAINT_EFFECTS
 from infra.clouds.common import log_agent_namespace, log_agent_service_account, service_account_subject
-from infra.config import ConfigError, StackConfig
+from infra.config import StackConfig
 from infra.render import RecordingMocks
 from tests.infra.cloud_stacks import (
-    load_config,
+    assert_retention_rejected,
+    assert_workload_fits_gpu_pool,
+    kubernetes_object,
+    model_volume_storage_class,
+    only_kubernetes_object,
+    only_resource,
     pod_spec,
     policy,
     resource,
     resources,
     run_stack,
-    stack_values,
-    tolerates,
+    stack_fixtures,
     with_changes,
 )
 
 STACK = "prod"
 EXISTING = {"aws.cluster": None, "aws.existingCluster": {"name": "team-gpu"}}
 
-
-@pytest.fixture(scope="module")
-def values() -> dict:
-    return stack_values(STACK)
-
-
-@pytest.fixture(scope="module")
-def config(values: dict) -> StackConfig:
-    return load_config(STACK, values)
-
-
-@pytest.fixture(scope="module")
-def created(values: dict) -> RecordingMocks:
-    return run_stack(STACK, values)
-
-
-@pytest.fixture(scope="module")
-def existing(values: dict) -> RecordingMocks:
-    return run_stack(STACK, with_changes(values, EXISTING))
+values, config, created, existing = stack_fixtures(STACK, EXISTING)
 
 
 def _role(mocks: RecordingMocks, name: str) -> tuple[dict, dict]:
@@ -69,13 +56,10 @@ def test_existing_cluster_declares_no_cluster_nodes_or_oidc_provider(existing: R
 
 
 def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
-    spec = pod_spec(created, config)
     pool = resource(created, "aws:eks/nodeGroup:NodeGroup", f"{config.name}-gpu")
     kube_effect = {aws_effect: kube for kube, aws_effect in TAINT_EFFECTS.items()}
-    assert pool["taints"]
-    for taint in pool["taints"]:
-        assert tolerates(spec["tolerations"], taint["key"], taint.get("value"), kube_effect[taint["effect"]])
-    assert pool["labels"].items() <= spec["nodeSelector"].items()
+    taints = [{**taint, "effect": kube_effect[taint["effect"]]} for taint in pool["taints"]]
+    assert_workload_fits_gpu_pool(created, config, taints, pool["labels"])
 
 
 def test_system_pool_is_untainted(created: RecordingMocks, config: StackConfig) -> None:
@@ -130,12 +114,7 @@ def test_model_sync_policy_reads_only_the_bucket_prefix(created: RecordingMocks,
 
 
 def test_service_account_carries_the_model_sync_role(created: RecordingMocks, config: StackConfig) -> None:
-    account = pod_spec(created, config)["serviceAccountName"]
-    (manifest,) = [
-        o
-        for o in created.kubernetes_objects()
-        if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account
-    ]
+    manifest = kubernetes_object(created, "ServiceAccount", pod_spec(created, config)["serviceAccountName"])
     assert manifest["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
         f"arn:aws:mock:::{config.name}-model-sync"
     )
@@ -144,7 +123,7 @@ def test_service_account_carries_the_model_sync_role(created: RecordingMocks, co
 def test_service_is_an_nlb_with_ip_targets_and_the_configured_scheme(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    (service,) = [o for o in created.kubernetes_objects() if o["kind"] == "Service"]
+    service = only_kubernetes_object(created, "Service")
     annotations = service["metadata"]["annotations"]
     assert config.aws is not None
     assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "external"
@@ -156,18 +135,15 @@ def test_service_is_an_nlb_with_ip_targets_and_the_configured_scheme(
 
 
 def test_model_volume_uses_encrypted_gp3(created: RecordingMocks) -> None:
-    (claim,) = [o for o in created.kubernetes_objects() if o["kind"] == "PersistentVolumeClaim"]
-    (storage_class,) = [o for o in created.kubernetes_objects() if o["kind"] == "StorageClass"]
-    assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
-    assert storage_class["parameters"]["type"] == "gp3"
-    assert storage_class["parameters"]["encrypted"] == "true"
+    parameters = model_volume_storage_class(created)["parameters"]
+    assert {"type": "gp3", "encrypted": "true"}.items() <= parameters.items()
 
 
 def test_log_group_keeps_logs_for_the_configured_retention(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    (group,) = resources(created, "aws:cloudwatch/logGroup:LogGroup")
-    assert group.inputs["retentionInDays"] == config.logging.retention_days
+    group = only_resource(created, "aws:cloudwatch/logGroup:LogGroup")
+    assert group["retentionInDays"] == config.logging.retention_days
 
 
 def test_log_agent_role_may_write_only_to_the_log_group(created: RecordingMocks, config: StackConfig) -> None:
@@ -181,5 +157,17 @@ def test_log_agent_role_may_write_only_to_the_log_group(created: RecordingMocks,
 
 
 def test_retention_cloudwatch_does_not_offer_stops_naming_the_key(values: dict) -> None:
-    with pytest.raises(ConfigError, match=r"llm-serving:logging\.retentionDays"):
-        run_stack(STACK, with_changes(values, {"logging.retentionDays": 8}))
+    assert_retention_rejected(STACK, values, 8)
+
+
+def test_declares_no_deprecated_aws_resource_or_argument(
+    values: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pulumi_aws logs a warning when a deprecated resource (e.g. s3 BucketVersioningV2) or argument
+    is declared. (Importing `pulumi_aws.s3` alone raises DeprecationWarnings for every V2 class it
+    defines, used or not: those say nothing about this program.)"""
+    logged: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: logged.append(message))
+    run_stack(STACK, values)
+    run_stack(STACK, with_changes(values, EXISTING))
+    assert [message for message in logged if "deprecated" in message] == []

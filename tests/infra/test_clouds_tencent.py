@@ -3,47 +3,27 @@ cluster) and the same stack on an existing cluster."""
 
 from __future__ import annotations
 
-import pytest
-
 from infra.clouds.base import ModelSync
 from infra.clouds.tencent import CREDENTIALS_FILE, INTERNAL_SUBNET_ANNOTATION, build_target
-from infra.config import ConfigError, StackConfig
+from infra.config import StackConfig
 from infra.render import RecordingMocks, run_program
 from tests.infra.cloud_stacks import (
     KUBECONFIG,
-    load_config,
-    pod_spec,
+    assert_retention_rejected,
+    assert_workload_fits_gpu_pool,
+    model_volume_storage_class,
+    only_kubernetes_object,
+    only_resource,
     policy,
     resource,
     resources,
-    run_stack,
-    stack_values,
-    tolerates,
-    with_changes,
+    stack_fixtures,
 )
 
 STACK = "prod-tencent"
 EXISTING = {"tencent.cluster": None, "tencent.existingCluster": {"name": "cls-0123abcd"}}
 
-
-@pytest.fixture(scope="module")
-def values() -> dict:
-    return stack_values(STACK)
-
-
-@pytest.fixture(scope="module")
-def config(values: dict) -> StackConfig:
-    return load_config(STACK, values)
-
-
-@pytest.fixture(scope="module")
-def created(values: dict) -> RecordingMocks:
-    return run_stack(STACK, values)
-
-
-@pytest.fixture(scope="module")
-def existing(values: dict) -> RecordingMocks:
-    return run_stack(STACK, with_changes(values, EXISTING), secrets={"kubeconfig": KUBECONFIG})
+values, config, created, existing = stack_fixtures(STACK, EXISTING, {"kubeconfig": KUBECONFIG})
 
 
 def _policy_of(mocks: RecordingMocks, name: str) -> dict:
@@ -62,12 +42,8 @@ def test_existing_cluster_declares_no_cluster_or_node_pool(existing: RecordingMo
 
 
 def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
-    spec = pod_spec(created, config)
     pool = resource(created, "tencentcloud:Kubernetes/nodePool:NodePool", f"{config.name}-gpu")
-    assert pool["taints"]
-    for taint in pool["taints"]:
-        assert tolerates(spec["tolerations"], taint["key"], taint.get("value"), taint["effect"])
-    assert pool["labels"].items() <= spec["nodeSelector"].items()
+    assert_workload_fits_gpu_pool(created, config, pool["taints"], pool["labels"])
 
 
 def test_model_bucket_is_private_encrypted_and_versioned(
@@ -94,7 +70,7 @@ def test_model_sync_key_may_read_only_the_bucket_prefix(created: RecordingMocks,
 def test_model_sync_key_is_a_secret_file_not_an_env_value(config: StackConfig) -> None:
     """The key reaches the init container only through `secret_files`; its env points at that file."""
     seen: list[ModelSync] = []
-    run_program(lambda: seen.append(build_target(config).model_sync), "prod-tencent", {}, [])
+    run_program(lambda: seen.append(build_target(config).model_sync), STACK, {}, [])
     (sync,) = seen
     assert set(sync.secret_files) == {CREDENTIALS_FILE}
     assert sync.env["AWS_SHARED_CREDENTIALS_FILE"] == f"{ModelSync.SECRET_FILES_DIR}/{CREDENTIALS_FILE}"
@@ -104,7 +80,7 @@ def test_model_sync_key_is_a_secret_file_not_an_env_value(config: StackConfig) -
 def test_internal_load_balancer_lands_in_the_configured_subnet(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    (service,) = [o for o in created.kubernetes_objects() if o["kind"] == "Service"]
+    service = only_kubernetes_object(created, "Service")
     assert config.tencent is not None
     assert service["metadata"]["annotations"][INTERNAL_SUBNET_ANNOTATION] == (
         config.tencent.load_balancer_internal_subnet_id
@@ -112,17 +88,15 @@ def test_internal_load_balancer_lands_in_the_configured_subnet(
 
 
 def test_model_volume_uses_premium_cbs(created: RecordingMocks) -> None:
-    (claim,) = [o for o in created.kubernetes_objects() if o["kind"] == "PersistentVolumeClaim"]
-    (storage_class,) = [o for o in created.kubernetes_objects() if o["kind"] == "StorageClass"]
-    assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    storage_class = model_volume_storage_class(created)
     assert storage_class["provisioner"] == "com.tencent.cloud.csi.cbs"
 
 
 def test_cls_topic_keeps_logs_for_the_configured_retention(
     created: RecordingMocks, config: StackConfig
 ) -> None:
-    (topic,) = resources(created, "tencentcloud:Cls/topic:Topic")
-    assert topic.inputs["period"] == config.logging.retention_days
+    topic = only_resource(created, "tencentcloud:Cls/topic:Topic")
+    assert topic["period"] == config.logging.retention_days
 
 
 def test_log_writer_may_write_only_to_the_topic(created: RecordingMocks, config: StackConfig) -> None:
@@ -132,5 +106,4 @@ def test_log_writer_may_write_only_to_the_topic(created: RecordingMocks, config:
 
 
 def test_retention_cls_does_not_offer_stops_naming_the_key(values: dict) -> None:
-    with pytest.raises(ConfigError, match=r"llm-serving:logging\.retentionDays"):
-        run_stack(STACK, with_changes(values, {"logging.retentionDays": 3650}))
+    assert_retention_rejected(STACK, values, 3650)

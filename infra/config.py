@@ -576,6 +576,7 @@ def _cross_checks(config: StackConfig) -> list[tuple[str, str]]:
     if config.cloud == "local" and config.model.source == "bucket":
         problems.append((_key(("model", "source")),
                          "the local cloud has no model bucket; allowed: 'demo' or 'volume'"))
+    problems += _model_volume_checks(config)
     if config.ingress.enabled and not config.ingress.host:
         problems.append((_key(("ingress", "host")), "required when ingress.enabled is true"))
     for resource in ("cpu", "memory"):
@@ -587,6 +588,25 @@ def _cross_checks(config: StackConfig) -> list[tuple[str, str]]:
                              "allowed: requests <= limits"))
     problems += _quota_checks(config)
     return problems
+
+
+SHARED_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany")
+PER_POD_ACCESS_MODES = ("ReadWriteOnce", "ReadWriteOncePod")
+
+
+def _model_volume_checks(config: StackConfig) -> list[tuple[str, str]]:
+    """A shared model volume is mounted by every pod, on any node; a synced one is each pod's own."""
+    model = config.model
+    if model.source == "volume" and model.access_mode not in SHARED_ACCESS_MODES:
+        return [(_key(("model", "accessMode")),
+                 f"{model.access_mode} attaches the shared model volume to one node, but up to "
+                 f"{config.max_pods} pods (with the rolling-update surge) mount it on any node; allowed: "
+                 f"{' or '.join(SHARED_ACCESS_MODES)}, or model.source 'bucket' (a volume per pod)")]
+    if model.source == "bucket" and model.access_mode not in PER_POD_ACCESS_MODES:
+        return [(_key(("model", "accessMode")),
+                 f"with model.source 'bucket' each pod syncs into a volume of its own; allowed: "
+                 f"{' or '.join(PER_POD_ACCESS_MODES)}")]
+    return []
 
 
 def _quota_checks(config: StackConfig) -> list[tuple[str, str]]:
@@ -609,6 +629,13 @@ def _quota_checks(config: StackConfig) -> list[tuple[str, str]]:
     if quota.gpus < config.gpu.count * pods:
         problems.append((_key(("quota", "gpus")), f"{quota.gpus} is below the {config.gpu.count * pods} "
                                                   f"GPUs the workload needs at {pods} pods"))
+    if config.model.source != "demo":
+        claims = pods if config.model.source == "bucket" else 1
+        storage = to_decimal(config.model.storage_size) * claims
+        if to_decimal(quota.storage) < storage:
+            problems.append((_key(("quota", "storage")),
+                             f"{quota.storage} is below the {config.model.storage_size} x {claims} model "
+                             f"volume(s) the workload claims at {pods} pods"))
     if quota.pods < pods:
         problems.append((_key(("quota", "pods")), f"{quota.pods} is below the {pods} pods of the workload"))
     return problems

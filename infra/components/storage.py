@@ -56,47 +56,65 @@ def sync_init_container(sync: ModelSync) -> k8s.core.v1.ContainerArgs:
 
 
 class ModelStorage(pulumi.ComponentResource):
-    """The claim, and what the workload takes from it: `volumes`, `init_containers`, `server_mounts`."""
+    """The model volume, and what the workload takes from it: `volumes`, `init_containers`, `server_mounts`.
+
+    Weights synced from a bucket go into a volume of each pod's own (a generic ephemeral volume on the
+    target's storage class), so that every replica the autoscaler adds, on any node, fills its own copy:
+    a single block-storage claim attaches to one node only. A volume filled otherwise is one shared claim.
+    """
 
     def __init__(self, name: str, args: ModelStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("llm-serving:storage:ModelStorage", name, None, opts)
         app = args.app
-        self.claim = k8s.core.v1.PersistentVolumeClaim(
+        claim_spec = k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=[args.access_mode],
+            storage_class_name=args.storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": args.size}),
+        )
+        self.server_mounts = [
+            k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODEL_MOUNT_PATH, read_only=True)
+        ]
+        self.init_containers: list[k8s.core.v1.ContainerArgs] = []
+        if args.model_sync is None:
+            self.volumes = [self._shared_claim_volume(app, claim_spec)]
+        else:
+            self.volumes = [self._per_pod_volume(app, claim_spec), k8s.core.v1.VolumeArgs(
+                name=SYNC_TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")
+            )]
+            self.init_containers.append(sync_init_container(args.model_sync))
+            if args.model_sync.secret_files:
+                self.volumes.append(self._credentials_volume(app, args.model_sync))
+        self.register_outputs({})
+
+    def _shared_claim_volume(
+        self, app: App, spec: k8s.core.v1.PersistentVolumeClaimSpecArgs
+    ) -> k8s.core.v1.VolumeArgs:
+        k8s.core.v1.PersistentVolumeClaim(
             f"{app.model_claim}-persistentvolumeclaim",
             # On WaitForFirstConsumer storage classes a claim binds only once its pod is scheduled, so
             # waiting for it to bind before the Deployment exists would never end.
             metadata=app.metadata(
                 app.model_claim, "model-storage", annotations={"pulumi.com/skipAwait": "true"}
             ),
-            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-                access_modes=[args.access_mode],
-                storage_class_name=args.storage_class,
-                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": args.size}),
-            ),
+            spec=spec,
             opts=child_opts(self),
         )
-        self.volumes = [
-            k8s.core.v1.VolumeArgs(
-                name=MODEL_VOLUME,
-                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
-                    claim_name=app.model_claim
-                ),
-            )
-        ]
-        self.server_mounts = [
-            k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODEL_MOUNT_PATH, read_only=True)
-        ]
-        self.init_containers: list[k8s.core.v1.ContainerArgs] = []
-        if args.model_sync is not None:
-            self.init_containers.append(sync_init_container(args.model_sync))
-            self.volumes.append(
-                k8s.core.v1.VolumeArgs(
-                    name=SYNC_TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")
+        return k8s.core.v1.VolumeArgs(
+            name=MODEL_VOLUME,
+            persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(claim_name=app.model_claim),
+        )
+
+    @staticmethod
+    def _per_pod_volume(app: App, spec: k8s.core.v1.PersistentVolumeClaimSpecArgs) -> k8s.core.v1.VolumeArgs:
+        return k8s.core.v1.VolumeArgs(
+            name=MODEL_VOLUME,
+            ephemeral=k8s.core.v1.EphemeralVolumeSourceArgs(
+                volume_claim_template=k8s.core.v1.PersistentVolumeClaimTemplateArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=app.labels("model-storage")),
+                    spec=spec,
                 )
-            )
-            if args.model_sync.secret_files:
-                self.volumes.append(self._credentials_volume(app, args.model_sync))
-        self.register_outputs({"claim": self.claim.metadata.name})
+            ),
+        )
 
     def _credentials_volume(self, app: App, sync: ModelSync) -> k8s.core.v1.VolumeArgs:
         """A cloud with no workload identity hands a key: it lives in a Secret, mounted read-only."""

@@ -118,8 +118,9 @@ def only_kubernetes_object(mocks: RecordingMocks, kind: str) -> dict[str, Any]:
 
 
 def model_volume_storage_class(mocks: RecordingMocks) -> dict[str, Any]:
-    """The StorageClass the program declared, after checking that the model volume's claim names it."""
-    claim = only_kubernetes_object(mocks, "PersistentVolumeClaim")
+    """The StorageClass the program declared, after checking that each pod's model volume claims it."""
+    pod = only_kubernetes_object(mocks, "Deployment")["spec"]["template"]["spec"]
+    claim = next(v for v in pod["volumes"] if "ephemeral" in v)["ephemeral"]["volumeClaimTemplate"]
     storage_class = only_kubernetes_object(mocks, "StorageClass")
     assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
     return storage_class

@@ -24,7 +24,9 @@ BASE_CONFIG: dict[str, Any] = {
     "cloud": "local",
     "namespace": "llm-test",
     "image": "registry.example.com/llm-serving/inference:1.2.3",
-    "model": {"source": "volume", "storageSize": "50Gi", "loadTimeoutSeconds": 900},
+    "model": {
+        "source": "volume", "accessMode": "ReadWriteMany", "storageSize": "50Gi", "loadTimeoutSeconds": 900
+    },
     "gpu": {"count": 0},
     "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
     "replicas": 2,
@@ -98,8 +100,8 @@ def declare(
 ) -> Declared:
     """Run the program on BASE_CONFIG + `changes`; with `target`, on that target instead of the config's.
 
-    `sync_from_bucket` sets model.source to bucket after validation: the local cloud of BASE_CONFIG has no
-    bucket, but `target` may.
+    `sync_from_bucket` sets model.source to bucket (and a per-pod access mode) after validation: the local
+    cloud of BASE_CONFIG has no bucket, but `target` may.
     """
     config = merged(BASE_CONFIG, changes or {})
     values, secret_keys = runtime_config(config, {"apiKey": API_KEY} if secrets is None else secrets)
@@ -108,7 +110,9 @@ def declare(
         assert target is not None
         config = load_stack_config()
         if sync_from_bucket:
-            config = config.model_copy(update={"model": config.model.model_copy(update={"source": "bucket"})})
+            config = config.model_copy(update={"model": config.model.model_copy(
+                update={"source": "bucket", "access_mode": "ReadWriteOnce"}
+            )})
         build_serving_stack(config, target)
 
     mocks = run_program(run if target is None else on_target, stack, values, secret_keys)

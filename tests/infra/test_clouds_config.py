@@ -64,3 +64,17 @@ def test_neither_existing_cluster_nor_create_is_refused(cloud: str) -> None:
 def test_gpu_pool_sizes_out_of_order_name_the_pool() -> None:
     error = _error("aws", {"aws.cluster.nodePool.minSize": 5, "aws.cluster.nodePool.desiredSize": 2})
     assert [key for key, _ in error.problems] == ["llm-serving:aws.cluster.nodePool"]
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_synced_model_volume_must_be_each_pods_own(cloud: str) -> None:
+    error = _error(cloud, {"model.accessMode": "ReadWriteMany"})
+    assert [key for key, _ in error.problems] == ["llm-serving:model.accessMode"]
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_quota_must_hold_a_model_volume_per_pod(cloud: str) -> None:
+    stack = CLOUD_STACKS[cloud]
+    one_volume = load_config(stack, stack_values(stack)).model.storage_size
+    error = _error(cloud, {"quota.storage": one_volume})
+    assert [key for key, _ in error.problems] == ["llm-serving:quota.storage"]

@@ -110,6 +110,17 @@ def test_quota_too_small_for_the_workload_rejected() -> None:
     assert "llm-serving:quota.limitsCpu" in message
 
 
+def test_shared_model_volume_must_be_mountable_from_many_nodes() -> None:
+    message = problems_of({"model": {"accessMode": "ReadWriteOnce"}})
+    assert "llm-serving:model.accessMode" in message
+    assert "ReadOnlyMany or ReadWriteMany" in message
+
+
+def test_quota_without_room_for_model_volumes_rejected() -> None:
+    message = problems_of({"quota": {"storage": "10Gi"}})
+    assert "llm-serving:quota.storage" in message
+
+
 def test_quota_without_room_for_gpus_rejected() -> None:
     assert "llm-serving:quota.gpus" in problems_of({"gpu": {"count": 1}, "quota": {"gpus": 1}})
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from infra.clouds.base import ModelSync
 from infra.config import MODEL_DIR, MODEL_MOUNT_PATH
-from tests.infra.conftest import declare, gpu_target
+from tests.infra.conftest import BASE_CONFIG, declare, gpu_target
 
 
 def test_claim_size_and_access_mode_from_config() -> None:
@@ -53,9 +53,19 @@ def test_bucket_sync_runs_as_init_container() -> None:
     assert init[0]["command"] == list(target.model_sync.command)
 
 
+def test_bucket_sync_gives_each_pod_a_volume_of_its_own() -> None:
+    declared = declare(target=gpu_target(), sync_from_bucket=True)
+    assert declared.all("PersistentVolumeClaim") == []
+    volume = next(v for v in declared.pod_spec["volumes"] if v.get("ephemeral"))
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    assert claim["storageClassName"] == "fast-ssd"
+    assert claim["resources"]["requests"]["storage"] == BASE_CONFIG["model"]["storageSize"]
+
+
 def test_bucket_sync_writes_into_the_model_volume() -> None:
     declared = declare(target=gpu_target(), sync_from_bucket=True)
-    claim_volume = next(v["name"] for v in declared.pod_spec["volumes"] if v.get("persistentVolumeClaim"))
+    claim_volume = next(v["name"] for v in declared.pod_spec["volumes"] if v.get("ephemeral"))
     mounts = declared.pod_spec["initContainers"][0]["volumeMounts"]
     assert {"name": claim_volume, "mountPath": MODEL_MOUNT_PATH} in mounts
 

@@ -37,17 +37,34 @@ class PrefillSpan:
 
 @dataclass(frozen=True)
 class StepLayout:
+    """Everything the attention layers need about the step, built once per step, not per layer."""
+
     slot_mapping: torch.Tensor  # [T]: the KV slot each token of the step writes
     prefills: list[PrefillSpan]
     decode_rows: torch.Tensor  # [B]: rows of single-token decodes, batched together
-    decode_slots: torch.Tensor  # [B, L]: KV slots of each decode's context, padded
-    decode_lengths: torch.Tensor  # [B]: context length of each decode, the new token included
+    decode_blocks: torch.Tensor  # [B, W]: each decode's block table, padded to W blocks
+    # Per sliding window of the model's layers (None: full attention): [1, B, 1, W * block_size],
+    # 0 where a decode attends to the padded context position, -inf elsewhere.
+    decode_masks: dict[int | None, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one attention layer caches per token, and the window it attends over."""
+
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    sliding_window: int | None
 
 
 @dataclass
 class LayerCache:
-    keys: torch.Tensor  # [num_slots, kv_heads, head_dim]
+    # [kv_heads, num_slots, head_dim]: head-major, so that gathered blocks come out as
+    # [kv_heads, B, L, head_dim], the layout attention reads, without a transposing copy.
+    keys: torch.Tensor
     values: torch.Tensor
+    block_size: int
 
 
 @dataclass
@@ -55,7 +72,7 @@ class StepContext:
     layout: StepLayout | None  # None: a plain causal pass over one sequence, nothing cached
     caches: dict[int, LayerCache]
     # Filled by a pass without layout: what each layer would store, to size the cache.
-    observed: dict[int, tuple[int, int, torch.dtype]]
+    observed: dict[int, LayerSpec]
 
 
 _current_step: ContextVar[StepContext | None] = ContextVar("llm_serving_step", default=None)
@@ -93,11 +110,15 @@ def _attend(
     )
 
 
-def _gather(cache_tensor: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """`cache_tensor[slots]` as [B, kv_heads, L, head_dim]; index_select is much faster on CPU."""
-    rows, length = slots.shape
-    gathered = cache_tensor.index_select(0, slots.flatten())
-    return gathered.view(rows, length, *cache_tensor.shape[1:]).transpose(1, 2)
+def _gather_blocks(cache_tensor: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """[kv_heads, B, W * block_size, head_dim] from a [B, W] block table.
+
+    Whole blocks are copied, not single slots: one index per block instead of one per token.
+    """
+    kv_heads, _, head_dim = cache_tensor.shape
+    by_block = cache_tensor.view(kv_heads, -1, block_size * head_dim)
+    gathered = by_block.index_select(1, blocks.flatten())
+    return gathered.view(kv_heads, blocks.shape[0], -1, head_dim)
 
 
 def _decode_attention(
@@ -108,18 +129,15 @@ def _decode_attention(
     sliding_window: int | None,
 ) -> torch.Tensor:
     heads, batch, head_dim = query.shape
-    keys, values = _gather(cache.keys, layout.decode_slots), _gather(cache.values, layout.decode_slots)
-    kv_heads = keys.shape[1]
+    keys = _gather_blocks(cache.keys, layout.decode_blocks, cache.block_size)
+    values = _gather_blocks(cache.values, layout.decode_blocks, cache.block_size)
+    kv_heads = keys.shape[0]
     # The query heads sharing a KV head become that head's query rows: GQA without copying KV.
-    grouped_query = query.transpose(0, 1).reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    key_positions = torch.arange(layout.decode_slots.shape[1], device=query.device)
-    mask = key_positions[None, :] < layout.decode_lengths[:, None]
-    if sliding_window is not None:
-        mask &= key_positions[None, :] >= layout.decode_lengths[:, None] - sliding_window
+    grouped_query = query.reshape(kv_heads, heads // kv_heads, batch, head_dim).transpose(1, 2)
     attended = F.scaled_dot_product_attention(
-        grouped_query, keys, values, attn_mask=mask[:, None, None, :], scale=scaling
-    )
-    return attended.reshape(batch, heads, head_dim)
+        grouped_query, keys, values, attn_mask=layout.decode_masks[sliding_window], scale=scaling
+    )  # [kv_heads, B, group, head_dim]
+    return attended.permute(1, 0, 2, 3).reshape(batch, heads, head_dim)
 
 
 def paged_attention(
@@ -142,18 +160,19 @@ def paged_attention(
         raise NotImplementedError(f"paged attention does not implement {', '.join(unsupported)}")
     layer = module.layer_idx
     if context.layout is None:
-        context.observed[layer] = (key.shape[1], key.shape[3], key.dtype)
-        total = query.shape[2]
-        positions = torch.arange(total, device=query.device)
+        context.observed[layer] = LayerSpec(key.shape[1], key.shape[3], key.dtype, sliding_window)
+        positions = torch.arange(query.shape[2], device=query.device)
         mask = _window_mask(positions, positions, sliding_window)
         return _attend(query, key, value, scaling, mask, False).transpose(1, 2), None
 
     layout, cache = context.layout, context.caches[layer]
-    new_keys, new_values = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [T, kv_heads, head_dim]
-    cache.keys.index_copy_(0, layout.slot_mapping, new_keys)
-    cache.values.index_copy_(0, layout.slot_mapping, new_values)
-    output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [T, heads, head_dim]
+    cache.keys.index_copy_(1, layout.slot_mapping, key[0])
+    cache.values.index_copy_(1, layout.slot_mapping, value[0])
+    if not layout.prefills:
+        # A step of decodes only (the steady state): every row is one, in order.
+        return _decode_attention(query[0], cache, layout, scaling, sliding_window).unsqueeze(0), None
 
+    output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [T, heads, head_dim]
     for span in layout.prefills:
         rows = slice(span.row_start, span.row_end)
         span_query = query[:, :, rows]
@@ -161,8 +180,8 @@ def paged_attention(
             attended = _attend(span_query, key[:, :, rows], value[:, :, rows], scaling, None, True)
         else:
             slots = span.context_slots if span.context_slots is not None else layout.slot_mapping[rows]
-            span_keys = _gather(cache.keys, slots[None])
-            span_values = _gather(cache.values, slots[None])
+            span_keys = cache.keys.index_select(1, slots)[None]
+            span_values = cache.values.index_select(1, slots)[None]
             query_positions = torch.arange(
                 span.position, span.position + span_query.shape[2], device=query.device
             )

@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 from inference.engine.attention import (
     ATTENTION_NAME,
     LayerCache,
+    LayerSpec,
     PrefillSpan,
     StepContext,
     StepLayout,
@@ -25,25 +26,29 @@ class ModelRunner:
         self.device = device
         self.block_size = block_size
         model.set_attn_implementation(ATTENTION_NAME)
-        self.layer_shapes = self._probe()
+        self.layer_specs = self._probe()
+        self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
+        self.kv_dtype = next(iter(self.layer_specs.values())).dtype
         self.caches: dict[int, LayerCache] = {}
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return sum(2 * heads * dim * dtype.itemsize for heads, dim, dtype in self.layer_shapes.values())
+        specs = self.layer_specs.values()
+        return sum(2 * spec.kv_heads * spec.head_dim * spec.dtype.itemsize for spec in specs)
 
     def allocate_cache(self, num_blocks: int) -> None:
         slots = num_blocks * self.block_size
         self.caches = {
             layer: LayerCache(
-                keys=torch.zeros(slots, heads, dim, dtype=dtype, device=self.device),
-                values=torch.zeros(slots, heads, dim, dtype=dtype, device=self.device),
+                keys=torch.zeros(spec.kv_heads, slots, spec.head_dim, dtype=spec.dtype, device=self.device),
+                values=torch.zeros(spec.kv_heads, slots, spec.head_dim, dtype=spec.dtype, device=self.device),
+                block_size=self.block_size,
             )
-            for layer, (heads, dim, dtype) in self.layer_shapes.items()
+            for layer, spec in self.layer_specs.items()
         }
 
     @torch.inference_mode()
-    def _probe(self) -> dict[int, tuple[int, int, torch.dtype]]:
+    def _probe(self) -> dict[int, LayerSpec]:
         context = StepContext(layout=None, caches={}, observed={})
         tokens = torch.zeros(1, _PROBE_TOKENS, dtype=torch.long, device=self.device)
         with step_context(context):
@@ -84,12 +89,13 @@ class ModelRunner:
             if chunk.samples:
                 sample_rows.append(row + chunk.length - 1)
 
+        decode_blocks = self._padded_block_tables(decode_tables)
         layout = StepLayout(
             slot_mapping=self._tensor(slots),
             prefills=prefills,
             decode_rows=self._tensor(decode_rows),
-            decode_slots=self._decode_slots(decode_tables, decode_lengths),
-            decode_lengths=self._tensor(decode_lengths),
+            decode_blocks=decode_blocks,
+            decode_masks=self._decode_masks(decode_blocks.shape[1], decode_lengths),
         )
         with step_context(StepContext(layout=layout, caches=self.caches, observed={})):
             output = self.model(
@@ -108,12 +114,25 @@ class ModelRunner:
         offsets = torch.arange(self.block_size, device=self.device)
         return (blocks[:, None] * self.block_size + offsets).flatten()[:length]
 
-    def _decode_slots(self, tables: list[list[int]], lengths: list[int]) -> torch.Tensor:
-        if not tables:
-            return torch.empty(0, 0, dtype=torch.long, device=self.device)
-        width = max(len(table) for table in tables)
-        # Padding points at block 0; the length mask keeps those entries out of the softmax.
-        blocks = self._tensor([table + [0] * (width - len(table)) for table in tables])
-        offsets = torch.arange(self.block_size, device=self.device)
-        slots = (blocks[:, :, None] * self.block_size + offsets).flatten(1)
-        return slots[:, : max(lengths)]
+    def _padded_block_tables(self, tables: list[list[int]]) -> torch.Tensor:
+        # Padding points at block 0; the decode masks keep those entries out of the softmax.
+        width = max((len(table) for table in tables), default=0)
+        return self._tensor([table + [0] * (width - len(table)) for table in tables]).view(len(tables), width)
+
+    def _decode_masks(self, width: int, lengths: list[int]) -> dict[int | None, torch.Tensor]:
+        """Per sliding window in the model, the additive attention bias of each decode's context,
+        padded to `width` blocks.
+
+        Additive (0 or -inf) rather than boolean: attention would convert a boolean mask in every layer.
+        """
+        key_positions = torch.arange(width * self.block_size, device=self.device)
+        ends = self._tensor(lengths)[:, None]
+        causal = key_positions < ends
+        masks = {}
+        for window in self.sliding_windows:
+            allowed = causal if window is None else causal & (key_positions >= ends - window)
+            bias = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device).masked_fill_(
+                ~allowed, float("-inf")
+            )
+            masks[window] = bias[None, :, None, :]  # [1, B, 1, L]: broadcast over KV heads and groups
+        return masks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from inference.engine.request import EngineNotReadyError, TokenEvent
@@ -19,7 +20,10 @@ class RequestStream:
     def __init__(self, request_id: str, on_abandon: Callable[[str], None]) -> None:
         self.request_id = request_id
         self._on_abandon = on_abandon
-        self._items: asyncio.Queue[StreamItem] = asyncio.Queue()
+        # A deque and at most one waiting future, not an asyncio.Queue: every token of every running
+        # request passes through here on the event loop, which the engine thread then waits on.
+        self._items: deque[StreamItem] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._done = False
 
     def __aiter__(self) -> RequestStream:
@@ -28,11 +32,16 @@ class RequestStream:
     async def __anext__(self) -> TokenEvent:
         if self._done:
             raise StopAsyncIteration
-        try:
-            item = await self._items.get()
-        except asyncio.CancelledError:
-            self._abandon()
-            raise
+        if not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            except asyncio.CancelledError:
+                self._abandon()
+                raise
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
         if item is None or isinstance(item, EngineNotReadyError) or item.finish_reason is not None:
             self._done = True
         if item is None:
@@ -50,4 +59,6 @@ class RequestStream:
             self._on_abandon(self.request_id)
 
     def push(self, item: StreamItem) -> None:
-        self._items.put_nowait(item)
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

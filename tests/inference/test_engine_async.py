@@ -18,7 +18,9 @@ from inference.engine.request import (
     PromptTooLongError,
     QueueFullError,
     SamplingParams,
+    TokenEvent,
 )
+from inference.engine.stream import RequestStream
 from inference.model_loading import LoadedModel
 
 PROMPT = list(b"The quick brown fox jumps over the lazy dog")
@@ -287,3 +289,21 @@ def test_model_info_and_device_memory_are_exported(tiny_loaded):
     info, memory_used = run_with_engine(tiny_loaded, body)
     assert info == 1
     assert memory_used > 0
+
+
+def test_a_stream_yields_tokens_pushed_before_and_while_it_waits_in_order():
+    async def main() -> list[int]:
+        stream = RequestStream("direct", on_abandon=lambda request_id: None)
+        stream.push(TokenEvent(1))
+        stream.push(TokenEvent(2))
+        consumer = asyncio.create_task(_drain(stream))
+        await asyncio.sleep(0)  # the consumer takes what is there, then waits for more
+        stream.push(TokenEvent(3, finish_reason="length"))
+        stream.push(TokenEvent(4))  # after the finish: never yielded
+        return await consumer
+
+    assert asyncio.run(main()) == [1, 2, 3]
+
+
+async def _drain(stream: RequestStream) -> list[int]:
+    return [event.token_id async for event in stream]

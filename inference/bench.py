@@ -21,7 +21,7 @@ import torch
 
 from inference.baseline import WindowBatchingBaseline
 from inference.bench_workload import RequestTiming, WorkItem, make_workload, summarize
-from inference.config import ServerConfig
+from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import LoadedModel, load_model
@@ -53,7 +53,7 @@ class BenchSettings:
     max_batch_size: int = 16
     batch_window_seconds: float = 0.05
     seed: int = 0
-    torch_threads: int | None = None  # None: torch's default
+    torch_threads: int | None = None  # None: what `serve` uses (inference.config.default_torch_threads)
 
 
 async def _drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
@@ -109,8 +109,7 @@ def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
 
 
 def run_bench(settings: BenchSettings) -> dict[str, object]:
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     loaded = load_model(
         ServerConfig(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
     )
@@ -207,7 +206,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(defaults.modes))
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both systems (default: as `serve`)"
+    )
     return parser
 
 

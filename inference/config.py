@@ -6,6 +6,7 @@ names here are part of the contract between the two halves (see `env_name`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,12 @@ class ServerConfig(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     quantization: Quantization = "none"
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch; default: the usable cores minus one, which stays free for the "
+        "HTTP server and the event loop that hands tokens to clients.",
+    )
 
     api_key: str | None = Field(None, description="Bearer token required on /v1 routes; prefer api_key_file.")
     api_key_file: Path | None = Field(None, description="File holding the bearer token (a mounted Secret).")
@@ -60,3 +67,8 @@ def env_name(field: str) -> str:
     if field not in ServerConfig.model_fields:
         raise KeyError(f"ServerConfig has no field {field!r}")
     return ENV_PREFIX + field.upper()
+
+
+def default_torch_threads() -> int:
+    """Usable cores minus one: torch's threads spinning on every core starve the event loop."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)

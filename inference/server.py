@@ -15,12 +15,13 @@ import signal
 import threading
 from collections.abc import Iterator
 
+import torch
 import uvicorn
 from transformers.utils import logging as hf_logging
 
 from inference.api.app import create_app, serving_state_of
 from inference.api.state import ServingState
-from inference.config import ServerConfig
+from inference.config import ServerConfig, default_torch_threads
 from inference.logging import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def build_server(config: ServerConfig) -> DrainingServer:
 def serve(config: ServerConfig) -> int:
     """Serve until drained or failed; the process exit status."""
     configure_logging(config.log_level)
+    torch.set_num_threads(config.torch_threads or default_torch_threads())
     # Progress bars are not log lines; on a JSON log stream they are noise a parser must skip.
     hf_logging.disable_progress_bar()
     server = build_server(config)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import PurePosixPath
 from typing import Any
 
 from inference.config import env_name
 from infra.config import SERVER_PORT, StackConfig
+from infra.quantity import to_decimal
 
 API_KEY_DIR = "/var/run/secrets/llm-serving"
 API_KEY_FILE_NAME = "api-key"
@@ -20,9 +22,15 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
+def torch_threads_within(cpu_limit: str) -> int:
+    """The pod's whole CPUs less one for the HTTP server: torch counts the node's cores, not the limit."""
+    return max(1, math.floor(to_decimal(cpu_limit)) - 1)
+
+
 def server_environment(config: StackConfig, model_path: str | None) -> dict[str, str]:
     """Every variable of the server's ConfigMap, sorted by name."""
     settings = config.server.model_dump(exclude_none=True)
+    settings.setdefault("torch_threads", torch_threads_within(config.resources.limits.cpu))
     settings.update(
         host="0.0.0.0",
         port=SERVER_PORT,

@@ -9,6 +9,7 @@ import pytest
 
 from inference.bench import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, main, run_bench
 from inference.bench_workload import make_workload, percentiles
+from inference.config import default_torch_threads
 from inference.tiny_model import byte_level_tokenizer
 
 SYSTEMS = ("engine", "baseline")
@@ -76,6 +77,10 @@ def test_steady_alone_measures_the_baseline_capacity_in_a_calibration_burst(smal
     assert report["steady"]["arrival_rate_per_s"] > 0
     assert "calibration burst" in report["steady"]["rate_source"]
     assert report["steady"]["baseline"]["requests"] == small_settings.num_requests
+
+
+def test_both_systems_run_with_the_threads_serve_uses(report):
+    assert report["torch_threads"] == default_torch_threads()
 
 
 def test_ratios_compare_engine_with_baseline(report):

@@ -25,6 +25,21 @@ def test_server_settings_become_their_environment_variables() -> None:
     assert data[env_name("quantization")] == "int8"
 
 
+def test_torch_threads_leave_one_cpu_of_the_limit_to_the_http_server() -> None:
+    changes = {"resources": {"limits": {"cpu": "6", "memory": "4Gi"}}}
+    assert declare(changes).one("ConfigMap")["data"][env_name("torch_threads")] == "5"
+
+
+def test_torch_threads_at_least_one_under_a_fractional_limit() -> None:
+    changes = {"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1500m", "memory": "4Gi"}}}
+    assert declare(changes).one("ConfigMap")["data"][env_name("torch_threads")] == "1"
+
+
+def test_configured_torch_threads_win_over_the_cpu_limit() -> None:
+    data = declare({"server": {"torchThreads": 3}}).one("ConfigMap")["data"]
+    assert data[env_name("torch_threads")] == "3"
+
+
 def test_every_server_variable_is_a_server_config_field(declared: Declared) -> None:
     names = {env_name(field) for field in ServerConfig.model_fields}
     data = declared.one("ConfigMap")["data"]

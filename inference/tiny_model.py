@@ -12,7 +12,12 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|pad|>")
 
@@ -49,6 +54,27 @@ TINY_DIMENSIONS = {
 }
 
 
+def byte_level_token_ids() -> dict[str, int]:
+    """The vocabulary size and special token ids a model config needs to match the byte-level tokenizer."""
+    tokenizer = byte_level_tokenizer()
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def save_random_model(
+    config: PretrainedConfig, out_dir: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
+    """A random-weight causal LM of `config` with the byte-level tokenizer, in Hugging Face format."""
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).to(dtype).eval().save_pretrained(out_dir)
+    byte_level_tokenizer().save_pretrained(out_dir)
+    return out_dir
+
+
 def write_random_llama(
     out_dir: Path,
     dimensions: Mapping[str, int],
@@ -58,19 +84,8 @@ def write_random_llama(
     **config: Any,
 ) -> Path:
     """A random-weight Llama with the byte-level tokenizer, saved to `out_dir` in Hugging Face format."""
-    tokenizer = byte_level_tokenizer()
-    llama_config = LlamaConfig(
-        **{"vocab_size": len(tokenizer), **dimensions},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        **config,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(llama_config).to(dtype).eval().save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    llama = LlamaConfig(**{**byte_level_token_ids(), **dimensions}, tie_word_embeddings=False, **config)
+    return save_random_model(llama, out_dir, seed=seed, dtype=dtype)
 
 
 def make_tiny_model(out_dir: Path, seed: int = 0) -> Path:

@@ -25,6 +25,10 @@ ATTENTION_NAME = "llm_serving_paged"
 _UNSUPPORTED_OPTIONS = ("softcap", "s_aux", "sinks")
 
 
+class UnsupportedAttentionError(ValueError):
+    """The model asks for an attention variant the paged attention does not compute."""
+
+
 @dataclass(frozen=True)
 class PrefillSpan:
     """Query rows `[row_start, row_end)` of one sequence whose first token sits at `position`."""
@@ -157,7 +161,9 @@ def paged_attention(
     unsupported = sorted(name for name in _UNSUPPORTED_OPTIONS if kwargs.get(name) is not None)
     if unsupported:
         # Ignoring them would silently change the model's outputs.
-        raise NotImplementedError(f"paged attention does not implement {', '.join(unsupported)}")
+        raise UnsupportedAttentionError(
+            f"the model's attention uses {', '.join(unsupported)}, which the paged attention does not compute"
+        )
     layer = module.layer_idx
     if context.layout is None:
         context.observed[layer] = LayerSpec(key.shape[1], key.shape[3], key.dtype, sliding_window)

@@ -7,6 +7,7 @@ so a quantized checkpoint is the same bytes whichever scheme serves it.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -29,15 +30,15 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return int8, scale
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(nn.Module, ABC):
     """What both int8 modules share: their defining tensors and the bytes those take."""
 
     in_features: int
     out_features: int
 
+    @abstractmethod
     def int8_state(self) -> dict[str, torch.Tensor]:
         """`weight` (int8), `weight_scale` and, if the layer has one, `bias`."""
-        raise NotImplementedError
 
     def storage_bytes(self) -> int:
         return sum(tensor.nbytes for tensor in self.int8_state().values())

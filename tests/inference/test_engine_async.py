@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
+from transformers import Gemma2Config
 
 from inference import metrics
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
+from inference.engine.attention import UnsupportedAttentionError
 from inference.engine.request import (
     EngineNotReadyError,
     GenerationRequest,
@@ -21,7 +23,8 @@ from inference.engine.request import (
     TokenEvent,
 )
 from inference.engine.stream import RequestStream
-from inference.model_loading import LoadedModel
+from inference.model_loading import LoadedModel, load_model
+from inference.tiny_model import byte_level_token_ids, save_random_model
 
 PROMPT = list(b"The quick brown fox jumps over the lazy dog")
 
@@ -307,3 +310,15 @@ def test_a_stream_yields_tokens_pushed_before_and_while_it_waits_in_order():
 
 async def _drain(stream: RequestStream) -> list[int]:
     return [event.token_id async for event in stream]
+
+
+def test_a_model_with_an_attention_variant_the_engine_lacks_is_refused_at_start(tmp_path) -> None:
+    # Gemma 2 soft-caps attention logits; computing plain attention instead would change its outputs.
+    gemma2 = Gemma2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, **byte_level_token_ids(),
+    )  # fmt: skip
+    config = ServerConfig(model_path=save_random_model(gemma2, tmp_path / "gemma2"))
+    engine = AsyncEngine(load_model(config), config)
+    with pytest.raises(UnsupportedAttentionError, match="softcap"):
+        asyncio.run(engine.start())

@@ -29,28 +29,18 @@ from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import load_model
-from inference.tiny_model import byte_level_tokenizer, make_tiny_model
+from inference.tiny_model import byte_level_token_ids, make_tiny_model, save_random_model
 
 NUM_REQUESTS = 20
 MAX_PROMPT_TOKENS = 90
 MAX_NEW_TOKENS = 40
 
 
-def _special_ids() -> dict[str, int]:
-    tokenizer = byte_level_tokenizer()
-    return {
-        "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-
-
 def _qwen2_config() -> PretrainedConfig:
     return Qwen2Config(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
-        tie_word_embeddings=False, **_special_ids(),
+        tie_word_embeddings=False, **byte_level_token_ids(),
     )  # fmt: skip
 
 
@@ -58,7 +48,8 @@ def _gpt_neox_config() -> PretrainedConfig:
     # Partial rotary embeddings and a parallel residual: a different attention module from Llama's.
     return GPTNeoXConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False, **_special_ids(),
+        max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False,
+        **byte_level_token_ids(),
     )  # fmt: skip
 
 
@@ -67,7 +58,7 @@ def _mistral_sliding_window_config() -> PretrainedConfig:
     return MistralConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, sliding_window=24, initializer_range=0.3,
-        tie_word_embeddings=False, **_special_ids(),
+        tie_word_embeddings=False, **byte_level_token_ids(),
     )  # fmt: skip
 
 
@@ -78,19 +69,12 @@ RANDOM_ARCHITECTURES = {
 }
 
 
-def _save_random_model(config: PretrainedConfig, out_dir: Path) -> Path:
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
-    byte_level_tokenizer().save_pretrained(out_dir)
-    return out_dir
-
-
 @pytest.fixture(scope="module", params=["llama", *RANDOM_ARCHITECTURES])
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out_dir = tmp_path_factory.mktemp(request.param)
     if request.param == "llama":
         return make_tiny_model(out_dir)
-    return _save_random_model(RANDOM_ARCHITECTURES[request.param](), out_dir)
+    return save_random_model(RANDOM_ARCHITECTURES[request.param](), out_dir)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -37,15 +36,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def config_from_flags(flags: dict[str, Any]) -> ServerConfig:
+def config_from_flags(args: argparse.Namespace) -> ServerConfig:
+    """The config from the `serve` flags given, the environment and the defaults, in that order."""
+    flags = {field: value for field, value in vars(args).items() if field in ServerConfig.model_fields}
     # pydantic-settings ranks init arguments above environment variables: flags win.
     return ServerConfig(**flags)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    flags = {field: value for field, value in vars(args).items() if field in ServerConfig.model_fields}
     try:
-        config = config_from_flags(flags)
+        config = config_from_flags(args)
     except ValidationError as error:
         print(f"invalid server configuration:\n{error}", file=sys.stderr)
         return 2
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in _DELEGATED:
-        return int(importlib.import_module(_DELEGATED[arguments[0]]).main(arguments[1:]) or 0)
+        return importlib.import_module(_DELEGATED[arguments[0]]).main(arguments[1:])
     args = build_parser().parse_args(arguments)
     return args.handler(args)
 

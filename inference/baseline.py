@@ -35,11 +35,7 @@ class _StepClock(BaseStreamer):
 
 class WindowBatchingBaseline:
     def __init__(
-        self,
-        model: PreTrainedModel,
-        pad_token_id: int,
-        max_batch_size: int = 16,
-        batch_window_seconds: float = 0.05,
+        self, model: PreTrainedModel, pad_token_id: int, max_batch_size: int, batch_window_seconds: float
     ) -> None:
         # The engine swaps in its own attention when it shares the model; generate needs the stock one.
         model.set_attn_implementation("sdpa")

@@ -50,6 +50,7 @@ class BenchSettings:
     rate_per_second: float | None = None  # steady mode; None: see STEADY_LOAD_OVER_BASELINE_CAPACITY
     modes: tuple[str, ...] = MODES
     max_num_seqs: int = 64
+    # The baseline batches as the seed server did: up to 16 requests or 50 ms.
     max_batch_size: int = 16
     batch_window_seconds: float = 0.05
     seed: int = 0
@@ -71,10 +72,7 @@ async def _drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[R
 
 def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> list[RequestTiming]:
     config = ServerConfig(
-        model_path=settings.model_path,
-        max_num_seqs=settings.max_num_seqs,
-        max_queue_len=len(workload),
-        max_model_len=loaded.max_model_len,
+        max_num_seqs=settings.max_num_seqs, max_queue_len=len(workload), max_model_len=loaded.max_model_len
     )
 
     async def main() -> list[RequestTiming]:
@@ -113,7 +111,6 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
     loaded = load_model(
         ServerConfig(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
     )
-    vocab_size = loaded.model.get_input_embeddings().num_embeddings
     report: dict[str, object] = {
         "model": loaded.name,
         "device": loaded.device.type,
@@ -136,7 +133,7 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
             settings.num_requests,
             settings.prompt_tokens,
             settings.output_tokens,
-            vocab_size,
+            loaded.vocab_size,
             rate,
             settings.seed,
         )

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LLM_SERVING_"
 
+Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["none", "int8", "int8-weight-only", "int8-dynamic"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -32,7 +33,7 @@ class ServerConfig(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: LogLevel = "info"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     quantization: Quantization = "none"
     torch_threads: int | None = Field(

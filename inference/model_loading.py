@@ -38,6 +38,10 @@ class LoadedModel:
     max_model_len: int
     quantization: str
 
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
 
 def tiny_demo_model_dir() -> Path:
     """Where the demo model is cached between runs: `$XDG_CACHE_HOME/llm-serving/tiny-demo`."""
@@ -94,22 +98,14 @@ def context_length(model: PreTrainedModel, requested: int | None) -> int:
 
 def apply_quantization(model: PreTrainedModel, config: ServerConfig) -> str:
     """The one place where a loaded model is quantized; returns the scheme now in effect."""
-    if config.quantization == "none":
-        return "none"
-    try:
-        return quantize_loaded_model(model, config)
-    except QuantizationError as error:
-        raise ModelLoadError(str(error)) from error
+    return "none" if config.quantization == "none" else quantize_loaded_model(model, config)
 
 
 def load_quantized(
     model_dir: Path, device: torch.device, dtype: torch.dtype, config: ServerConfig
 ) -> tuple[PreTrainedModel, str]:
     """A checkpoint written by `python -m inference quantize`, served with the scheme it records."""
-    try:
-        model, record = load_quantized_checkpoint(model_dir, device, dtype)
-    except QuantizationError as error:
-        raise ModelLoadError(str(error)) from error
+    model, record = load_quantized_checkpoint(model_dir, device, dtype)
     if config.quantization not in ("none", "int8", record.scheme):
         raise ModelLoadError(
             f"{model_dir} is quantized with {record.scheme}; "
@@ -132,6 +128,8 @@ def load_model(config: ServerConfig) -> LoadedModel:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
             model = model.to(device).eval()
             quantization = apply_quantization(model, config)
+    except QuantizationError as error:
+        raise ModelLoadError(str(error)) from error
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {error}") from error
     name = config.served_model_name or (model_dir.name if config.model_path is not None else "tiny-demo")

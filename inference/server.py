@@ -19,8 +19,8 @@ import torch
 import uvicorn
 from transformers.utils import logging as hf_logging
 
-from inference.api.app import create_app, serving_state_of
-from inference.api.state import ServingState
+from inference.api.app import create_app
+from inference.api.state import ServingState, serving_state_of
 from inference.config import ServerConfig, default_torch_threads
 from inference.logging import configure_logging
 

@@ -33,7 +33,6 @@ from infra.quantity import Quantity, to_decimal
 
 PROJECT = "llm-serving"
 SECRET_ENV_PREFIX = "LLM_SERVING_SECRET_"
-CLOUDS = ("local", "aws", "alicloud", "tencent")
 # The container port and paths the server listens on; fixed by the server, not by the stack.
 SERVER_PORT = 8000
 MODEL_MOUNT_PATH = "/models"

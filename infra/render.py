@@ -61,13 +61,6 @@ _KIND_RANK = {
 }
 _OTHER_RANK = 90
 
-# Outputs a cloud resource would have after `pulumi up` that the program reads, by type token.
-# The mock echoes inputs; add entries here for outputs that are not inputs (an endpoint, an ARN...).
-MockOutputs = Callable[[MockResourceArgs], dict[str, Any]]
-MOCK_OUTPUTS: dict[str, MockOutputs] = {**cloud_mocks.MOCK_OUTPUTS}
-# Results of provider functions (invokes) the program calls, by function token.
-MOCK_CALLS: dict[str, Callable[[MockCallArgs], dict[str, Any]]] = {**cloud_mocks.MOCK_CALLS}
-
 
 @dataclass(frozen=True)
 class Recorded:
@@ -77,7 +70,8 @@ class Recorded:
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
-    """Records every custom resource; answers with its inputs (plus MOCK_OUTPUTS) as outputs."""
+    """Records every custom resource; answers with its inputs as outputs, plus the outputs that are not
+    inputs (an endpoint, an ARN) and the results of provider functions from `infra.clouds.mock_outputs`."""
 
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
@@ -85,11 +79,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if args.custom:
             self.resources.append(Recorded(args.typ, args.name, args.inputs))
-        outputs = {**args.inputs, **MOCK_OUTPUTS.get(args.typ, lambda _: {})(args)}
+        outputs = {**args.inputs, **cloud_mocks.MOCK_OUTPUTS.get(args.typ, lambda _: {})(args)}
         return f"{args.name}-id", outputs
 
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        answer = MOCK_CALLS.get(args.token)
+        answer = cloud_mocks.MOCK_CALLS.get(args.token)
         # The mock runtime iterates the failures: an empty list, never None.
         return (answer(args) if answer else {}), []
 

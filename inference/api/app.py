@@ -68,7 +68,3 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
     app.add_middleware(RequestObserver, collectors=state.collectors)
     return app
-
-
-def serving_state_of(app: FastAPI) -> ServingState:
-    return app.state.serving

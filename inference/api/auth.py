@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inference.api.errors import APIError
@@ -51,9 +52,7 @@ class ApiKeyMiddleware:
         if self.api_key is None or scope["type"] != "http" or not _is_protected(scope["path"]):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization")
-        presented = bearer_token(authorization.decode("latin-1") if authorization is not None else None)
+        presented = bearer_token(Headers(scope=scope).get("authorization"))
         if key_matches(presented, self.api_key):
             await self.app(scope, receive, send)
             return

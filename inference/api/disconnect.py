@@ -7,7 +7,6 @@ this covers the waits that happen before any byte is sent: admission and non-str
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -35,8 +34,8 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         for task in (work_task, watcher):
             if not task.done():
                 task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(work_task, watcher, return_exceptions=True)
+        # return_exceptions absorbs the children's cancellation; ours, if it comes, propagates.
+        await asyncio.gather(work_task, watcher, return_exceptions=True)
     if work_task.cancelled():
         raise ClientDisconnected
     return work_task.result()

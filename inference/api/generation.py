@@ -7,7 +7,6 @@ disconnect): closing its event iterator is what makes the engine abort it and fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -146,5 +145,5 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
     finally:
         for task in tasks:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # return_exceptions absorbs the pumps' cancellation; ours, if it comes, propagates.
+        await asyncio.gather(*tasks, return_exceptions=True)

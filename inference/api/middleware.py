@@ -11,6 +11,7 @@ import time
 import uuid
 
 from prometheus_client.metrics import MetricWrapperBase
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import metrics
@@ -34,11 +35,9 @@ def route_template(scope: Scope) -> str:
 
 
 def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER.encode():
-            candidate = value.decode("latin-1")
-            if _CLIENT_REQUEST_ID.fullmatch(candidate):
-                return candidate
+    candidate = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    if candidate is not None and _CLIENT_REQUEST_ID.fullmatch(candidate):
+        return candidate
     return uuid.uuid4().hex
 
 

@@ -6,13 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inference.api.state import ServingState
+from inference.api.state import serving_state_of
 
 router = APIRouter()
-
-
-def _state(request: Request) -> ServingState:
-    return request.app.state.serving
 
 
 @router.get("/health/live")
@@ -23,14 +19,14 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    state = _state(request)
+    state = serving_state_of(request.app)
     return JSONResponse({"status": state.phase}, status_code=200 if state.ready else 503)
 
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     """The seed's health check (Docker HEALTHCHECK, old probes): readiness with the model named."""
-    state = _state(request)
+    state = serving_state_of(request.app)
     body = {
         "status": "healthy" if state.ready else state.phase,
         "model": state.model.name if state.model is not None else None,
@@ -40,4 +36,5 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def prometheus_metrics(request: Request) -> Response:
-    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)
+    registry = serving_state_of(request.app).registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -29,21 +29,6 @@ from inference.api.schemas import (
 from inference.engine.request import TokenEvent
 
 
-@dataclass
-class ChoiceResult:
-    """A choice accumulated from its deltas."""
-
-    index: int
-    text: str = ""
-    tokens: list[TokenEvent] = field(default_factory=list)
-    finish_reason: str | None = None
-
-    def add(self, delta: ChoiceDelta) -> None:
-        self.text += delta.text
-        self.tokens.extend(delta.tokens)
-        self.finish_reason = delta.finish_reason or self.finish_reason
-
-
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
@@ -53,10 +38,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 
 class Formatter(Protocol):
+    """One wire format. `stream_delta` gets only deltas with text or a finish reason; `complete`
+    gets each choice as one delta, all of its deltas joined."""
+
+    want_logprobs: bool
+
     def stream_start(self, choice_count: int) -> list[dict[str, Any]]: ...
-    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any] | None: ...
+    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any]: ...
     def stream_usage(self, totals: Usage) -> dict[str, Any]: ...
-    def complete(self, choices: Sequence[ChoiceResult], totals: Usage) -> dict[str, Any]: ...
+    def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -93,9 +83,7 @@ class ChatFormatter(_Identity):
             for index in range(choice_count)
         ]
 
-    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any] | None:
-        if not delta.text and delta.finish_reason is None:
-            return None
+    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any]:
         content = ChatDelta(content=delta.text) if delta.text else ChatDelta()
         choice = ChatChunkChoice(
             index=delta.index,
@@ -108,7 +96,7 @@ class ChatFormatter(_Identity):
     def stream_usage(self, totals: Usage) -> dict[str, Any]:
         return self._chunk([], totals)
 
-    def complete(self, choices: Sequence[ChoiceResult], totals: Usage) -> dict[str, Any]:
+    def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]:
         body = ChatCompletion(
             id=self.id,
             created=self.created,
@@ -152,9 +140,7 @@ class CompletionFormatter(_Identity):
     def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
         return []
 
-    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any] | None:
-        if not delta.text and delta.finish_reason is None:
-            return None
+    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any]:
         choice = CompletionChoice(
             index=delta.index,
             text=delta.text,
@@ -166,7 +152,7 @@ class CompletionFormatter(_Identity):
     def stream_usage(self, totals: Usage) -> dict[str, Any]:
         return self._body([], totals)
 
-    def complete(self, choices: Sequence[ChoiceResult], totals: Usage) -> dict[str, Any]:
+    def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]:
         return self._body(
             [
                 CompletionChoice(
@@ -186,11 +172,15 @@ def sse(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
-async def collect(deltas: AsyncIterator[ChoiceDelta], choice_count: int) -> list[ChoiceResult]:
-    results = [ChoiceResult(index) for index in range(choice_count)]
+async def collect(deltas: AsyncIterator[ChoiceDelta], choice_count: int) -> list[ChoiceDelta]:
+    """Each choice as one delta: its text joined, its tokens in order, its finish reason."""
+    choices = [ChoiceDelta(index, "") for index in range(choice_count)]
     async for delta in deltas:
-        results[delta.index].add(delta)
-    return results
+        choice = choices[delta.index]
+        choice.text += delta.text
+        choice.tokens.extend(delta.tokens)
+        choice.finish_reason = delta.finish_reason or choice.finish_reason
+    return choices
 
 
 async def sse_stream(
@@ -200,6 +190,7 @@ async def sse_stream(
     prompt_tokens: int,
     include_usage: bool,
     on_finish: Callable[[int], None],
+    prompt_param: str,
 ) -> AsyncIterator[str]:
     """The SSE body: role chunks, content chunks, finish chunks, optional usage, `[DONE]`.
 
@@ -211,13 +202,13 @@ async def sse_stream(
             yield sse(chunk)
         async for delta in deltas:
             completion_tokens += len(delta.tokens)
-            chunk = formatter.stream_delta(delta)
-            if chunk is not None:
-                yield sse(chunk)
+            # A delta still holding back a partial character or a possible stop string says nothing yet.
+            if delta.text or delta.finish_reason is not None:
+                yield sse(formatter.stream_delta(delta))
         if include_usage:
             yield sse(formatter.stream_usage(usage(prompt_tokens, completion_tokens)))
     except Exception as error:
-        failure = error if isinstance(error, APIError) else from_engine_error(error, prompt_param="prompt")
+        failure = error if isinstance(error, APIError) else from_engine_error(error, prompt_param)
         yield sse(failure.body())
     finally:
         on_finish(completion_tokens)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
+from starlette.applications import Starlette
 
 from inference import metrics
 from inference.api.auth import load_api_key
@@ -75,3 +76,8 @@ class ServingState:
         finished = await self.engine.wait_idle(self.config.drain_timeout_seconds)
         logger.info("drain finished", extra={"all_requests_completed": finished})
         return finished
+
+
+def serving_state_of(app: Starlette) -> ServingState:
+    """The state `create_app` attached to its app, for routes (`request.app`) and the server."""
+    return app.state.serving

@@ -31,7 +31,7 @@ from inference.api.schemas import (
     ModelList,
     SamplingFields,
 )
-from inference.api.state import ServingState
+from inference.api.state import serving_state_of
 from inference.engine.request import (
     EngineError,
     EngineNotReadyError,
@@ -49,10 +49,6 @@ router = APIRouter(prefix="/v1")
 # nginx's code for "client closed the request": nobody reads it, but logs and metrics can tell it apart.
 CLIENT_CLOSED_REQUEST = 499
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def serving_state(request: Request) -> ServingState:
-    return request.app.state.serving
 
 
 def rejection_reason(error: EngineError) -> str | None:
@@ -125,12 +121,11 @@ async def _generate(
     body: SamplingFields,
     max_tokens: int | None,
     formatter: Formatter,
-    want_logprobs: bool,
     prompt_param: str,
 ) -> Response:
     request_id = request_state(request.scope)["request_id"]
     engine_requests = generation_requests(
-        request_id, prompts, body, max_tokens, model.max_model_len, want_logprobs
+        request_id, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs
     )
     prompt_tokens = sum(len(prompt) for prompt in prompts)
     request.state.prompt_tokens = prompt_tokens
@@ -141,7 +136,7 @@ async def _generate(
     except EngineError as error:
         reason = rejection_reason(error)
         if reason is not None:
-            serving_state(request).collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
+            serving_state_of(request.app).collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
         raise from_engine_error(error, prompt_param) from error
 
     streams = [
@@ -155,7 +150,13 @@ async def _generate(
 
     if body.stream:
         stream = sse_stream(
-            deltas, formatter, len(opened), prompt_tokens, body.include_usage_chunk, record_completion_tokens
+            deltas,
+            formatter,
+            len(opened),
+            prompt_tokens,
+            body.include_usage_chunk,
+            record_completion_tokens,
+            prompt_param,
         )
 
         async def cleanup() -> None:
@@ -182,7 +183,7 @@ async def _generate(
 
 @router.get("/models")
 async def list_models(request: Request) -> ModelList:
-    model, _ = serving_state(request).serving_engine()
+    model, _ = serving_state_of(request.app).serving_engine()
     card = ModelCard(
         id=model.name, created=0, max_model_len=model.max_model_len, quantization=model.quantization
     )
@@ -191,7 +192,7 @@ async def list_models(request: Request) -> ModelList:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    model, engine = serving_state(request).serving_engine()
+    model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
     prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages)
     formatter = ChatFormatter(
@@ -201,22 +202,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         want_logprobs=body.logprobs,
     )
     return await _generate(
-        request, model, engine, [prompt], body, body.token_limit, formatter, body.logprobs, "messages"
+        request, model, engine, [prompt], body, body.token_limit, formatter, "messages"
     )
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    model, engine = serving_state(request).serving_engine()
+    model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
     prompts = await asyncio.to_thread(completion_prompt_ids, model.tokenizer, body.prompt)
-    want_logprobs = body.logprobs is not None
     formatter = CompletionFormatter(
         id=f"cmpl-{request_state(request.scope)['request_id']}",
         model=model.name,
         tokenizer=model.tokenizer,
-        want_logprobs=want_logprobs,
+        want_logprobs=body.logprobs is not None,
     )
-    return await _generate(
-        request, model, engine, prompts, body, body.max_tokens, formatter, want_logprobs, "prompt"
-    )
+    return await _generate(request, model, engine, prompts, body, body.max_tokens, formatter, "prompt")

@@ -18,10 +18,6 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
     def usage(self) -> float:
         return 1.0 - len(self._free) / self.num_blocks
 

@@ -44,12 +44,10 @@ def _free_memory_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * _HOST_FREE_MEMORY_SHARE)
 
 
-def plan_num_blocks(
-    config: ServerConfig, runner: ModelRunner, max_model_len: int, device: torch.device
-) -> int:
+def plan_num_blocks(config: ServerConfig, runner: ModelRunner, max_model_len: int) -> int:
     """KV blocks that fit the budget, never more than every sequence at full length could use."""
     block_bytes = runner.kv_bytes_per_token * config.kv_cache_block_size
-    budget = config.kv_cache_memory_bytes or _free_memory_bytes(device)
+    budget = config.kv_cache_memory_bytes or _free_memory_bytes(runner.device)
     blocks_per_sequence = -(-max_model_len // config.kv_cache_block_size)
     num_blocks = min(budget // block_bytes, blocks_per_sequence * config.max_num_seqs)
     if num_blocks < blocks_per_sequence:
@@ -75,10 +73,10 @@ class EngineCore:
     def __init__(self, loaded: LoadedModel, config: ServerConfig) -> None:
         self.device = loaded.device
         self.max_model_len = loaded.max_model_len
-        self.vocab_size = loaded.model.get_input_embeddings().num_embeddings
+        self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
-        num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len, loaded.device)
+        num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
         self.blocks = BlockManager(num_blocks, config.kv_cache_block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)

@@ -15,11 +15,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
-from inference.config import ServerConfig
+from inference.config import Device, Dtype, ServerConfig
 from inference.engine.llm_engine import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sequence import Sequence
@@ -27,6 +27,7 @@ from inference.model_loading import LoadedModel, load_model
 from inference.quantize.accuracy import logits_agreement, prompt_logits
 from inference.quantize.memory import layers_bytes, model_weight_bytes
 from inference.quantize.random_llama import SHAPES, make_random_llama
+from inference.quantize.schemes import SCHEMES
 from inference.quantize.swap import int8_modules, quantizable_linears
 from inference.tiny_model import make_tiny_model
 
@@ -119,18 +120,14 @@ def measure(variants: list[Variant], workload: Workload) -> None:
     """Best of `repeats` runs per batch size, the variants taking turns so that a noisy neighbour on
     the machine slows all of them rather than one."""
     for variant in variants:
-        run_batch(variant.core, workload, 1, _vocab_size(variant))  # warm-up: allocator, kernels
+        run_batch(variant.core, workload, 1, variant.loaded.vocab_size)  # warm-up: allocator, kernels
     for _ in range(workload.repeats):
         for variant in variants:
             for size in workload.batch_sizes:
-                figures = run_batch(variant.core, workload, size, _vocab_size(variant))
+                figures = run_batch(variant.core, workload, size, variant.loaded.vocab_size)
                 best = variant.batches.get(str(size))
                 if best is None or figures["output_tokens_per_s"] > best["output_tokens_per_s"]:
                     variant.batches[str(size)] = figures
-
-
-def _vocab_size(variant: Variant) -> int:
-    return variant.loaded.model.get_input_embeddings().num_embeddings
 
 
 def _ratios(baseline: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
@@ -171,15 +168,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", type=Path, help="a Hugging Face model directory (default: --shape)")
     parser.add_argument("--shape", choices=("tiny", *SHAPES), default="wide",
                         help="random-weight Llama made locally when no --model-path is given")  # fmt: skip
-    parser.add_argument("--quantization", nargs="+", default=["int8"],
-                        choices=("int8", "int8-weight-only", "int8-dynamic"))  # fmt: skip
+    parser.add_argument("--quantization", nargs="+", default=["int8"], choices=("int8", *SCHEMES))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per batch size")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    parser.add_argument("--device", choices=get_args(Device), default="auto")
+    parser.add_argument("--dtype", choices=get_args(Dtype), default="auto")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 class Int8Linear(nn.Module, ABC):
-    """What both int8 modules share: their defining tensors and the bytes those take."""
+    """What both int8 modules share: their defining tensors."""
 
     in_features: int
     out_features: int
@@ -39,9 +39,6 @@ class Int8Linear(nn.Module, ABC):
     @abstractmethod
     def int8_state(self) -> dict[str, torch.Tensor]:
         """`weight` (int8), `weight_scale` and, if the layer has one, `bias`."""
-
-    def storage_bytes(self) -> int:
-        return sum(tensor.nbytes for tensor in self.int8_state().values())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from inference.quantize.int8_linear import Int8Linear
 
 
+def _weight_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """An int8 layer's defining tensors, or any other module's own parameters and buffers."""
+    if isinstance(module, Int8Linear):
+        return list(module.int8_state().values())
+    return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+
+
 def layer_bytes(layer: nn.Module) -> int:
-    """An int8 layer's defining tensors, or a float layer's own parameters and buffers."""
-    if isinstance(layer, Int8Linear):
-        return layer.storage_bytes()
-    tensors = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
-    return sum(tensor.nbytes for tensor in tensors)
+    return sum(tensor.nbytes for tensor in _weight_tensors(layer))
 
 
 def layers_bytes(model: nn.Module, names: Iterable[str]) -> int:
@@ -23,14 +27,5 @@ def layers_bytes(model: nn.Module, names: Iterable[str]) -> int:
 
 def model_weight_bytes(model: nn.Module) -> int:
     """Every weight of the model once: tied tensors count once, int8 layers by their int8 state."""
-    seen: set[int] = set()
-    total = 0
-    for module in model.modules():
-        if isinstance(module, Int8Linear):
-            total += module.storage_bytes()
-            continue
-        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-            if tensor.data_ptr() not in seen:
-                seen.add(tensor.data_ptr())
-                total += tensor.nbytes
-    return total
+    unique = {tensor.data_ptr(): tensor for module in model.modules() for tensor in _weight_tensors(module)}
+    return sum(tensor.nbytes for tensor in unique.values())

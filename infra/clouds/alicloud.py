@@ -323,7 +323,6 @@ def build_target(config: StackConfig) -> CloudTarget:
         )
     return common.managed_cluster_target(
         config,
-        "alicloud",
         cluster,
         ESSD_STORAGE_CLASS,
         service_annotations=load_balancer_annotations(cloud),

@@ -478,7 +478,6 @@ def build_target(config: StackConfig) -> CloudTarget:
         )
     return common.managed_cluster_target(
         config,
-        "aws",
         cluster,
         GP3_STORAGE_CLASS,
         service_annotations=load_balancer_annotations(cloud),

@@ -47,7 +47,6 @@ class LogSink:
 
 @dataclass(frozen=True)
 class CloudTarget:
-    name: str  # "local" | "aws" | "alicloud" | "tencent"
     kubernetes_provider: k8s.Provider | None  # from the cluster's kubeconfig; None: the ambient kubeconfig
     storage_class: str | None  # for the model PVC; None: the cluster default
     service_type: str  # "ClusterIP" or "LoadBalancer"

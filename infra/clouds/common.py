@@ -199,7 +199,6 @@ class ManagedCluster(Protocol):
 
 def managed_cluster_target(
     config: StackConfig,
-    cloud: str,
     cluster: ManagedCluster,
     storage: StorageClassSpec,
     service_annotations: Mapping[str, str],
@@ -212,7 +211,6 @@ def managed_cluster_target(
     LoadBalancer Service, and the GPU pool's nodeSelector and tolerations."""
     provider = kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
     return CloudTarget(
-        name=cloud,
         kubernetes_provider=provider,
         storage_class=storage_class(config, storage, provider),
         service_type="LoadBalancer",

@@ -16,7 +16,6 @@ def build_target(config: StackConfig) -> CloudTarget:
     gpus = config.gpu.count > 0
     es = config.logging.elasticsearch
     return CloudTarget(
-        name="local",
         kubernetes_provider=None,
         storage_class=None,
         service_type="ClusterIP",

@@ -287,7 +287,6 @@ def build_target(config: StackConfig) -> CloudTarget:
     model_sync = _model_sync(config, cloud, opts) if common.uses_bucket(config) else None
     return common.managed_cluster_target(
         config,
-        "tencent",
         cluster,
         CBS_STORAGE_CLASS,
         service_annotations=load_balancer_annotations(cloud),

@@ -10,7 +10,7 @@ node directory for its read positions, no capabilities, and RBAC limited to pods
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -19,6 +19,7 @@ from infra.clouds.base import LogSink
 from infra.components.namespace import pod_security_labels
 from infra.components.naming import App, child_opts
 from infra.components.pod_access import grant_pod_read
+from infra.components.pod_security import hardened_container_context
 from infra.components.workload import CONTAINER_NAME, Placement, unpinned_digest_skips
 from infra.config import LoggingConfig
 
@@ -141,9 +142,11 @@ class LoggingAgent(pulumi.ComponentResource):
         app = args.app
         self.namespace = k8s.core.v1.Namespace(
             f"{args.namespace}-namespace",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=args.namespace,
-                labels={**app.labels(COMPONENT), **pod_security_labels("privileged")},
+            metadata=app.metadata(
+                args.namespace,
+                COMPONENT,
+                namespaced=False,
+                labels=pod_security_labels("privileged"),
                 # Declared exception for the policy pack in policy/ (see policy/guardrails/exemptions.py).
                 annotations={"llm-serving/skip-policy.namespaces-enforce-restricted":
                              "hostPath mounts of the node's /var/log need the privileged level"},
@@ -178,12 +181,8 @@ class LoggingAgent(pulumi.ComponentResource):
     def _metadata(
         args: LoggingArgs, name: str, annotations: Mapping[str, pulumi.Input[str]] | None = None
     ) -> k8s.meta.v1.ObjectMetaArgs:
-        return k8s.meta.v1.ObjectMetaArgs(
-            name=name,
-            namespace=args.namespace,
-            labels=args.app.labels(COMPONENT),
-            annotations=dict(annotations) if annotations else None,
-        )
+        """The app's metadata for an object in the agent's namespace."""
+        return replace(args.app, namespace=args.namespace).metadata(name, COMPONENT, annotations=annotations)
 
     def _config_files(
         self, args: LoggingArgs, opts: pulumi.ResourceOptions
@@ -270,15 +269,8 @@ def _container(args: LoggingArgs) -> k8s.core.v1.ContainerArgs:
         ),
         liveness_probe=k8s.core.v1.ProbeArgs(http_get=health, period_seconds=30),
         readiness_probe=k8s.core.v1.ProbeArgs(http_get=health, period_seconds=10),
-        security_context=k8s.core.v1.SecurityContextArgs(
-            run_as_user=0,
-            run_as_non_root=False,
-            allow_privilege_escalation=False,
-            privileged=False,
-            read_only_root_filesystem=True,
-            capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-        ),
+        # Node log files are owned by root; the policy exemption on the DaemonSet says so.
+        security_context=hardened_container_context(run_as_user=0),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True),
             k8s.core.v1.VolumeMountArgs(name="logs", mount_path=LOG_DIR, read_only=True),

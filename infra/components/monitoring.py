@@ -9,7 +9,7 @@ and the rule file, in Prometheus' namespace, plus the RBAC that lets it discover
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -58,10 +58,8 @@ class Monitoring(pulumi.ComponentResource):
         dashboard_namespace = config.dashboard_namespace or app.namespace
         self.dashboard = k8s.core.v1.ConfigMap(
             f"{app.name}-dashboard-configmap",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=f"{app.name}-dashboard",
-                namespace=dashboard_namespace,
-                labels={**app.labels(COMPONENT), **DASHBOARD_LABEL},
+            metadata=replace(app, namespace=dashboard_namespace).metadata(
+                f"{app.name}-dashboard", COMPONENT, labels=DASHBOARD_LABEL
             ),
             data={f"{app.name}.json": json.dumps(dashboard(service), indent=2, sort_keys=True)},
             opts=child_opts(self),
@@ -103,10 +101,8 @@ class Monitoring(pulumi.ComponentResource):
         scrape = kubernetes_pod_scrape(service, app.selector(), PORT_NAME, interval)
         k8s.core.v1.ConfigMap(
             f"{app.name}-prometheus-configmap",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=f"{app.name}-prometheus",
-                namespace=args.prometheus_namespace,
-                labels=app.labels(COMPONENT),
+            metadata=replace(app, namespace=args.prometheus_namespace).metadata(
+                f"{app.name}-prometheus", COMPONENT
             ),
             # Mounted as one directory: Prometheus resolves rule_files against the config's directory.
             data={

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import PROJECT, StackConfig
 
-PART_OF = "llm-serving"
 SERVER_COMPONENT = "server"
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -67,7 +66,7 @@ class App:
             "app.kubernetes.io/instance": self.name,
             "app.kubernetes.io/version": self.version,
             "app.kubernetes.io/component": component,
-            "app.kubernetes.io/part-of": PART_OF,
+            "app.kubernetes.io/part-of": PROJECT,
             "app.kubernetes.io/managed-by": "pulumi",
         }
 

@@ -1,5 +1,6 @@
-"""Read access to the app's pods for an identity in another namespace (Prometheus' pod discovery, the
-logging agent's metadata lookups): a Role in the app's namespace and its RoleBinding."""
+"""Namespaced RBAC: a Role in the app's namespace with the one rule an identity needs, and its
+RoleBinding. The server reads its own settings; identities in other namespaces (Prometheus' pod
+discovery, the logging agent's metadata lookups) read the app's pods."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import pulumi_kubernetes as k8s
 from infra.components.naming import App, child_opts
 
 
-def grant_pod_read(
-    parent: pulumi.Resource, app: App, name: str, component: str, service_account: str, namespace: str
+def bind_role(
+    parent: pulumi.Resource,
+    app: App,
+    name: str,
+    component: str,
+    rule: k8s.rbac.v1.PolicyRuleArgs,
+    service_account: str,
+    namespace: str,
 ) -> None:
+    """A Role `name` allowing `rule`, bound to `service_account` of `namespace`."""
     role = k8s.rbac.v1.Role(
         f"{name}-role",
         metadata=app.metadata(name, component),
-        rules=[k8s.rbac.v1.PolicyRuleArgs(
-            api_groups=[""], resources=["pods"], verbs=["get", "list", "watch"]
-        )],
+        rules=[rule],
         opts=child_opts(parent),
     )
     k8s.rbac.v1.RoleBinding(
@@ -26,4 +32,14 @@ def grant_pod_read(
         role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role", name=name),
         subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=service_account, namespace=namespace)],
         opts=child_opts(parent, depends_on=[role]),
+    )
+
+
+def grant_pod_read(
+    parent: pulumi.Resource, app: App, name: str, component: str, service_account: str, namespace: str
+) -> None:
+    bind_role(
+        parent, app, name, component,
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods"], verbs=["get", "list", "watch"]),
+        service_account, namespace,
     )

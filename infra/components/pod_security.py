@@ -22,13 +22,21 @@ def restricted_pod_context() -> k8s.core.v1.PodSecurityContextArgs:
 
 
 def restricted_container_context() -> k8s.core.v1.SecurityContextArgs:
+    return hardened_container_context(run_as_user=RUN_AS_USER, run_as_group=RUN_AS_GROUP)
+
+
+def hardened_container_context(
+    run_as_user: int, run_as_group: int | None = None
+) -> k8s.core.v1.SecurityContextArgs:
+    """No privileges, no capabilities, a read-only root filesystem and the runtime's seccomp profile.
+    `runAsNonRoot` follows the uid: uid 0 is for the few containers that must run as root (and say why)."""
     return k8s.core.v1.SecurityContextArgs(
         allow_privilege_escalation=False,
         privileged=False,
         read_only_root_filesystem=True,
-        run_as_non_root=True,
-        run_as_user=RUN_AS_USER,
-        run_as_group=RUN_AS_GROUP,
+        run_as_non_root=run_as_user != 0,
+        run_as_user=run_as_user,
+        run_as_group=run_as_group,
         capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
         seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
     )

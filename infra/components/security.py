@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components.naming import App, child_opts
+from infra.components.pod_access import bind_role
 from infra.config import SERVER_PORT
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
@@ -93,29 +94,11 @@ class Security(pulumi.ComponentResource):
 
     def _rbac(self, app: App) -> None:
         """The server's identity may read its own settings and nothing else."""
-        role = k8s.rbac.v1.Role(
-            f"{app.name}-role",
-            metadata=app.metadata(app.name, "security"),
-            rules=[
-                k8s.rbac.v1.PolicyRuleArgs(
-                    api_groups=[""],
-                    resources=["configmaps"],
-                    resource_names=[app.settings_config_map],
-                    verbs=["get"],
-                )
-            ],
-            opts=child_opts(self),
-        )
-        k8s.rbac.v1.RoleBinding(
-            f"{app.name}-rolebinding",
-            metadata=app.metadata(app.name, "security"),
-            role_ref=k8s.rbac.v1.RoleRefArgs(
-                api_group="rbac.authorization.k8s.io", kind="Role", name=app.name
+        bind_role(
+            self, app, app.name, "security",
+            k8s.rbac.v1.PolicyRuleArgs(
+                api_groups=[""], resources=["configmaps"], resource_names=[app.settings_config_map],
+                verbs=["get"],
             ),
-            subjects=[
-                k8s.rbac.v1.SubjectArgs(
-                    kind="ServiceAccount", name=app.service_account, namespace=app.namespace
-                )
-            ],
-            opts=child_opts(self, depends_on=[role]),
+            app.service_account, app.namespace,
         )

@@ -64,7 +64,6 @@ class InferenceWorkloadArgs:
     service_account_labels: Mapping[str, str] = field(default_factory=dict)
     registry: RegistryConfig | None = None
     registry_password: pulumi.Input[str] | None = None
-    extra_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def termination_grace_seconds(drain_timeout_seconds: float) -> int:
@@ -228,7 +227,6 @@ class InferenceWorkload(pulumi.ComponentResource):
                 rollout_timeout_seconds(args.load_timeout_seconds, args.max_replicas)
             ),
             **unpinned_digest_skips(images),
-            **args.extra_annotations,
         }
         pod_spec = k8s.core.v1.PodSpecArgs(
             service_account_name=app.service_account,

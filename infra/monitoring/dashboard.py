@@ -33,11 +33,15 @@ def _percentiles(bucket_rates: str, percentiles: tuple[float, ...]) -> tuple[Que
     return tuple(Query(quantile(p, rates, ()), f"p{round(p * 100)}") for p in percentiles)
 
 
+def _model_info(service: MonitoredService) -> str:
+    """One series per serving pod in the chosen namespace."""
+    return selector(gauge(metrics.MODEL_INFO), {**service.job_matcher, "namespace": "$namespace"})
+
+
 def _replica_queries(service: MonitoredService) -> tuple[Query, ...]:
     deployment = {"namespace": "$namespace", "deployment": service.deployment}
-    serving = selector(gauge(metrics.MODEL_INFO), {**service.job_matcher, "namespace": "$namespace"})
     queries = [
-        Query(f"count({serving})", "serving"),
+        Query(f"count({_model_info(service)})", "serving"),
         Query(selector(alerts.KSM_DEPLOYMENT_AVAILABLE, deployment), "available"),
     ]
     if service.autoscaler is not None:
@@ -92,11 +96,9 @@ class Variable:
 
 
 def variables(service: MonitoredService) -> tuple[Variable, ...]:
-    info = gauge(metrics.MODEL_INFO)
-    in_namespace = selector(info, {**service.job_matcher, "namespace": "$namespace"})
     return (
-        Variable("namespace", selector(info, service.job_matcher), "namespace"),
-        Variable("pod", in_namespace, "pod", multi=True),
+        Variable("namespace", selector(gauge(metrics.MODEL_INFO), service.job_matcher), "namespace"),
+        Variable("pod", _model_info(service), "pod", multi=True),
     )
 
 

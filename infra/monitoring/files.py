@@ -42,10 +42,8 @@ def write_monitoring_files(
     out_dir: Path,
     service: MonitoredService,
     targets: Sequence[str],
-    thresholds: AlertThresholds | None = None,
     interval: str = "15s",
 ) -> MonitoringFiles:
-    thresholds = thresholds or AlertThresholds()
     files = MonitoringFiles(
         prometheus_config=out_dir / "prometheus.yml",
         rule_file=out_dir / RULES_DIR / f"{service.job}.rules.yml",
@@ -53,7 +51,8 @@ def write_monitoring_files(
     )
     for path in (files.rule_file, files.dashboard):
         path.parent.mkdir(parents=True, exist_ok=True)
-    files.rule_file.write_text(dump_yaml(rule_file(service, thresholds)))
+    # Outside a stack there is no stack config: the thresholds are its defaults.
+    files.rule_file.write_text(dump_yaml(rule_file(service, AlertThresholds())))
     files.dashboard.write_text(json.dumps(dashboard(service), indent=2) + "\n")
     # Prometheus resolves rule_files against the config file's directory.
     config = prometheus_config([static_scrape(service, targets, interval)], [f"{RULES_DIR}/*.yml"], interval)

@@ -23,25 +23,25 @@ def selector(series: str, matchers: Mapping[str, MatcherValue] | None = None) ->
     return f"{series}{{{', '.join(parts)}}}" if parts else series
 
 
+def _name_of(spec: MetricSpec, kind: Kind) -> str:
+    if spec.kind is not kind:
+        raise ValueError(f"{spec.name} is a {spec.kind.value}, not a {kind.value}")
+    return spec.name
+
+
 def bucket(spec: MetricSpec) -> str:
     """The `_bucket` series of a histogram in the catalog."""
-    if spec.kind is not Kind.HISTOGRAM:
-        raise ValueError(f"{spec.name} is a {spec.kind.value}, not a histogram")
-    return f"{spec.name}_bucket"
+    return f"{_name_of(spec, Kind.HISTOGRAM)}_bucket"
 
 
 def counter(spec: MetricSpec) -> str:
     """The series name of a counter in the catalog."""
-    if spec.kind is not Kind.COUNTER:
-        raise ValueError(f"{spec.name} is a {spec.kind.value}, not a counter")
-    return spec.name
+    return _name_of(spec, Kind.COUNTER)
 
 
 def gauge(spec: MetricSpec) -> str:
     """The series name of a gauge in the catalog."""
-    if spec.kind is not Kind.GAUGE:
-        raise ValueError(f"{spec.name} is a {spec.kind.value}, not a gauge")
-    return spec.name
+    return _name_of(spec, Kind.GAUGE)
 
 
 def quantile(q: float, bucket_rates: str, by: tuple[str, ...]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,13 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference import metrics
 from inference.api.state import ServingState
 from inference.config import ServerConfig
+from inference.engine.async_engine import AsyncEngine
 from inference.model_loading import LoadedModel, load_model
 from inference.server import build_server
 from inference.tiny_model import make_tiny_model
@@ -34,6 +38,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_loaded(tiny_model_dir: Path) -> LoadedModel:
     """The demo model loaded once; engines built on it share its weights, each with its own KV cache."""
     return load_model(ServerConfig(model_path=tiny_model_dir))
+
+
+def run_with_engine(
+    loaded: LoadedModel,
+    body: Callable[[AsyncEngine, CollectorRegistry], Awaitable[object]],
+    **settings: object,
+) -> object:
+    """Start an engine on `loaded` with `settings`, run `body(engine, registry)`, stop the engine."""
+    registry = CollectorRegistry()
+
+    async def main() -> object:
+        engine = AsyncEngine(loaded, ServerConfig(**settings), metrics.build_collectors(registry))
+        await engine.start()
+        try:
+            return await body(engine, registry)
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
 
 
 # Real servers on loopback, for the API and server tests ------------------------------------------
@@ -116,6 +139,15 @@ def sse_payloads(lines: Iterable[str]) -> list[dict | str]:
             data = line.removeprefix("data: ")
             payloads.append(data if data == "[DONE]" else json.loads(data))
     return payloads
+
+
+def stop_string_from(text: str) -> str:
+    """Two characters from the middle of an output, so the cut point is known in advance."""
+    for start in range(4, len(text) - 2):
+        candidate = text[start : start + 2]
+        if "\ufffd" not in candidate and candidate.strip():
+            return candidate
+    pytest.fail(f"no usable stop string in {text!r}")
 
 
 def metric_value(base_url: str, series: str, labels: dict[str, str] | None = None) -> float:

@@ -12,7 +12,7 @@ import torch
 from inference.logging import ACCESS_LOGGER
 from inference.model_loading import LoadedModel
 
-from .conftest import RunningServer, metric_value, sse_payloads
+from .conftest import RunningServer, metric_value, sse_payloads, stop_string_from
 
 CHAT = {"messages": [{"role": "user", "content": "Say something."}]}
 
@@ -109,25 +109,16 @@ def test_n_with_a_seed_uses_consecutive_seeds(client: httpx.Client) -> None:
     assert [choice["text"] for choice in together["choices"]] == [one["choices"][0]["text"] for one in apart]
 
 
-def _stop_string_from(text: str) -> str:
-    """Two characters from the middle of an output, so the cut point is known in advance."""
-    for start in range(4, len(text) - 2):
-        candidate = text[start : start + 2]
-        if "\ufffd" not in candidate and candidate.strip():
-            return candidate
-    pytest.fail(f"no usable stop string in {text!r}")
-
-
 def test_stop_string_ends_the_output_before_it(client: httpx.Client) -> None:
     free = complete(client, temperature=0, max_tokens=40, ignore_eos=True)["choices"][0]["text"]
-    stop = _stop_string_from(free)
+    stop = stop_string_from(free)
     choice = complete(client, temperature=0, max_tokens=40, ignore_eos=True, stop=[stop])["choices"][0]
     assert (choice["text"], choice["finish_reason"]) == (free[: free.index(stop)], "stop")
 
 
 def test_streamed_stop_string_never_reaches_the_client(client: httpx.Client) -> None:
     free = complete(client, temperature=0, max_tokens=40, ignore_eos=True)["choices"][0]["text"]
-    stop = _stop_string_from(free)
+    stop = stop_string_from(free)
     body = {"prompt": "Once upon a time", "temperature": 0, "max_tokens": 40, "ignore_eos": True}
     body["stop"] = stop
     chunks = [payload for payload in stream(client, "/v1/completions", body) if isinstance(payload, dict)]

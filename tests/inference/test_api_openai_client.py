@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from .conftest import RunningServer
+from .conftest import RunningServer, stop_string_from
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
 
@@ -58,7 +58,7 @@ def test_completions_with_n(client: openai.OpenAI, model: str) -> None:
 def test_completions_stream_with_stop(client: openai.OpenAI, model: str) -> None:
     greedy = {"model": model, "prompt": "Once", "max_tokens": 30, "temperature": 0}
     whole = client.completions.create(**greedy, extra_body={"ignore_eos": True}).choices[0].text
-    stop = next(whole[i : i + 2] for i in range(3, len(whole) - 2) if "\ufffd" not in whole[i : i + 2])
+    stop = stop_string_from(whole)
     chunks = client.completions.create(**greedy, stop=stop, stream=True, extra_body={"ignore_eos": True})
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == whole[: whole.index(stop)]
 

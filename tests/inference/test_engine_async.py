@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -23,8 +22,10 @@ from inference.engine.request import (
     TokenEvent,
 )
 from inference.engine.stream import RequestStream
-from inference.model_loading import LoadedModel, load_model
+from inference.model_loading import load_model
 from inference.tiny_model import byte_level_token_ids, save_random_model
+
+from .conftest import run_with_engine
 
 PROMPT = list(b"The quick brown fox jumps over the lazy dog")
 
@@ -46,26 +47,6 @@ async def _collect(engine: AsyncEngine, request: GenerationRequest) -> list:
 
 def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
-
-
-def run_with_engine(
-    loaded: LoadedModel,
-    body: Callable[[AsyncEngine, CollectorRegistry], Awaitable[object]],
-    **settings: object,
-) -> object:
-    """Start an engine on `loaded` with `settings`, run `body(engine, registry)`, stop the engine."""
-    registry = CollectorRegistry()
-
-    async def main() -> object:
-        config = ServerConfig(model_path=None, **settings)
-        engine = AsyncEngine(loaded, config, metrics.build_collectors(registry))
-        await engine.start()
-        try:
-            return await body(engine, registry)
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main())
 
 
 def test_ready_only_between_start_and_drain(tiny_loaded):

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from inference.engine.request import SamplingParams
+from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sampler import sample
 from inference.engine.sequence import Sequence
 
 
-def _sequence(seed: int | None = None, **params) -> Sequence:
-    sampling = SamplingParams(seed=seed, **params)
-    generator = None
-    if not sampling.greedy:
-        generator = torch.Generator()
-        generator.manual_seed(0 if seed is None else seed)
-    return Sequence("r", [1], sampling, arrival_time=0.0, generator=generator)
+def _sequence(**params) -> Sequence:
+    request = GenerationRequest("r", [1], SamplingParams(**params))
+    return Sequence.from_request(request, arrival_time=0.0, device=torch.device("cpu"))
 
 
 def _logits(rows: int = 1) -> torch.Tensor:

@@ -24,42 +24,41 @@ from transformers import (
     Qwen2Config,
 )
 
-from inference import metrics
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import load_model
 from inference.tiny_model import byte_level_token_ids, make_tiny_model, save_random_model
 
+from .conftest import run_with_engine
+
 NUM_REQUESTS = 20
 MAX_PROMPT_TOKENS = 90
 MAX_NEW_TOKENS = 40
 
 
-def _qwen2_config() -> PretrainedConfig:
-    return Qwen2Config(
+def _small_config(config_class: type[PretrainedConfig], **specific: object) -> PretrainedConfig:
+    """A two-layer random model of `config_class` that matches the byte-level tokenizer; the wide
+    init keeps greedy decoding clear of near-ties, as in the demo model."""
+    return config_class(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
-        tie_word_embeddings=False, **byte_level_token_ids(),
+        max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False,
+        **byte_level_token_ids(), **specific,
     )  # fmt: skip
+
+
+def _qwen2_config() -> PretrainedConfig:
+    return _small_config(Qwen2Config, num_key_value_heads=2)
 
 
 def _gpt_neox_config() -> PretrainedConfig:
     # Partial rotary embeddings and a parallel residual: a different attention module from Llama's.
-    return GPTNeoXConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False,
-        **byte_level_token_ids(),
-    )  # fmt: skip
+    return _small_config(GPTNeoXConfig)
 
 
 def _mistral_sliding_window_config() -> PretrainedConfig:
     # A window much shorter than the requests, so every attention path has to apply it.
-    return MistralConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, sliding_window=24, initializer_range=0.3,
-        tie_word_embeddings=False, **byte_level_token_ids(),
-    )  # fmt: skip
+    return _small_config(MistralConfig, num_key_value_heads=2, sliding_window=24)
 
 
 RANDOM_ARCHITECTURES = {
@@ -118,25 +117,20 @@ async def _generate_concurrently(
 
 
 def _run_engine(
-    config: ServerConfig, requests: list[GenerationRequest]
+    model_dir: Path, requests: list[GenerationRequest], **settings: object
 ) -> tuple[dict[str, list[int]], float]:
     """Each request's tokens through a fresh engine, and how many preemptions the engine reported."""
-    registry = CollectorRegistry()
+    loaded = load_model(ServerConfig(model_path=model_dir, **settings))
 
-    async def main() -> dict[str, list[int]]:
-        engine = AsyncEngine(load_model(config), config, metrics.build_collectors(registry))
-        await engine.start()
-        try:
-            return await _generate_concurrently(engine, requests)
-        finally:
-            await engine.stop()
+    async def body(engine: AsyncEngine, registry: CollectorRegistry) -> tuple[dict[str, list[int]], float]:
+        outputs = await _generate_concurrently(engine, requests)
+        return outputs, registry.get_sample_value("llm_preemptions_total") or 0.0
 
-    outputs = asyncio.run(main())
-    return outputs, registry.get_sample_value("llm_preemptions_total") or 0.0
+    return run_with_engine(loaded, body, **settings)
 
 
 def test_concurrent_greedy_batch_matches_generate_alone(model_dir, requests, expected):
-    outputs, _ = _run_engine(ServerConfig(model_path=model_dir), requests)
+    outputs, _ = _run_engine(model_dir, requests)
     assert outputs == expected
 
 
@@ -150,13 +144,13 @@ def _kv_bytes_per_token(model_dir: Path) -> int:
 def test_greedy_matches_with_chunked_prefill_and_preemption(model_dir, requests, expected):
     # KV room for about 1.5 of the longest requests, and a token budget below most prompts.
     max_model_len = MAX_PROMPT_TOKENS + MAX_NEW_TOKENS
-    squeezed = ServerConfig(
-        model_path=model_dir,
+    outputs, preemptions = _run_engine(
+        model_dir,
+        requests,
         max_model_len=max_model_len,
         max_num_batched_tokens=32,
         kv_cache_block_size=8,
         kv_cache_memory_bytes=_kv_bytes_per_token(model_dir) * max_model_len * 3 // 2,
     )
-    outputs, preemptions = _run_engine(squeezed, requests)
     assert preemptions > 0
     assert outputs == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from inference.quantize import SCHEMES, QuantizationError, int8_modules, quantiz
 from inference.quantize.checkpoint import RECORD_FILE, WEIGHTS_FILE
 from inference.quantize.random_llama import make_random_llama
 from inference.tiny_model import byte_level_tokenizer
+
+from .conftest import run_with_engine
 
 PROMPTS = ("Hello, int8!", "<user>Which scheme?</user>\n<assistant>", "The KV cache holds")
 MAX_TOKENS = 12
@@ -39,27 +42,26 @@ def quantized_dir(
 
 
 def _serve_greedy(loaded: LoadedModel) -> list[list[int]]:
-    """Every prompt through the engine at once, greedily, as the server would run them."""
-    config = ServerConfig(max_model_len=128, max_num_seqs=len(PROMPTS), kv_cache_memory_bytes=1 << 28)
+    """Every prompt through the engine greedily, one sequence per step.
+
+    int8-dynamic scales activations over a step's whole batch, so which requests share a step (set by
+    thread timing) would change its tokens; one sequence per step makes two runs comparable.
+    """
     sampling = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
 
-    async def run() -> list[list[int]]:
-        engine = AsyncEngine(loaded, config)
-        await engine.start()
-        try:
-            streams = [
-                engine.generate(GenerationRequest(f"r{index}", loaded.tokenizer(prompt).input_ids, sampling))
-                for index, prompt in enumerate(PROMPTS)
-            ]
+    async def run(engine: AsyncEngine, _: object) -> list[list[int]]:
+        streams = [
+            engine.generate(GenerationRequest(f"r{index}", loaded.tokenizer(prompt).input_ids, sampling))
+            for index, prompt in enumerate(PROMPTS)
+        ]
 
-            async def tokens(stream) -> list[int]:
-                return [event.token_id async for event in stream]
+        async def tokens(stream) -> list[int]:
+            return [event.token_id async for event in stream]
 
-            return list(await asyncio.gather(*(tokens(stream) for stream in streams)))
-        finally:
-            await engine.stop()
+        return list(await asyncio.gather(*(tokens(stream) for stream in streams)))
 
-    return asyncio.run(run())
+    settings = {"max_model_len": 128, "max_num_seqs": 1, "kv_cache_memory_bytes": 1 << 28}
+    return run_with_engine(loaded, run, **settings)
 
 
 def _leftovers(out_dir: Path) -> list[str]:
@@ -120,10 +122,7 @@ def test_source_without_weights_is_refused(source_dir, tmp_path):
 
 
 def test_corrupt_source_weights_are_refused_and_nothing_written(source_dir, tmp_path):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    for path in source_dir.iterdir():
-        (model_dir / path.name).write_bytes(path.read_bytes())
+    model_dir = shutil.copytree(source_dir, tmp_path / "model")
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     out_dir = tmp_path / "out"
@@ -156,29 +155,22 @@ def test_non_empty_out_is_kept_unless_overwrite_is_asked(source_dir, tmp_path):
     assert _leftovers(out_dir) == ["out"]
 
 
-def _copy_checkpoint(quantized_dir: Path, target: Path) -> Path:
-    target.mkdir()
-    for path in quantized_dir.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
-    return target
-
-
 def test_checkpoint_with_corrupt_weights_fails_to_load_naming_the_file(quantized_dir, tmp_path):
-    broken = _copy_checkpoint(quantized_dir, tmp_path / "broken")
+    broken = shutil.copytree(quantized_dir, tmp_path / "broken")
     (broken / WEIGHTS_FILE).write_bytes(b"\x00" * 64)
     with pytest.raises(ModelLoadError, match=re.escape(f"{WEIGHTS_FILE} is corrupt")):
         load_model(ServerConfig(model_path=broken))
 
 
 def test_checkpoint_without_weights_fails_to_load_naming_the_file(quantized_dir, tmp_path):
-    broken = _copy_checkpoint(quantized_dir, tmp_path / "broken")
+    broken = shutil.copytree(quantized_dir, tmp_path / "broken")
     (broken / WEIGHTS_FILE).unlink()
     with pytest.raises(ModelLoadError, match=re.escape(f"lacks its weights file {WEIGHTS_FILE}")):
         load_model(ServerConfig(model_path=broken))
 
 
 def test_checkpoint_with_an_unreadable_record_fails_to_load(quantized_dir, tmp_path):
-    broken = _copy_checkpoint(quantized_dir, tmp_path / "broken")
+    broken = shutil.copytree(quantized_dir, tmp_path / "broken")
     (broken / RECORD_FILE).write_text(json.dumps({"scheme": "int4"}))
     message = f"{RECORD_FILE} is not a readable quantization record"
     with pytest.raises(ModelLoadError, match=re.escape(message)):

@@ -14,8 +14,7 @@ from inference.logging import JsonFormatter
 
 
 def serve_config(*argv: str) -> ServerConfig:
-    args = build_parser().parse_args(["serve", *argv])
-    return config_from_flags({k: v for k, v in vars(args).items() if k in ServerConfig.model_fields})
+    return config_from_flags(build_parser().parse_args(["serve", *argv]))
 
 
 @pytest.mark.parametrize("field", sorted(ServerConfig.model_fields))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -15,15 +14,14 @@ import yaml
 from infra.config import PROJECT, ConfigError, StackConfig, load_stack_config, stack_file
 from infra.program import run
 from infra.render import Recorded, RecordingMocks, run_program
-from tests.infra.conftest import API_KEY, merged, runtime_config
+from tests.infra.conftest import API_KEY, REPO, merged, runtime_config
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 KUBECONFIG = json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": [], "users": []})
 
 
 def stack_values(stack: str) -> dict[str, Any]:
     """The `llm-serving:` keys of a stack file, as plain Python values."""
-    document = yaml.safe_load((PROJECT_DIR / stack_file(stack)).read_text())
+    document = yaml.safe_load((REPO / stack_file(stack)).read_text())
     return {key.removeprefix(f"{PROJECT}:"): value for key, value in document["config"].items()}
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -17,6 +21,8 @@ from infra.config import PROJECT, load_stack_config
 from infra.program import build_serving_stack, run
 from infra.render import RecordingMocks, config_value, run_program
 
+REPO = Path(__file__).resolve().parents[2]
+STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in REPO.glob("Pulumi.*.yaml"))
 API_KEY = "test-api-key-0123456789"
 
 # A small valid stack: local cloud, CPU, model on a pre-filled volume. Tests change what they exercise.
@@ -125,7 +131,6 @@ def declare(
 def gpu_target(**changes: Any) -> CloudTarget:
     """A cloud target like a managed cluster's: GPU nodes tainted, a bucket to sync from."""
     fields: dict[str, Any] = dict(
-        name="test-cloud",
         kubernetes_provider=None,
         storage_class="fast-ssd",
         service_type="LoadBalancer",
@@ -146,6 +151,32 @@ def gpu_target(**changes: Any) -> CloudTarget:
     )
     fields.update(changes)
     return CloudTarget(**fields)
+
+
+def render_cli(
+    stack: str, out: Path, env: Mapping[str, str], *options: str, timeout: int
+) -> subprocess.CompletedProcess[str]:
+    """`python -m infra render` of `stack` into `out` in a child process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "infra", "render", "--stack", stack, "--out", str(out), *options],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def rendered_stacks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every stack file rendered by `python -m infra render` once per session, one directory per stack."""
+    root = tmp_path_factory.mktemp("rendered")
+    env = {**os.environ, "LLM_SERVING_SECRET_API_KEY": API_KEY}
+    for stack in STACKS:
+        result = render_cli(stack, root / stack, env, timeout=300)
+        assert result.returncode == 0, f"render of {stack} failed:\n{result.stderr}"
+    return root
 
 
 @pytest.fixture

@@ -2,16 +2,14 @@
 
 kubernetes-validate checks each object against the API schemas of every supported Kubernetes
 version (strict: unknown fields are errors); checkov checks security and reliability practice.
-Both run once over all stacks: each stack is rendered once per session through the real CLI.
+Both run once over all stacks, rendered once per session through the real CLI (`rendered_stacks`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,48 +17,27 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.infra.conftest import API_KEY
+from tests.infra.conftest import REPO, STACKS
 
-REPO = Path(__file__).resolve().parents[2]
-STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in REPO.glob("Pulumi.*.yaml"))
 KUBERNETES_VERSIONS = [f"1.{minor}.0" for minor in range(29, 34)]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every stack rendered by `python -m infra render`, one directory per stack."""
-    root = tmp_path_factory.mktemp("rendered")
-    env = {**os.environ, "LLM_SERVING_SECRET_API_KEY": API_KEY}
-    for stack in STACKS:
-        result = subprocess.run(
-            [sys.executable, "-m", "infra", "render", "--stack", stack, "--out", str(root / stack)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=300,
-            check=False,
-        )
-        assert result.returncode == 0, f"render of {stack} failed:\n{result.stderr}"
-    return root
 
 
 def manifests(rendered: Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(p, yaml.safe_load(p.read_text())) for p in sorted(rendered.glob("*/*.yaml"))]
 
 
-def test_every_stack_renders(rendered: Path) -> None:
+def test_every_stack_renders(rendered_stacks: Path) -> None:
     for stack in STACKS:
-        kinds = {yaml.safe_load(p.read_text())["kind"] for p in (rendered / stack).glob("*.yaml")}
+        kinds = {yaml.safe_load(p.read_text())["kind"] for p in (rendered_stacks / stack).glob("*.yaml")}
         assert {"Namespace", "Deployment", "Service", "NetworkPolicy"} <= kinds, stack
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_manifests_valid_for_kubernetes(rendered: Path, version: str) -> None:
+def test_manifests_valid_for_kubernetes(rendered_stacks: Path, version: str) -> None:
     errors, custom = [], set()
-    for path, obj in manifests(rendered):
+    for path, obj in manifests(rendered_stacks):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
@@ -69,8 +46,8 @@ def test_manifests_valid_for_kubernetes(rendered: Path, version: str) -> None:
         except kubernetes_validate.ValidationError as error:
             errors.append(f"{path.parent.name}/{path.name}: {error.message}")
     print(
-        f"kubernetes {version}: {len(manifests(rendered))} manifests, custom kinds not schema-checked: "
-        f"{sorted(custom) or 'none'}"
+        f"kubernetes {version}: {len(manifests(rendered_stacks))} manifests, "
+        f"custom kinds not schema-checked: {sorted(custom) or 'none'}"
     )
     assert not [kind for kind in custom if not kind.startswith("monitoring.coreos.com/")]
     assert errors == []
@@ -82,7 +59,7 @@ def checkov_binary() -> str:
     return found
 
 
-def test_checkov_finds_no_failed_check(rendered: Path) -> None:
+def test_checkov_finds_no_failed_check(rendered_stacks: Path) -> None:
     result = subprocess.run(
         # Not --quiet: it leaves the skipped checks out of the report, and their count is part of the result.
         [
@@ -90,7 +67,7 @@ def test_checkov_finds_no_failed_check(rendered: Path) -> None:
             "--framework",
             "kubernetes",
             "-d",
-            str(rendered),
+            str(rendered_stacks),
             "--compact",
             "-o",
             "json",
@@ -119,7 +96,7 @@ def test_checkov_finds_no_failed_check(rendered: Path) -> None:
     )
     for line in skipped:
         print(f"  skipped {line}")
-    assert sum(r["summary"]["resource_count"] for r in reports) >= len(manifests(rendered))
+    assert sum(r["summary"]["resource_count"] for r in reports) >= len(manifests(rendered_stacks))
     assert failed == []
     # A skip must say why, in the manifest.
     assert all(line.split("): ", 1)[1] for line in skipped)

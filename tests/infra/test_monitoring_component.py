@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from infra.components.naming import App
 from infra.monitoring.dashboard import dashboard
 from infra.monitoring.files import dump_yaml
 from tests.infra.conftest import BASE_CONFIG, Declared, declare, merged
+from tests.infra.prometheus_binaries import promtool
 
 OPERATOR = "monitoring.coreos.com/v1"
 
@@ -30,13 +29,6 @@ def declare_monitored(monitoring: dict[str, Any] | None = None, **changes: Any) 
 @pytest.fixture(scope="module")
 def declared() -> Declared:
     return declare_monitored()
-
-
-def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package as root")
-    return subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def _custom(declared: Declared, kind: str) -> list[dict]:
@@ -54,12 +46,12 @@ def test_service_monitor_selects_the_service_and_names_its_port(declared: Declar
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= port_names
 
 
-def test_prometheus_rule_spec_passes_promtool(declared: Declared, tmp_path: Path) -> None:
+def test_prometheus_rule_spec_passespromtool(declared: Declared, tmp_path: Path) -> None:
     # kubernetes-validate has no schema for the operator's kinds; promtool checks what matters in
     # a PrometheusRule, its rule groups, exactly as Prometheus will load them.
     (rule,) = _custom(declared, "PrometheusRule")
     (tmp_path / "rules.yml").write_text(dump_yaml(rule["spec"]))
-    result = _promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    result = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -111,11 +103,11 @@ def test_scrape_config_lives_in_prometheus_namespace() -> None:
     assert _scrape_config_map(declared)["metadata"]["namespace"] == "observability"
 
 
-def test_scrape_config_rules_pass_promtool(scrape_mode: Declared, tmp_path: Path) -> None:
+def test_scrape_config_rules_passpromtool(scrape_mode: Declared, tmp_path: Path) -> None:
     config = yaml.safe_load(_scrape_config_map(scrape_mode)["data"][PROMETHEUS_CONFIG_KEY])
     for key in config["rule_files"]:
         (tmp_path / key).write_text(_scrape_config_map(scrape_mode)["data"][key])
-    result = _promtool("check", "rules", *config["rule_files"], cwd=tmp_path)
+    result = promtool("check", "rules", *config["rule_files"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -129,7 +121,7 @@ def test_scrape_config_passes_promtool_but_for_discovery(scrape_mode: Declared, 
     (tmp_path / PROMETHEUS_CONFIG_KEY).write_text(dump_yaml(config))
     for key in config["rule_files"]:
         (tmp_path / key).write_text(data[key])
-    result = _promtool("check", "config", PROMETHEUS_CONFIG_KEY, cwd=tmp_path)
+    result = promtool("check", "config", PROMETHEUS_CONFIG_KEY, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

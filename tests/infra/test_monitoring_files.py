@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from infra.cli import main
+from tests.infra.prometheus_binaries import promtool
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +32,7 @@ def test_prometheus_config_loads_the_written_rules(written: Path) -> None:
 
 
 def test_written_config_passes_promtool(written: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package as root")
-    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=written,
-                            capture_output=True, text=True, timeout=120)
+    result = promtool("check", "config", "prometheus.yml", cwd=written)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

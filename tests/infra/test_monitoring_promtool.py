@@ -4,7 +4,6 @@ that fire and that do not fire every alert) pass `promtool test rules`."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from infra.monitoring.alerts import alert_rules
 from infra.monitoring.files import dump_yaml
 from infra.monitoring.rules import rule_file
 from infra.monitoring.service import MonitoredService
+from tests.infra.prometheus_binaries import promtool
 
 PROMTOOL_TESTS = Path(__file__).parent / "promtool"
 # The service the unit tests in promtool/ are written against; thresholds are the issue's own
@@ -28,17 +28,6 @@ THRESHOLDS = AlertThresholds(
 )
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package as root")
-    return path
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
     """The generated rules as rules.yml beside copies of the unit test files that load it."""
@@ -49,13 +38,13 @@ def rules_dir(tmp_path: Path) -> Path:
 
 
 def test_generated_rules_pass_promtool_check(rules_dir: Path) -> None:
-    result = _run("check", "rules", "rules.yml", cwd=rules_dir)
+    result = promtool("check", "rules", "rules.yml", cwd=rules_dir)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_unit_tests_pass_on_generated_rules(rules_dir: Path) -> None:
     test_files = sorted(p.name for p in rules_dir.glob("*.test.yml"))
-    result = _run("test", "rules", *test_files, cwd=rules_dir)
+    result = promtool("test", "rules", *test_files, cwd=rules_dir)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -80,5 +69,5 @@ def test_a_broken_rule_fails_the_unit_tests(rules_dir: Path) -> None:
     # the synthetic series were written against must make a "does not fire" case fail.
     loose = THRESHOLDS.model_copy(update={"error_rate": 0.01})
     (rules_dir / "rules.yml").write_text(dump_yaml(rule_file(SERVICE, loose)))
-    result = _run("test", "rules", "alerts.test.yml", cwd=rules_dir)
+    result = promtool("test", "rules", "alerts.test.yml", cwd=rules_dir)
     assert result.returncode != 0

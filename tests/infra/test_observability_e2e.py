@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from infra.monitoring import alerts
 from infra.monitoring.dashboard import panels, variables
 from infra.monitoring.files import write_monitoring_files
 from infra.monitoring.service import MonitoredService
+from tests.infra.prometheus_binaries import binary
 from tests.infra.promql_names import series_names
 
 pytestmark = pytest.mark.slow
@@ -124,15 +124,12 @@ def test_server_exports_every_catalog_series(server: str) -> None:
 def prometheus(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real Prometheus on loopback scraping `server` every second, with the generated
     config and rules."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is missing: scripts/setup.sh installs Debian's prometheus package as root")
     home = tmp_path_factory.mktemp("prometheus")
     target = server.removeprefix("http://")
     files = write_monitoring_files(home / "config", SERVICE, [target], interval="1s")
     port = _free_port()
     process = _start([
-        binary,
+        binary("prometheus"),
         f"--config.file={files.prometheus_config}",
         f"--storage.tsdb.path={home / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",

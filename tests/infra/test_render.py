@@ -15,9 +15,7 @@ import yaml
 from infra.config import load_stack_config
 from infra.program import build_serving_stack, run
 from infra.render import MARKER_FILE, PLAN_FILE, REDACTED, StackFileError, render
-from tests.infra.conftest import API_KEY, gpu_target
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.infra.conftest import API_KEY, REPO, gpu_target
 
 
 @pytest.fixture

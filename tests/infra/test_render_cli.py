@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.infra.conftest import API_KEY
+from tests.infra.conftest import API_KEY, REPO, render_cli
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = "llm-serving:"
 
 
@@ -31,30 +29,11 @@ def bad_project(tmp_path: Path, changes: dict[str, Any]) -> Path:
     return tmp_path
 
 
-def render_cli(project: Path, out: Path, with_secret: bool = True) -> subprocess.CompletedProcess[str]:
+def render_bad(project: Path, out: Path, with_secret: bool = True) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVING_SECRET_")}
     if with_secret:
         env["LLM_SERVING_SECRET_API_KEY"] = API_KEY
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infra",
-            "render",
-            "--stack",
-            "bad",
-            "--out",
-            str(out),
-            "--project-dir",
-            str(project),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    return render_cli("bad", out, env, "--project-dir", str(project), timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +54,7 @@ def test_bad_config_exits_naming_the_key_and_writes_nothing(
     tmp_path: Path, changes: dict[str, Any], key: str
 ) -> None:
     out = tmp_path / "out"
-    result = render_cli(bad_project(tmp_path, changes), out)
+    result = render_bad(bad_project(tmp_path, changes), out)
     assert result.returncode == 2
     assert f"Pulumi.bad.yaml: {key}:" in result.stderr
     assert not out.exists()
@@ -83,7 +62,7 @@ def test_bad_config_exits_naming_the_key_and_writes_nothing(
 
 def test_missing_secret_exits_saying_how_to_set_it(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = render_cli(bad_project(tmp_path, {}), out, with_secret=False)
+    result = render_bad(bad_project(tmp_path, {}), out, with_secret=False)
     assert result.returncode == 2
     assert "llm-serving:apiKey" in result.stderr
     assert "LLM_SERVING_SECRET_API_KEY" in result.stderr
@@ -92,8 +71,8 @@ def test_missing_secret_exits_saying_how_to_set_it(tmp_path: Path) -> None:
 
 def test_bad_config_leaves_an_earlier_render_untouched(tmp_path: Path) -> None:
     project, out = bad_project(tmp_path, {}), tmp_path / "out"
-    assert render_cli(project, out).returncode == 0
+    assert render_bad(project, out).returncode == 0
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad_project(tmp_path, {"replicas": -2})
-    assert render_cli(project, out).returncode == 2
+    assert render_bad(project, out).returncode == 2
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -18,6 +18,7 @@ from typing import Literal
 from prometheus_client.metrics import MetricWrapperBase
 
 from inference.config import ServerConfig
+from inference.engine.grammar import CompiledGrammar, GrammarSpec
 from inference.engine.llm_engine import EngineCore, StepOutput
 from inference.engine.request import EngineNotReadyError, GenerationRequest, QueueFullError
 from inference.engine.sequence import Sequence
@@ -105,7 +106,7 @@ class AsyncEngine:
         core = self._core
         if core is None or not self.ready:
             raise EngineNotReadyError("the engine is not accepting requests (starting, draining or stopped)")
-        seq = Sequence.from_request(request, time.monotonic(), self.loaded.device)
+        seq = Sequence.from_request(request, time.monotonic(), core.grammars)
         with self._lock:
             core.validate(request)
             # Requests that get a running slot at the next step are not queued behind anyone.
@@ -117,6 +118,13 @@ class AsyncEngine:
             core.add(seq)
         self._wakeup.set()
         return seq.sink
+
+    def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
+        """Compile (or find in the cache) a request's grammar; blocking, so call it off the event loop.
+        Raises InvalidGrammarError, or EngineNotReadyError before the engine has started."""
+        if self._core is None:
+            raise EngineNotReadyError("the engine is not accepting requests (starting)")
+        return self._core.compile_grammar(spec)
 
     def abort(self, request_id: str, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
         """End a request and free its KV blocks. `cancelled`: the client went away (counted as a

@@ -13,6 +13,7 @@ import torch
 
 from inference.config import ServerConfig
 from inference.engine.block_manager import BlockManager
+from inference.engine.grammar import CompiledGrammar, GrammarCompiler, GrammarSpec
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
     FinishReason,
@@ -22,7 +23,7 @@ from inference.engine.request import (
     SamplingParams,
     TokenEvent,
 )
-from inference.engine.sampler import sample
+from inference.engine.sampler import Sampled, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
 from inference.model_loading import LoadedModel
@@ -75,6 +76,7 @@ class EngineCore:
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
+        self.grammars = GrammarCompiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -95,8 +97,15 @@ class EngineCore:
                 f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                 f"context length of {self.max_model_len} tokens"
             )
+        invalid_ids = [t for t in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
+        if invalid_ids:
+            raise InvalidRequestError(f"logit_bias token ids must lie in [0, {self.vocab_size})")
         if request.request_id in self.sequences:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
+
+    def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
+        """Raises InvalidGrammarError for a schema, regex or grammar that does not compile."""
+        return self.grammars.compile(spec)
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq
@@ -120,23 +129,25 @@ class EngineCore:
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()
 
-    def execute(self, chunks: list[Chunk]) -> tuple[list[int], list[float | None]]:
+    def execute(self, chunks: list[Chunk]) -> Sampled:
         logits = self.runner.run(chunks)
-        return sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+        seqs = [chunk.seq for chunk in chunks if chunk.samples]
+        return sample(logits, seqs, self.eos_token_ids, self.grammars)
 
-    def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
+    def commit(self, chunks: list[Chunk], sampled: Sampled) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
         outputs = []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
-        for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
+        for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue
             seq.token_ids.append(token_id)
-            seq.finish_reason = self._finish_reason(seq, token_id)
+            grammar_done = seq.grammar is not None and seq.grammar.accept(token_id)
+            seq.finish_reason = "stop" if grammar_done else self._finish_reason(seq, token_id)
             if seq.finish_reason is not None:
                 del self.sequences[seq.request_id]
                 self.scheduler.finish(seq)
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason)))
+            outputs.append(StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason)))
         return outputs
 
     def step(self) -> list[StepOutput]:

@@ -27,12 +27,15 @@ def flag_name(field: str) -> str:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field, info in ServerConfig.model_fields.items():
         description = info.description or field.replace("_", " ")
+        # A boolean flag alone means true, as vLLM's `--enable-auto-tool-choice`; a value also works.
+        switch = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
         parser.add_argument(
             flag_name(field),
             dest=field,
             default=argparse.SUPPRESS,  # absent flags leave the field to the environment or default
             metavar=field.upper(),
             help=f"{description} [env {env_name(field)}; default {info.default!r}]",
+            **switch,
         )
 
 

@@ -13,11 +13,12 @@ import torch
 
 from inference.config import ServerConfig
 from inference.engine.block_manager import BlockManager
-from inference.engine.grammar import CompiledGrammar, GrammarCompiler, GrammarSpec
+from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
     FinishReason,
     GenerationRequest,
+    InvalidGrammarError,
     InvalidRequestError,
     PromptTooLongError,
     SamplingParams,
@@ -84,7 +85,8 @@ class EngineCore:
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
-        self.grammars = GrammarCompiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
+        self.tokenizer = loaded.tokenizer
+        self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -113,7 +115,15 @@ class EngineCore:
 
     def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
         """Raises InvalidGrammarError for a schema, regex or grammar that does not compile."""
+        if self.grammars is None:
+            raise InvalidGrammarError("structured outputs are unavailable: the tokenizer is not supported")
         return self.grammars.compile(spec)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for on its own (part of a character, for some)."""
+        if self.grammars is None:
+            return self.tokenizer.decode([token_id]).encode()
+        return self.grammars.token_bytes(token_id)
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq

@@ -13,7 +13,9 @@ complete and valid rather than cut off. Only if even that does not fit does it e
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -27,20 +29,26 @@ import llguidance.torch
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from inference.engine.request import InvalidRequestError
+from inference.engine.request import InvalidGrammarError
+
+logger = logging.getLogger(__name__)
 
 GrammarKind = Literal["json_schema", "regex", "choice", "lark"]
 
 # Compact JSON: a model (especially a random one) is not invited to pad its output with whitespace.
 _JSON_OPTIONS = {"whitespace_flexible": False}
 _CACHE_SIZE = 256
-# Text that closes what JSON (and most grammars) leave open, most preferred first.
-_CLOSERS = ('"', "}", "]", "0", ",")
+# Text that closes what JSON (and most grammars) leave open, most preferred first: inside a string a
+# bracket is just text, at the start of an object a quote opens a key, so both orders are tried.
+_CLOSER_ORDERS = (('"', "}", "]", "0", ","), ("}", "]", '"', "0", ","))
 # Tokens that open something new are never taken on the way to the end.
 _OPENERS = frozenset(("{", "[", '"'))
 # How far ahead of the end of the budget the closing distance is looked at; see GrammarState.
 _CLOSING_MARGIN = 32
 _RECHECK_EVERY = 16
+# One token the model picks can lengthen the way to the end by a few tokens (a `{`, the first byte of
+# a four-byte character), so closing starts this many tokens before the budget strictly needs it.
+_GROWTH_MARGIN = 8
 
 
 @dataclass(frozen=True)
@@ -52,15 +60,11 @@ class GrammarSpec:
 
     @classmethod
     def json_schema(cls, schema: object) -> GrammarSpec:
-        return cls("json_schema", json.dumps(schema, sort_keys=True))
+        return cls("json_schema", json.dumps(schema))
 
     @classmethod
     def choice(cls, options: Sequence[str]) -> GrammarSpec:
         return cls("choice", json.dumps(list(options)))
-
-
-class InvalidGrammarError(InvalidRequestError):
-    """The schema, regex or grammar does not compile (400)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,17 @@ class CompiledGrammar:
     spec: GrammarSpec
     matcher: llguidance.LLMatcher  # in its start state; never advanced, only copied
     compile_seconds: float
+
+
+def grammar_compiler(
+    tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_token_ids: Iterable[int]
+) -> GrammarCompiler | None:
+    """The compiler for a model's tokenizer, or None (logged) if llguidance cannot read the tokenizer."""
+    try:
+        return GrammarCompiler(tokenizer, vocab_size, eos_token_ids)
+    except (ValueError, TypeError) as error:
+        logger.warning("structured outputs are unavailable for this tokenizer: %s", error)
+        return None
 
 
 def grammar_text(spec: GrammarSpec) -> str:
@@ -90,18 +105,26 @@ class GrammarCompiler:
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_token_ids: Iterable[int]
     ) -> None:
-        self.vocab_size = vocab_size
+        # Models often pad their vocabulary past the tokenizer's; a mask covers whichever is larger.
+        self.vocab_size = max(vocab_size, len(tokenizer))
         self.tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer, n_vocab=vocab_size, eos_token=sorted(eos_token_ids) or None
+            tokenizer, n_vocab=self.vocab_size, eos_token=sorted(eos_token_ids) or None
         )
         self.eos_token_ids = frozenset(self.tokenizer.eos_tokens)
-        self._closers = [ids[0] for text in _CLOSERS if len(ids := self.tokenizer.tokenize_str(text)) == 1]
+        self._closer_orders = [
+            [ids[0] for text in order if len(ids := self.tokenizer.tokenize_str(text)) == 1]
+            for order in _CLOSER_ORDERS
+        ]
         self._openers = frozenset(
             ids[0] for text in _OPENERS if len(ids := self.tokenizer.tokenize_str(text)) == 1
         )
         self._cache: OrderedDict[GrammarSpec, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
         self.executor = llguidance.LLExecutor()
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one compiler per engine, for the process's life
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.tokenizer.decode_bytes([token_id])
 
     def compile(self, spec: GrammarSpec) -> CompiledGrammar:
         with self._lock:
@@ -127,24 +150,29 @@ class GrammarCompiler:
         return compiled
 
     def closing_path(self, matcher: llguidance.LLMatcher, limit: int) -> list[int] | None:
-        """The tokens that take `matcher` to the end soonest (by a greedy walk), or None if that takes
-        more than `limit` tokens. An end is a stopped grammar, or an accepting one plus end of sequence."""
+        """The tokens that take `matcher` to the end soonest, as far as two greedy walks tell (one that
+        prefers closing strings, one that prefers closing brackets), or None if both take more than
+        `limit` tokens. An end is a stopped grammar, or an accepting one plus end of sequence."""
+        walks = [self._walk(matcher, limit, closers) for closers in self._closer_orders]
+        found = [path for path in walks if path is not None]
+        return min(found, key=len) if found else None
+
+    def _walk(self, matcher: llguidance.LLMatcher, limit: int, closers: Sequence[int]) -> list[int] | None:
         walker = matcher.deep_copy()
         path: list[int] = []
         while len(path) <= limit:
             if walker.is_stopped():
                 return path
             if walker.is_accepting():
-                return [*path, min(self.eos_token_ids)]
-            forced = walker.compute_ff_tokens()
-            step = forced or self._next_closer(walker)
+                return [*path, min(self.eos_token_ids)] if len(path) < limit else None
+            step = walker.compute_ff_tokens() or self._next_closer(walker, closers)
             if not step or walker.try_consume_tokens(step) != len(step):
                 return None
             path.extend(step)
         return None
 
-    def _next_closer(self, walker: llguidance.LLMatcher) -> list[int]:
-        for token in self._closers:
+    def _next_closer(self, walker: llguidance.LLMatcher, closers: Sequence[int]) -> list[int]:
+        for token in closers:
             if walker.validate_tokens([token]) == 1:
                 return [token]
         allowed = llguidance.torch.allocate_token_bitmask(1, self.vocab_size)
@@ -177,7 +205,7 @@ class GrammarState:
         if path is None:
             return None
         self._closing_estimate = len(path)
-        return path[0] if len(path) >= remaining else None
+        return path[0] if path and len(path) + _GROWTH_MARGIN >= remaining else None
 
     def accept(self, token_id: int) -> bool:
         """Advance past `token_id`; True when the grammar is complete (or broken) and the output ends."""

@@ -100,3 +100,7 @@ class InvalidRequestError(EngineError):
 
 class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit the model's context (400)."""
+
+
+class InvalidGrammarError(InvalidRequestError):
+    """The schema, regex or grammar a request constrains its output with does not compile (400)."""

@@ -24,6 +24,7 @@ from inference.engine.sequence import Sequence
 _MASK32 = 0xFFFFFFFF
 _GOLDEN32 = 0x9E3779B9
 _UNIFORM_BITS = 24
+BAN_BIAS = -100.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def _apply_logit_bias(logits: torch.Tensor, seqs: Rows[Sequence]) -> None:
         for token, bias in seq.sampling.logit_bias.items():
             rows.append(row)
             columns.append(token)
-            values.append(bias)
+            # OpenAI documents -100 as a ban: make it one, however large the model's logits.
+            values.append(float("-inf") if bias <= BAN_BIAS else bias)
     if rows:
         index = (_column(rows, logits, torch.long), _column(columns, logits, torch.long))
         logits.index_put_(index, _column(values, logits), accumulate=True)
@@ -178,6 +180,7 @@ def _choose(logits: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
     return torch.where(_column(greedy, logits, torch.bool), logits.argmax(-1), drawn)
 
 
+@torch.inference_mode()
 def process_logits(
     logits: torch.Tensor,
     seqs: Rows[Sequence],
@@ -192,6 +195,7 @@ def process_logits(
     return logits
 
 
+@torch.inference_mode()
 def sample(
     logits: torch.Tensor,
     seqs: Rows[Sequence],

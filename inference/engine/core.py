@@ -139,12 +139,12 @@ class EngineCore:
 
     def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
-        outputs = []
-        sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for chunk in chunks:
             # Only now is their KV really in the cache, for later sequences to reuse.
             if chunk.seq.status is SequenceStatus.RUNNING:
                 self.blocks.cache_computed(chunk.seq)
+        outputs = []
+        sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue

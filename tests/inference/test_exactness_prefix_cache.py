@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
-from inference.engine.llm_engine import EngineCore
+from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sequence import Sequence
 from inference.model_loading import LoadedModel, load_model

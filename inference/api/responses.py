@@ -27,6 +27,7 @@ from inference.api.schemas import (
     CompletionChoice,
     CompletionLogprobs,
     FunctionCallDelta,
+    PromptTokensDetails,
     ToolCall,
     ToolCallDelta,
     TopLogprob,
@@ -37,12 +38,32 @@ from inference.api.tools import StreamingToolParser, ToolCallParserName, parse_r
 TokenBytes = Callable[[int], bytes]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+@dataclass
+class UsageTally:
+    """A response's token counts, added up from its deltas as they pass. Each prompt counts once
+    however many choices it has; its cached tokens are the most any of its choices found cached."""
+
+    prompt_lengths: Sequence[int]
+    choices_per_prompt: int
+    completion_tokens: int = 0
+    _cached_by_prompt: dict[int, int] = field(default_factory=dict)
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.completion_tokens += len(delta.tokens)
+        prompt = delta.index // self.choices_per_prompt
+        for token in delta.tokens:
+            if token.event.cached_prompt_tokens is not None:
+                cached = max(self._cached_by_prompt.get(prompt, 0), token.event.cached_prompt_tokens)
+                self._cached_by_prompt[prompt] = cached
+
+    def usage(self) -> Usage:
+        prompt_tokens = sum(self.prompt_lengths)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(self._cached_by_prompt.values())),
+        )
 
 
 class Formatter(Protocol):
@@ -248,7 +269,7 @@ class StreamPlan:
 
     formatter: Formatter
     choice_count: int
-    prompt_tokens: int
+    tally: UsageTally
     include_usage: bool
 
 
@@ -259,20 +280,19 @@ async def sse_stream(
 
     An error after the first byte cannot change the status any more; it is sent as an error event.
     """
-    completion_tokens = 0
     try:
         for chunk in plan.formatter.stream_start(plan.choice_count):
             yield sse(chunk)
         async for delta in deltas:
-            completion_tokens += len(delta.tokens)
+            plan.tally.add(delta)
             for chunk in plan.formatter.stream_delta(delta):
                 yield sse(chunk)
         if plan.include_usage:
-            yield sse(plan.formatter.stream_usage(usage(plan.prompt_tokens, completion_tokens)))
+            yield sse(plan.formatter.stream_usage(plan.tally.usage()))
     except Exception as error:
         # Refusals come before the first byte; what fails later is the engine's or ours.
         failure = error if isinstance(error, APIError) else from_engine_error(error)
         yield sse(failure.body())
     finally:
-        on_finish(completion_tokens)
+        on_finish(plan.tally.completion_tokens)
     yield sse("[DONE]")

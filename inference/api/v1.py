@@ -23,9 +23,9 @@ from inference.api.responses import (
     CompletionFormatter,
     Formatter,
     StreamPlan,
+    UsageTally,
     collect,
     sse_stream,
-    usage,
 )
 from inference.api.schemas import (
     ChatCompletionRequest,
@@ -71,9 +71,8 @@ class Job:
     token_limit: int | None  # as the client gave it
     max_model_len: int
 
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(prompt) for prompt in self.prompts)
+    def tally(self) -> UsageTally:
+        return UsageTally([len(prompt) for prompt in self.prompts], self.body.n)
 
     def engine_requests(self) -> list[GenerationRequest]:
         """One engine request per choice: prompt-major, `n` per prompt, seeds seed, seed+1, ..."""
@@ -201,7 +200,8 @@ async def _open(request: Request, engine: AsyncEngine, job: Job) -> list[OpenedR
 async def _generate(
     request: Request, model: LoadedModel, engine: AsyncEngine, job: Job, formatter: Formatter
 ) -> Response:
-    request.state.prompt_tokens = job.prompt_tokens
+    tally = job.tally()
+    request.state.prompt_tokens = sum(tally.prompt_lengths)
     opened = await _open(request, engine, job)
     if isinstance(opened, Response):
         return opened
@@ -215,7 +215,7 @@ async def _generate(
         request.state.completion_tokens = count
 
     if job.body.stream:
-        plan = StreamPlan(formatter, len(opened), job.prompt_tokens, job.body.include_usage_chunk)
+        plan = StreamPlan(formatter, len(opened), tally, job.body.include_usage_chunk)
         stream = sse_stream(deltas, plan, record_completion_tokens)
 
         async def cleanup() -> None:
@@ -235,9 +235,10 @@ async def _generate(
     finally:
         await deltas.aclose()
         await _close_all(opened)
-    completion_tokens = sum(len(result.tokens) for result in results)
-    record_completion_tokens(completion_tokens)
-    return JSONResponse(formatter.complete(results, usage(job.prompt_tokens, completion_tokens)))
+    for result in results:
+        tally.add(result)
+    record_completion_tokens(tally.completion_tokens)
+    return JSONResponse(formatter.complete(results, tally.usage()))
 
 
 @router.get("/models")

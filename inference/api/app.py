@@ -29,11 +29,14 @@ async def start_engine(state: ServingState) -> None:
     from inference.engine.async_engine import AsyncEngine
     from inference.model_loading import load_model
 
+    model = None
     try:
         model = await asyncio.to_thread(load_model, state.config)
         engine = AsyncEngine(model, state.config, collectors=state.collectors)
         await engine.start()
     except Exception as error:
+        if model is not None:
+            model.close()
         state.startup_error = error
         logger.error("model loading failed: %s", error, exc_info=error)
         return
@@ -58,6 +61,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                 await starting
             if state.engine is not None:
                 await state.engine.stop()
+            if state.model is not None:
+                state.model.close()
 
     app = FastAPI(title="llm-serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serving = state

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from inference.config import ServerConfig, env_name
 
 # Subcommands owned by their own modules, each exposing `main(argv) -> int`.
-_DELEGATED = {"bench": "inference.bench", "quantize": "inference.quantize"}
+_DELEGATED = {"bench": "inference.bench.cli", "quantize": "inference.quantize"}
 
 
 def flag_name(field: str) -> str:

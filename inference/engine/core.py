@@ -33,6 +33,14 @@ _HOST_FREE_MEMORY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # share of the KV blocks in use, 0-1
+    preemptions: int  # since the engine started
+
+
+@dataclass(frozen=True)
 class StepOutput:
     seq: Sequence
     event: TokenEvent
@@ -124,6 +132,11 @@ class EngineCore:
     @property
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            self.num_running, self.num_waiting, self.blocks.usage, self.scheduler.num_preemptions
+        )
 
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
 from inference.parallel.sharding import (
     RowParallelLinear,
@@ -56,26 +59,47 @@ def checkpoint_files(model_dir: Path, record: QuantizationRecord | None) -> list
     )
 
 
-class CheckpointSlices(contextlib.ExitStack):
-    """Every tensor of a (possibly multi-file) safetensors checkpoint, readable whole or by slice."""
+def checkpoint_key_names(model: PreTrainedModel) -> Callable[[str], str]:
+    """Checkpoint key -> the model's parameter name, by the renamings transformers itself applies when
+    loading (e.g. GPT-NeoX's `embed_out` is now `lm_head`). Keys that transformers would convert (fuse,
+    split, permute) are refused: a rank cannot slice a tensor that does not exist yet."""
+    transforms = get_model_conversion_mapping(model)
+    renamings = [transform for transform in transforms if isinstance(transform, WeightRenaming)]
+    converters = [transform for transform in transforms if isinstance(transform, WeightConverter)]
 
-    def __init__(self, files: Iterable[Path]) -> None:
+    def name_of(key: str) -> str:
+        name, converter = rename_source_key(key, renamings, converters)
+        if converter is not None:
+            raise ShardLoadError(
+                f"checkpoint tensor {key!r} needs a conversion ({converter}) before it can be split"
+            )
+        return name
+
+    return name_of
+
+
+class CheckpointSlices(contextlib.ExitStack):
+    """Every tensor of a (possibly multi-file) safetensors checkpoint by the model's parameter names,
+    readable whole or by slice."""
+
+    def __init__(self, files: Iterable[Path], name_of: Callable[[str], str]) -> None:
         super().__init__()
-        self._file_of: dict[str, object] = {}
+        self._source: dict[str, tuple[Any, str]] = {}
         for path in files:
             handle = self.enter_context(safe_open(str(path), framework="pt"))
-            self._file_of.update(dict.fromkeys(handle.keys(), handle))
+            self._source.update((name_of(key), (handle, key)) for key in handle.keys())  # noqa: SIM118
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._file_of
+    def __contains__(self, name: str) -> bool:
+        return name in self._source
 
-    def read(self, key: str, dim: int | None = None, part: slice = slice(None)) -> torch.Tensor:
-        """The tensor `key`, or only `part` of it along `dim`."""
-        if key not in self._file_of:
-            raise ShardLoadError(f"the checkpoint has no tensor {key!r}")
-        view = self._file_of[key].get_slice(key)  # type: ignore[attr-defined]
+    def read(self, name: str, dim: int | None = None, part: slice = slice(None)) -> torch.Tensor:
+        """The tensor `name`, or only `part` of it along `dim`."""
+        if name not in self._source:
+            raise ShardLoadError(f"the checkpoint has no tensor for {name!r}")
+        handle, key = self._source[name]
+        view = handle.get_slice(key)
         if dim is None:
-            return view[:] if view.get_shape() else self._file_of[key].get_tensor(key)  # type: ignore[attr-defined]
+            return view[:] if view.get_shape() else handle.get_tensor(key)
         return view[(slice(None),) * dim + (part,)]
 
 
@@ -173,7 +197,7 @@ def load_shard(
     group: torch.distributed.ProcessGroup | None = None,
 ) -> PreTrainedModel:
     """Fill `model` (from `empty_model`) with this rank's shard, on the CPU, ready to move."""
-    with CheckpointSlices(files) as checkpoint:
+    with CheckpointSlices(files, checkpoint_key_names(model)) as checkpoint:
         reader = ShardReader(checkpoint, rank, world_size, dtype, scheme, int8_in_checkpoint)
         for name, split in plan.items():
             shard = reader.linear(name, split, model.get_submodule(name))

@@ -86,7 +86,7 @@ class EngineCore:
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
-        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size)
+        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}
 
@@ -139,6 +139,10 @@ class EngineCore:
 
     def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
+        for chunk in chunks:
+            # Only now is their KV really in the cache, for later sequences to reuse.
+            if chunk.seq.status is SequenceStatus.RUNNING:
+                self.blocks.cache_computed(chunk.seq)
         outputs = []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
@@ -149,7 +153,8 @@ class EngineCore:
             if seq.finish_reason is not None:
                 del self.sequences[seq.request_id]
                 self.scheduler.finish(seq)
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason)))
+            cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
+            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason, cached)))
         return outputs
 
     def step(self) -> list[StepOutput]:

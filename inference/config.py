@@ -36,6 +36,12 @@ class ServerConfig(BaseSettings):
     device: Device = "auto"
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     quantization: Quantization = "none"
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Processes (one per device) that each hold a shard of every attention and MLP layer; "
+        "for a model that does not fit one device.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,

@@ -3,6 +3,7 @@
 - (default) the engine against the seed's window batching, and with `--peers` against transformers'
   own batching, on the same requests in one run (`serving`);
 - `--quantization int8`: the unquantized model beside its int8 versions (`quantization`);
+- `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
 - `--step-profile`: the host time of a decode step beside the model's (`step_profile`).
 """
 
@@ -13,7 +14,11 @@ import json
 import sys
 
 # The flag that selects each comparison other than the default one, and the module that runs it.
-_SELECTED_BY_FLAG = {"--quantization": "quantization", "--step-profile": "step_profile"}
+_SELECTED_BY_FLAG = {
+    "--quantization": "quantization",
+    "--step-profile": "step_profile",
+    "--workload": "prefix_cache",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,12 +35,19 @@ _PROBE_TOKENS = 8
 
 @dataclass(frozen=True)
 class StepInputs:
-    """One step's model inputs, on the model's device."""
+    """One step as host arrays, built from the scheduled chunks once (picklable, so that rank 0 of a
+    tensor-parallel group can broadcast it and every rank runs the same step)."""
 
-    token_ids: torch.Tensor  # [1, T]
-    positions: torch.Tensor  # [1, T]
-    sample_rows: torch.Tensor  # [S]: rows whose logits are sampled
-    layout: StepLayout
+    token_ids: np.ndarray  # [T]
+    positions: np.ndarray  # [T]
+    slot_mapping: np.ndarray  # [T]: the KV slot each token writes
+    sample_rows: np.ndarray  # [S]: rows whose logits are sampled
+    # Per prefill: its rows [first, last), its first position, and the KV slots of its context
+    # (None when it starts at position 0).
+    prefills: list[tuple[int, int, int, np.ndarray | None]]
+    decode_rows: np.ndarray  # [B]
+    decode_blocks: np.ndarray  # [B, W]: block tables padded with block 0
+    decode_ends: np.ndarray  # [B]: context length of each decode, its new token included
 
 
 class ModelRunner:
@@ -91,60 +98,70 @@ class ModelRunner:
         """Logits `[S, vocab]` (float32) for the chunks that sample, in their order in `chunks`."""
         return self.forward(self.prepare(chunks))
 
-    @torch.inference_mode()
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
-        context = StepContext(inputs.layout, self.caches, observed={}, workspace=self.workspace)
-        with step_context(context):
-            output = self.model(
-                input_ids=inputs.token_ids,
-                position_ids=inputs.positions,
-                use_cache=False,
-                logits_to_keep=inputs.sample_rows,
-            )
-        return output.logits[0].float()
-
     def prepare(self, chunks: list[Chunk]) -> StepInputs:
-        """The step's tensors, computed on the host with whole-step array ops (numpy: a few
-        microseconds an op, where a small torch op costs several times that) and uploaded at once."""
+        """The step's index arrays, computed on the host by whole-step numpy ops (a few microseconds
+        each, where a small torch op costs several times that); no Python loop runs over tokens."""
         host = _HostStep(chunks, self.block_size)
         is_decode = (host.lengths == 1) & (host.starts > 0)
         decode_ends = host.ends[is_decode]
         decode_width = -(-int(decode_ends.max()) // self.block_size) if len(decode_ends) else 0
-        prefill_chunks = np.flatnonzero(~is_decode)
-        context_slots = [
-            host.context_slots(index) for index in prefill_chunks.tolist() if host.starts[index] > 0
-        ]
-        uploaded = self.uploader.upload(
-            [
-                host.token_ids,
-                host.positions,
-                host.slot_mapping,
-                host.sample_rows,
-                host.row_starts[is_decode],
-                host.tables[is_decode, :decode_width],
-                decode_ends,
-                *context_slots,
-            ]
-        )
-        token_ids, positions, slot_mapping, sample_rows, decode_rows, decode_blocks, ends = uploaded[:7]
-        context_of = iter(uploaded[7:])
         prefills = [
-            PrefillSpan(
+            (
                 int(host.row_starts[index]),
                 int(host.row_starts[index] + host.lengths[index]),
                 int(host.starts[index]),
-                next(context_of) if host.starts[index] > 0 else None,
+                host.context_slots(index) if host.starts[index] > 0 else None,
             )
-            for index in prefill_chunks.tolist()
+            for index in np.flatnonzero(~is_decode).tolist()
+        ]
+        return StepInputs(
+            token_ids=host.token_ids,
+            positions=host.positions,
+            slot_mapping=host.slot_mapping,
+            sample_rows=host.sample_rows,
+            prefills=prefills,
+            decode_rows=host.row_starts[is_decode],
+            decode_blocks=host.tables[is_decode, :decode_width],
+            decode_ends=decode_ends,
+        )
+
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Run one step from its prepared inputs; returns the logits of its sampled rows."""
+        contexts = [context for *_, context in inputs.prefills if context is not None]
+        uploaded = self.uploader.upload(
+            [
+                inputs.token_ids,
+                inputs.positions,
+                inputs.slot_mapping,
+                inputs.sample_rows,
+                inputs.decode_rows,
+                inputs.decode_blocks,
+                inputs.decode_ends,
+                *contexts,
+            ]
+        )
+        token_ids, positions, slot_mapping, sample_rows, decode_rows, decode_blocks, ends = uploaded[:7]
+        context_slots = iter(uploaded[7:])
+        prefills = [
+            PrefillSpan(first, last, position, None if context is None else next(context_slots))
+            for first, last, position, context in inputs.prefills
         ]
         layout = StepLayout(
             slot_mapping=slot_mapping,
             prefills=prefills,
             decode_rows=decode_rows,
             decode_blocks=decode_blocks,
-            decode_masks=self._decode_masks(decode_width, ends),
+            decode_masks=self._decode_masks(decode_blocks.shape[1], ends),
         )
-        return StepInputs(token_ids[None], positions[None], sample_rows, layout)
+        with step_context(StepContext(layout, self.caches, observed={}, workspace=self.workspace)):
+            output = self.model(
+                input_ids=token_ids[None],
+                position_ids=positions[None],
+                use_cache=False,
+                logits_to_keep=sample_rows,
+            )
+        return output.logits[0].float()
 
     def _decode_masks(self, width: int, ends: torch.Tensor) -> dict[int | None, torch.Tensor]:
         """Per sliding window in the model, the additive attention bias of each decode's context,

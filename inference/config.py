@@ -36,6 +36,12 @@ class ServerConfig(BaseSettings):
     device: Device = "auto"
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     quantization: Quantization = "none"
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Processes (one per device) that each hold a shard of every attention and MLP layer; "
+        "for a model that does not fit one device.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -52,6 +58,9 @@ class ServerConfig(BaseSettings):
     kv_cache_block_size: int = Field(16, ge=1, description="Tokens per KV cache block.")
     kv_cache_memory_bytes: int | None = Field(
         None, ge=1, description="KV cache budget; defaults to a fraction of free device memory."
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of prompt prefixes already computed (hashed full blocks)."
     )
     max_queue_len: int = Field(256, ge=0, description="Requests waiting for admission at most; more get 429.")
     drain_timeout_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM.")

@@ -1,5 +1,8 @@
 """The engine as the API layer sees it: submit a request, iterate its tokens as they come.
 
+`async with AsyncEngine(...) as engine:` starts it and stops it; the app's lifespan, the benchmarks
+and the tests all run it that way.
+
 The model loop runs on its own thread, never on the event loop. Each iteration it schedules
 under a lock, runs the forward pass without it (so submissions and aborts never wait for the
 model), commits the sampled tokens under the lock again and hands them to the event loop with
@@ -13,12 +16,13 @@ import logging
 import math
 import threading
 import time
-from typing import Literal
+from types import TracebackType
+from typing import Literal, Self
 
 from prometheus_client.metrics import MetricWrapperBase
 
 from inference.config import ServerConfig
-from inference.engine.llm_engine import EngineCore, StepOutput
+from inference.engine.core import EngineCore, EngineStats, StepOutput
 from inference.engine.request import EngineNotReadyError, GenerationRequest, QueueFullError
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
@@ -32,6 +36,7 @@ _IDLE_POLL_SECONDS = 0.5
 _IDLE_CHECK_SECONDS = 0.02
 _MAX_RETRY_AFTER_SECONDS = 60
 _LATENCY_SMOOTHING = 0.1
+_DEAD_RANK_JOIN_SECONDS = 10.0
 
 
 class AsyncEngine:
@@ -52,6 +57,16 @@ class AsyncEngine:
         self._draining = False
         self._stopping = False
         self._mean_latency_seconds = 1.0
+        self._preemptions_reported = 0
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.stop()
 
     async def start(self) -> None:
         """Build the KV cache and run the warm-up pass (off the event loop), then start the loop."""
@@ -69,13 +84,20 @@ class AsyncEngine:
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            # With a rank gone, a step may wait on it inside a collective until the step timeout.
+            grace = None if self.ranks_alive else _DEAD_RANK_JOIN_SECONDS
+            await asyncio.to_thread(self._thread.join, grace)
         self._fail_all(EngineNotReadyError("the engine stopped before the request finished"))
 
     @property
     def ready(self) -> bool:
-        alive = self._thread is not None and self._thread.is_alive()
+        alive = self._thread is not None and self._thread.is_alive() and self.ranks_alive
         return self._core is not None and alive and not self._draining and not self._stopping
+
+    @property
+    def ranks_alive(self) -> bool:
+        """Every process holding a part of the model is up (always, without tensor parallelism)."""
+        return self.loaded.workers is None or self.loaded.workers.alive
 
     def begin_drain(self) -> None:
         """Refuse new requests; those already submitted run to the end."""
@@ -85,19 +107,18 @@ class AsyncEngine:
         """Wait until no request is running or waiting; False if `timeout` seconds pass first."""
         deadline = time.monotonic() + timeout
         while True:
-            running, waiting, _ = self.stats()
-            if running + waiting == 0:
+            stats = self.stats()
+            if stats.running + stats.waiting == 0:
                 return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(_IDLE_CHECK_SECONDS)
 
-    def stats(self) -> tuple[int, int, float]:
-        """(running, waiting, KV usage 0-1)."""
+    def stats(self) -> EngineStats:
         if self._core is None:
-            return 0, 0, 0.0
+            return EngineStats(running=0, waiting=0, kv_cache_usage=0.0, preemptions=0)
         with self._lock:
-            return self._core.num_running, self._core.num_waiting, self._core.blocks.usage
+            return self._core.stats()
 
     def generate(self, request: GenerationRequest) -> RequestStream:
         """Submit `request`; raises EngineNotReadyError, QueueFullError, PromptTooLongError or
@@ -144,10 +165,11 @@ class AsyncEngine:
             while not self._stopping:
                 self._wakeup.clear()
                 with self._lock:
-                    preemptions_before = core.scheduler.num_preemptions
                     chunks = core.schedule()
-                    self._telemetry.preempted(core.scheduler.num_preemptions - preemptions_before)
-                    self._telemetry.load(core.num_running, core.num_waiting, core.blocks.usage)
+                    stats = core.stats()
+                self._telemetry.preempted(stats.preemptions - self._preemptions_reported)
+                self._preemptions_reported = stats.preemptions
+                self._telemetry.load(stats.running, stats.waiting, stats.kv_cache_usage)
                 if not chunks:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue

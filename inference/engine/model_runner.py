@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from transformers import PreTrainedModel
 
@@ -18,6 +20,23 @@ from inference.engine.scheduler import Chunk
 
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
 _PROBE_TOKENS = 8
+
+
+@dataclass
+class StepInputs:
+    """One step in plain numbers, built from the scheduled chunks once (picklable, so that rank 0 of a
+    tensor-parallel group can broadcast it and every rank runs the same step)."""
+
+    token_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # the KV slot each token writes
+    # Per prefill: its rows [first, last), its first and end positions, and the block table of its
+    # context (None when it starts at position 0).
+    prefills: list[tuple[int, int, int, int, list[int] | None]] = field(default_factory=list)
+    decode_rows: list[int] = field(default_factory=list)
+    decode_tables: list[list[int]] = field(default_factory=list)
+    decode_lengths: list[int] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -59,50 +78,54 @@ class ModelRunner:
             )
         return context.observed
 
-    @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits `[S, vocab]` (float32) for the chunks that sample, in their order in `chunks`."""
-        token_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        sample_rows: list[int] = []
-        prefills: list[PrefillSpan] = []
-        decode_rows: list[int] = []
-        decode_tables: list[list[int]] = []
-        decode_lengths: list[int] = []
+        return self.forward(self.prepare(chunks))
+
+    def prepare(self, chunks: list[Chunk]) -> StepInputs:
+        """The step's inputs as plain numbers: what another rank needs to run the same step."""
+        inputs = StepInputs()
         for chunk in chunks:
-            row = len(token_ids)
+            row = len(inputs.token_ids)
             chunk_positions = range(chunk.start, chunk.end)
-            token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
-            positions.extend(chunk_positions)
+            inputs.token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
+            inputs.positions.extend(chunk_positions)
             table = chunk.seq.block_table
-            slots.extend(
+            inputs.slots.extend(
                 table[p // self.block_size] * self.block_size + p % self.block_size for p in chunk_positions
             )
             if chunk.length == 1 and chunk.start > 0:
-                decode_rows.append(row)
-                decode_tables.append(table)
-                decode_lengths.append(chunk.end)
+                inputs.decode_rows.append(row)
+                inputs.decode_tables.append(table)
+                inputs.decode_lengths.append(chunk.end)
             else:
-                context = self._context_slots(table, chunk.end) if chunk.start > 0 else None
-                prefills.append(PrefillSpan(row, row + chunk.length, chunk.start, context))
+                context = table[: -(-chunk.end // self.block_size)] if chunk.start > 0 else None
+                inputs.prefills.append((row, row + chunk.length, chunk.start, chunk.end, context))
             if chunk.samples:
-                sample_rows.append(row + chunk.length - 1)
+                inputs.sample_rows.append(row + chunk.length - 1)
+        return inputs
 
-        decode_blocks = self._padded_block_tables(decode_tables)
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Run one step from its prepared inputs; returns the logits of its sampled rows."""
+        prefills = [
+            PrefillSpan(first, last, position, None if table is None else self._context_slots(table, end))
+            for first, last, position, end, table in inputs.prefills
+        ]
+        decode_blocks = self._padded_block_tables(inputs.decode_tables)
         layout = StepLayout(
-            slot_mapping=self._tensor(slots),
+            slot_mapping=self._tensor(inputs.slots),
             prefills=prefills,
-            decode_rows=self._tensor(decode_rows),
+            decode_rows=self._tensor(inputs.decode_rows),
             decode_blocks=decode_blocks,
-            decode_masks=self._decode_masks(decode_blocks.shape[1], decode_lengths),
+            decode_masks=self._decode_masks(decode_blocks.shape[1], inputs.decode_lengths),
         )
         with step_context(StepContext(layout=layout, caches=self.caches, observed={})):
             output = self.model(
-                input_ids=self._tensor(token_ids).unsqueeze(0),
-                position_ids=self._tensor(positions).unsqueeze(0),
+                input_ids=self._tensor(inputs.token_ids).unsqueeze(0),
+                position_ids=self._tensor(inputs.positions).unsqueeze(0),
                 use_cache=False,
-                logits_to_keep=self._tensor(sample_rows),
+                logits_to_keep=self._tensor(inputs.sample_rows),
             )
         return output.logits[0].float()
 

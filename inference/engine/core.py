@@ -33,6 +33,14 @@ _HOST_FREE_MEMORY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # share of the KV blocks in use, 0-1
+    preemptions: int  # since the engine started
+
+
+@dataclass(frozen=True)
 class StepOutput:
     seq: Sequence
     event: TokenEvent
@@ -69,16 +77,24 @@ def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, list) else [eos])
 
 
+def _runner_for(loaded: LoadedModel, block_size: int) -> ModelRunner:
+    if loaded.workers is None:
+        return ModelRunner(loaded.model, loaded.device, block_size)
+    from inference.parallel.workers import TensorParallelRunner
+
+    return TensorParallelRunner(loaded.model, loaded.device, block_size, loaded.workers)
+
+
 class EngineCore:
     def __init__(self, loaded: LoadedModel, config: ServerConfig) -> None:
         self.device = loaded.device
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
-        self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
+        self.runner = _runner_for(loaded, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
-        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size)
+        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}
 
@@ -117,6 +133,11 @@ class EngineCore:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            self.num_running, self.num_waiting, self.blocks.usage, self.scheduler.num_preemptions
+        )
+
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()
 
@@ -126,6 +147,10 @@ class EngineCore:
 
     def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
+        for chunk in chunks:
+            # Only now is their KV really in the cache, for later sequences to reuse.
+            if chunk.seq.status is SequenceStatus.RUNNING:
+                self.blocks.cache_computed(chunk.seq)
         outputs = []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
@@ -136,7 +161,8 @@ class EngineCore:
             if seq.finish_reason is not None:
                 del self.sequences[seq.request_id]
                 self.scheduler.finish(seq)
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason)))
+            cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
+            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason, cached)))
         return outputs
 
     def step(self) -> list[StepOutput]:

@@ -100,12 +100,6 @@ def _secrets(values: dict[str, Any], secret_keys: set[str], config_registry: boo
     return StackSecrets(secrets), problems
 
 
-def installs_grafana(config: StackConfig) -> bool:
-    operator = config.monitoring.enabled and config.monitoring.mode == "operator"
-    platform = config.platform
-    return platform.grafana and platform.installs("prometheus", config.creates_cluster, operator)
-
-
 def load_stack_config(stack: str | None = None) -> StackConfig:
     """The validated config of `stack` (default: the running stack), or a ConfigError naming every problem."""
     stack = stack or pulumi.get_stack()
@@ -118,12 +112,6 @@ def load_stack_config(stack: str | None = None) -> StackConfig:
         problems += [(config_key(*e["loc"]), _problem(e)) for e in error.errors()]
     if config is not None:
         problems += cross_checks(config)
-        if installs_grafana(config) and secrets.get("grafanaAdminPassword") is None:
-            problems.append((config_key("grafanaAdminPassword"), (
-                "required secret: the stack installs Grafana; set it with "
-                "`pulumi config set --secret grafanaAdminPassword` (offline render: environment variable "
-                f"{secret_env_name('grafanaAdminPassword')})"
-            )))
     if problems:
         raise ConfigError(stack_file(stack), problems)
     assert config is not None

@@ -41,7 +41,9 @@ SECRET_KEYS: dict[str, SecretKey] = {
     "apiKey": SecretKey("bearer token clients send to the API", required=True),
     "registryPassword": SecretKey("password of the private image registry (with `registry`)"),
     "kubeconfig": SecretKey("kubeconfig of an existing cluster"),
-    "grafanaAdminPassword": SecretKey("Grafana's admin password (when the platform installs Grafana)"),
+    "grafanaAdminPassword": SecretKey(
+        "Grafana's admin password (platform Grafana); unset, the chart generates a random one"
+    ),
 }
 
 

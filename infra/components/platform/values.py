@@ -62,8 +62,10 @@ def kube_prometheus_stack(stack: MonitoringStack) -> KubePrometheusStackValues:
             "enabled": True, "label": label, "labelValue": value, "searchNamespace": "ALL",
         }},
     }
-    if stack.grafana_admin_password is not None:
-        grafana["adminPassword"] = stack.grafana_admin_password
+    # Never the chart's well-known default: the stack's secret, or empty, which makes the Grafana chart
+    # generate a random one into its Secret (kubectl get secret ... -o jsonpath='{.data.admin-password}').
+    password = stack.grafana_admin_password
+    grafana["adminPassword"] = password if password is not None else ""
     return {
         "fullnameOverride": PROMETHEUS_FULLNAME,
         # The CRDs come from their own release, applied first and kept on uninstall.

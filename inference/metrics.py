@@ -78,6 +78,17 @@ REQUESTS_REJECTED = MetricSpec(
     "llm_requests_rejected_total", Kind.COUNTER, "Requests refused before admission, by reason.",
     ("reason",),
 )
+
+
+class RejectionReason(StrEnum):
+    """The `reason` label of REQUESTS_REJECTED; each refusal is counted once, where it is decided."""
+
+    LOADING = "loading"  # the model is still loading
+    DRAINING = "draining"  # shutting down, finishing what it has
+    FAILED = "failed"  # the model did not load
+    ENGINE_STOPPED = "engine_stopped"  # the engine loop is gone
+    QUEUE_FULL = "queue_full"  # counted by the engine, which owns the queue
+    PROMPT_TOO_LONG = "prompt_too_long"
 REQUESTS_CANCELLED = MetricSpec(
     "llm_requests_cancelled_total", Kind.COUNTER, "Requests cancelled by a client disconnect or abort."
 )

@@ -111,6 +111,11 @@ DEVICE_MEMORY_TOTAL = MetricSpec(
     "llm_device_memory_total_bytes", Kind.GAUGE, "Accelerator (or host) memory available to the server.",
     ("device",),
 )
+TENSOR_PARALLEL_RANKS_UP = MetricSpec(
+    "llm_tensor_parallel_ranks_up", Kind.GAUGE,
+    "Processes holding a part of the model that are alive, the server's own included (1 without tensor "
+    "parallelism); below --tensor-parallel-size the server is not ready and exits.",
+)
 MODEL_INFO = MetricSpec(
     "llm_model_info", Kind.GAUGE, "Always 1; labels describe the served model.",
     ("model", "dtype", "device", "quantization"),
@@ -134,6 +139,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     PREFIX_CACHE_HITS,
     DEVICE_MEMORY_USED,
     DEVICE_MEMORY_TOTAL,
+    TENSOR_PARALLEL_RANKS_UP,
     MODEL_INFO,
 )
 

@@ -78,6 +78,8 @@ class AsyncEngine:
         self._core = await asyncio.to_thread(EngineCore, self.loaded, self.config)
         await asyncio.to_thread(self._core.warm_up)
         self._telemetry.model_loaded(self.loaded.name, self.loaded.dtype, self.loaded.quantization)
+        workers = self.loaded.workers
+        self._telemetry.ranks_up(lambda: 1 if workers is None else workers.ranks_up)
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from inference.config import ServerConfig
+from inference.lora import LoraRegistry, read_lora_adapter
 from inference.quantize import (
     QuantizationError,
     is_quantized_checkpoint,
@@ -37,6 +38,7 @@ class LoadedModel:
     name: str
     max_model_len: int
     quantization: str
+    adapters: LoraRegistry  # the LoRA adapters served on this model, each under its own model id
 
     @property
     def vocab_size(self) -> int:
@@ -133,6 +135,10 @@ def load_model(config: ServerConfig) -> LoadedModel:
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {error}") from error
     name = config.served_model_name or (model_dir.name if config.model_path is not None else "tiny-demo")
+    adapters = LoraRegistry(model, name, config.max_loras, config.max_lora_rank)
+    for module in config.lora_modules:
+        # LoraAdapterError (UnsupportedLoraError for DoRA and the like) stops the start-up by name.
+        adapters.add(read_lora_adapter(module.name, module.path, device, dtype))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -141,4 +147,5 @@ def load_model(config: ServerConfig) -> LoadedModel:
         name=name,
         max_model_len=context_length(model, config.max_model_len),
         quantization=quantization,
+        adapters=adapters,
     )

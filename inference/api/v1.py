@@ -60,10 +60,15 @@ def rejection_reason(error: EngineError) -> str | None:
     return None
 
 
-def _check_model_name(requested: str | None, served: str) -> None:
-    if requested is not None and requested != served:
-        raise APIError(404, f"the model '{requested}' does not exist; this server serves '{served}'",
-                       param="model", code="model_not_found")
+def lora_name_for(requested: str | None, model: LoadedModel) -> str | None:
+    """The LoRA adapter a request's `model` names; None for the base model (or no `model` at all)."""
+    if requested is None or requested == model.name:
+        return None
+    if requested in model.adapters:
+        return requested
+    served = ", ".join(repr(name) for name in [model.name, *(a.name for a in model.adapters.adapters)])
+    raise APIError(404, f"the model '{requested}' does not exist; this server serves {served}",
+                   param="model", code="model_not_found")
 
 
 def generation_requests(
@@ -73,6 +78,7 @@ def generation_requests(
     max_tokens: int | None,
     max_model_len: int,
     want_logprobs: bool,
+    lora_name: str | None = None,
 ) -> list[GenerationRequest]:
     """One engine request per choice: prompt-major, `n` per prompt, seeds seed, seed+1, ..."""
     requests: list[GenerationRequest] = []
@@ -90,7 +96,7 @@ def generation_requests(
                 ignore_eos=body.ignore_eos,
             )
             index = prompt_index * body.n + choice
-            requests.append(GenerationRequest(f"{request_id}-{index}", prompt, sampling))
+            requests.append(GenerationRequest(f"{request_id}-{index}", prompt, sampling, lora_name))
     return requests
 
 
@@ -122,10 +128,11 @@ async def _generate(
     max_tokens: int | None,
     formatter: Formatter,
     prompt_param: str,
+    lora_name: str | None,
 ) -> Response:
     request_id = request_state(request.scope)["request_id"]
     engine_requests = generation_requests(
-        request_id, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs
+        request_id, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs, lora_name
     )
     prompt_tokens = sum(len(prompt) for prompt in prompts)
     request.state.prompt_tokens = prompt_tokens
@@ -184,37 +191,43 @@ async def _generate(
 @router.get("/models")
 async def list_models(request: Request) -> ModelList:
     model, _ = serving_state_of(request.app).serving_engine()
-    card = ModelCard(
+    base = ModelCard(
         id=model.name, created=0, max_model_len=model.max_model_len, quantization=model.quantization
     )
-    return ModelList(data=[card])
+    adapters = [
+        base.model_copy(update={"id": adapter.name, "parent": model.name})
+        for adapter in model.adapters.adapters
+    ]
+    return ModelList(data=[base, *adapters])
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
-    _check_model_name(body.model, model.name)
+    lora_name = lora_name_for(body.model, model)
     prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages)
     formatter = ChatFormatter(
         id=f"chatcmpl-{request_state(request.scope)['request_id']}",
-        model=model.name,
+        model=lora_name or model.name,
         tokenizer=model.tokenizer,
         want_logprobs=body.logprobs,
     )
     return await _generate(
-        request, model, engine, [prompt], body, body.token_limit, formatter, "messages"
+        request, model, engine, [prompt], body, body.token_limit, formatter, "messages", lora_name
     )
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
-    _check_model_name(body.model, model.name)
+    lora_name = lora_name_for(body.model, model)
     prompts = await asyncio.to_thread(completion_prompt_ids, model.tokenizer, body.prompt)
     formatter = CompletionFormatter(
         id=f"cmpl-{request_state(request.scope)['request_id']}",
-        model=model.name,
+        model=lora_name or model.name,
         tokenizer=model.tokenizer,
         want_logprobs=body.logprobs is not None,
     )
-    return await _generate(request, model, engine, prompts, body, body.max_tokens, formatter, "prompt")
+    return await _generate(
+        request, model, engine, prompts, body, body.max_tokens, formatter, "prompt", lora_name
+    )

@@ -21,6 +21,7 @@ from inference.engine.request import (
     PromptTooLongError,
     SamplingParams,
     TokenEvent,
+    UnknownModelError,
 )
 from inference.engine.sampler import sample
 from inference.engine.scheduler import Chunk, Scheduler
@@ -75,6 +76,7 @@ class EngineCore:
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
+        self.adapters = loaded.adapters
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -95,10 +97,13 @@ class EngineCore:
                 f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                 f"context length of {self.max_model_len} tokens"
             )
+        if request.lora_name is not None and request.lora_name not in self.adapters:
+            raise UnknownModelError(f"no LoRA adapter named {request.lora_name!r} is loaded")
         if request.request_id in self.sequences:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
 
     def add(self, seq: Sequence) -> None:
+        seq.lora_id = self.adapters.id_of(seq.lora_name)
         self.sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -108,6 +113,11 @@ class EngineCore:
             seq.finish_reason = finish_reason
             self.scheduler.finish(seq)
         return seq
+
+    def abort_adapter(self, lora_name: str) -> list[Sequence]:
+        """Abort every request for the adapter, which is going away."""
+        users = [seq.request_id for seq in self.sequences.values() if seq.lora_name == lora_name]
+        return [seq for seq in map(self.abort, users) if seq is not None]
 
     @property
     def num_running(self) -> int:

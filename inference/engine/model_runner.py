@@ -15,6 +15,7 @@ from inference.engine.attention import (
     step_context,
 )
 from inference.engine.scheduler import Chunk
+from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
 _PROBE_TOKENS = 8
@@ -65,13 +66,22 @@ class ModelRunner:
         token_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        sample_rows: list[int] = []
+        sample_row_of: dict[int, int] = {}  # chunk index -> the row whose logits it samples from
         prefills: list[PrefillSpan] = []
         decode_rows: list[int] = []
         decode_tables: list[list[int]] = []
         decode_lengths: list[int] = []
-        for chunk in chunks:
+        segments: list[LoraSegment] = []
+        # Packed grouped by adapter, so that each adapter's tokens are one contiguous range of rows.
+        for index in sorted(range(len(chunks)), key=lambda index: chunks[index].seq.lora_id):
+            chunk = chunks[index]
             row = len(token_ids)
+            lora_id = chunk.seq.lora_id
+            if lora_id != BASE_LORA_ID:
+                if segments and segments[-1].lora_id == lora_id:
+                    segments[-1] = LoraSegment(lora_id, slice(segments[-1].rows.start, row + chunk.length))
+                else:
+                    segments.append(LoraSegment(lora_id, slice(row, row + chunk.length)))
             chunk_positions = range(chunk.start, chunk.end)
             token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
             positions.extend(chunk_positions)
@@ -87,7 +97,7 @@ class ModelRunner:
                 context = self._context_slots(table, chunk.end) if chunk.start > 0 else None
                 prefills.append(PrefillSpan(row, row + chunk.length, chunk.start, context))
             if chunk.samples:
-                sample_rows.append(row + chunk.length - 1)
+                sample_row_of[index] = row + chunk.length - 1
 
         decode_blocks = self._padded_block_tables(decode_tables)
         layout = StepLayout(
@@ -97,7 +107,10 @@ class ModelRunner:
             decode_blocks=decode_blocks,
             decode_masks=self._decode_masks(decode_blocks.shape[1], decode_lengths),
         )
-        with step_context(StepContext(layout=layout, caches=self.caches, observed={})):
+        # Logits come out in the order of these rows: the order of the chunks, as the caller expects.
+        sample_rows = [sample_row_of[index] for index in sorted(sample_row_of)]
+        adapters = LoraStep(tuple(segments), len(token_ids)) if segments else None
+        with step_context(StepContext(layout=layout, caches=self.caches, observed={})), lora_step(adapters):
             output = self.model(
                 input_ids=self._tensor(token_ids).unsqueeze(0),
                 position_ids=self._tensor(positions).unsqueeze(0),

@@ -34,6 +34,8 @@ class Sequence:
     last_token_time: float | None = None
     # Whatever the owner of the request hands tokens to (the async layer's stream); opaque here.
     sink: Any = None
+    lora_name: str | None = None  # None: the base model
+    lora_id: int = 0  # the adapter's id in the model's LoRA registry, set on admission; 0: the base model
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -49,7 +51,12 @@ class Sequence:
             else:
                 generator.manual_seed(request.sampling.seed)
         return cls(
-            request.request_id, list(request.prompt_token_ids), request.sampling, arrival_time, generator
+            request.request_id,
+            list(request.prompt_token_ids),
+            request.sampling,
+            arrival_time,
+            generator,
+            lora_name=request.lora_name,
         )
 
     @property

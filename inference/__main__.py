@@ -19,7 +19,7 @@ from inference.config import ServerConfig, env_name
 
 # Subcommands owned by their own modules, each exposing `main(argv) -> int`.
 _DELEGATED = {
-    "bench": "inference.bench",
+    "bench": "inference.bench.cli",
     "quantize": "inference.quantize",
     "merge-lora": "inference.lora.merge",
 }
@@ -32,14 +32,18 @@ def flag_name(field: str) -> str:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field, info in ServerConfig.model_fields.items():
         description = info.description or field.replace("_", " ")
-        # List settings take several values, as vLLM's do: --lora-modules a=DIR b=DIR.
-        takes: dict[str, object] = {"nargs": "+"} if get_origin(info.annotation) is list else {}
+        # Switches come in pairs, as vLLM's do: --enable-prefix-caching / --no-enable-prefix-caching;
+        # lists take several values: --lora-modules a=DIR b=DIR.
+        takes: dict[str, object] = {"metavar": field.upper()}
+        if info.annotation is bool:
+            takes = {"action": argparse.BooleanOptionalAction}
+        elif get_origin(info.annotation) is list:
+            takes["nargs"] = "+"
         default = info.get_default(call_default_factory=True)
         parser.add_argument(
             flag_name(field),
             dest=field,
             default=argparse.SUPPRESS,  # absent flags leave the field to the environment or default
-            metavar=field.upper(),
             help=f"{description} [env {env_name(field)}; default {default!r}]",
             **takes,
         )

@@ -20,9 +20,9 @@ from inference.api.responses import (
     ChatFormatter,
     CompletionFormatter,
     Formatter,
+    UsageTally,
     collect,
     sse_stream,
-    usage,
 )
 from inference.api.schemas import (
     ChatCompletionRequest,
@@ -96,7 +96,7 @@ def generation_requests(
                 ignore_eos=body.ignore_eos,
             )
             index = prompt_index * body.n + choice
-            requests.append(GenerationRequest(f"{request_id}-{index}", prompt, sampling, lora_name))
+            requests.append(GenerationRequest(f"{request_id}-{index}", prompt, sampling, lora_name=lora_name))
     return requests
 
 
@@ -134,8 +134,8 @@ async def _generate(
     engine_requests = generation_requests(
         request_id, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs, lora_name
     )
-    prompt_tokens = sum(len(prompt) for prompt in prompts)
-    request.state.prompt_tokens = prompt_tokens
+    tally = UsageTally([len(prompt) for prompt in prompts], body.n)
+    request.state.prompt_tokens = sum(tally.prompt_lengths)
     try:
         opened = await cancel_on_disconnect(request, open_all(engine, engine_requests))
     except ClientDisconnected:
@@ -160,7 +160,7 @@ async def _generate(
             deltas,
             formatter,
             len(opened),
-            prompt_tokens,
+            tally,
             body.include_usage_chunk,
             record_completion_tokens,
             prompt_param,
@@ -183,9 +183,10 @@ async def _generate(
     finally:
         await deltas.aclose()
         await _close_all(opened)
-    completion_tokens = sum(len(result.tokens) for result in results)
-    record_completion_tokens(completion_tokens)
-    return JSONResponse(formatter.complete(results, usage(prompt_tokens, completion_tokens)))
+    for result in results:
+        tally.add(result)
+    record_completion_tokens(tally.completion_tokens)
+    return JSONResponse(formatter.complete(results, tally.usage()))
 
 
 @router.get("/models")

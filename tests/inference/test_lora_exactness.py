@@ -89,12 +89,19 @@ def _generate_alone(model: PreTrainedModel, request: GenerationRequest) -> list[
 
 
 @pytest.fixture(scope="module")
-def expected(model_dir, adapter_dirs, requests) -> dict[str, list[int]]:
-    """`generate` on the base model, or on the base with the request's adapter merged by peft."""
+def merged_models(model_dir, adapter_dirs) -> dict[str | None, PreTrainedModel]:
+    """The base model (key None), and the base with each adapter merged into it by peft."""
     models = {None: _base(model_dir)}
     for name, directory in adapter_dirs.items():
         models[name] = PeftModel.from_pretrained(_base(model_dir), directory).merge_and_unload().eval()
-    return {request.request_id: _generate_alone(models[request.lora_name], request) for request in requests}
+    return models
+
+
+@pytest.fixture(scope="module")
+def expected(merged_models, requests) -> dict[str, list[int]]:
+    return {
+        request.request_id: _generate_alone(merged_models[request.lora_name], request) for request in requests
+    }
 
 
 def _run_engine(
@@ -173,3 +180,33 @@ def test_int8_base_with_float_adapters_matches_generate_with_one_adapter(tiny_mo
         if request.lora_name is not None and base_outputs[request.request_id] != expected[request.request_id]
     }
     assert changed == set(ADAPTERS)
+
+
+def test_the_prefix_cache_is_keyed_by_adapter(model_dir, adapter_dirs, merged_models, requests):
+    # The same prompt for the base and each adapter in turn, then for the first adapter again: each
+    # model id reuses only the KV blocks computed with its own weights.
+    prompt = max(requests, key=lambda request: len(request.prompt_token_ids)).prompt_token_ids
+    names = [*MODEL_CYCLE, MODEL_CYCLE[1]]
+    greedy = SamplingParams(max_tokens=8, temperature=0.0)
+    same_prompt = [
+        GenerationRequest(f"shared-{index}", prompt, greedy, lora_name=name)
+        for index, name in enumerate(names)
+    ]
+    settings = {"model_path": model_dir, "lora_modules": _lora_modules(adapter_dirs)}
+    settings |= {"kv_cache_block_size": 8, "enable_prefix_caching": True}
+    loaded = load_model(ServerConfig(**settings))
+
+    async def body(engine: AsyncEngine, registry: CollectorRegistry) -> list[tuple[int, list[int]]]:
+        results = []
+        for request in same_prompt:  # one after the other, so that each could find the others' blocks
+            events = [event async for event in engine.generate(request)]
+            results.append((events[0].cached_prompt_tokens, [event.token_id for event in events]))
+        return results
+
+    results = run_with_engine(loaded, body, **settings)
+    cached = [cached for cached, _ in results]
+    assert cached[:-1] == [0] * len(MODEL_CYCLE)
+    assert cached[-1] == (len(prompt) - 1) // 8 * 8
+    assert [tokens for _, tokens in results] == [
+        _generate_alone(merged_models[request.lora_name], request) for request in same_prompt
+    ]

@@ -26,11 +26,20 @@ from inference.engine.request import (
 from inference.engine.sampler import sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
+from inference.lora import BASE_LORA_ID
 from inference.model_loading import LoadedModel
 
 # Without an explicit budget, the KV cache takes this share of the memory free after loading.
 _CUDA_FREE_MEMORY_SHARE = 0.85
 _HOST_FREE_MEMORY_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # share of the KV blocks in use, 0-1
+    preemptions: int  # since the engine started
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class EngineCore:
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
-        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size)
+        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}
 
@@ -104,6 +113,11 @@ class EngineCore:
 
     def add(self, seq: Sequence) -> None:
         seq.lora_id = self.adapters.id_of(seq.lora_name)
+        if seq.lora_id != BASE_LORA_ID:
+            # An adapter changes the KV of the same tokens, so only its own sequences share cached
+            # blocks. Keyed by id, not name: ids are never re-used, so an adapter unloaded and loaded
+            # again under the same name starts a cache of its own.
+            seq.cache_salt = f"{seq.cache_salt or ''}\0lora:{seq.lora_id}"
         self.sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -127,6 +141,11 @@ class EngineCore:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            self.num_running, self.num_waiting, self.blocks.usage, self.scheduler.num_preemptions
+        )
+
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()
 
@@ -136,6 +155,10 @@ class EngineCore:
 
     def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
+        for chunk in chunks:
+            # Only now is their KV really in the cache, for later sequences to reuse.
+            if chunk.seq.status is SequenceStatus.RUNNING:
+                self.blocks.cache_computed(chunk.seq)
         outputs = []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
@@ -146,7 +169,8 @@ class EngineCore:
             if seq.finish_reason is not None:
                 del self.sequences[seq.request_id]
                 self.scheduler.finish(seq)
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason)))
+            cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
+            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason, cached)))
         return outputs
 
     def step(self) -> list[StepOutput]:

@@ -59,6 +59,12 @@ class ServerConfig(BaseSettings):
     device: Device = "auto"
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     quantization: Quantization = "none"
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Processes (one per device) that each hold a shard of every attention and MLP layer; "
+        "for a model that does not fit one device.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -108,6 +114,9 @@ class ServerConfig(BaseSettings):
             raise ValueError(f"lora_modules names each adapter once; repeated: {', '.join(duplicates)}")
         if len(names) > self.max_loras:
             raise ValueError(f"lora_modules lists {len(names)} adapters but max_loras is {self.max_loras}")
+        if (names or self.allow_runtime_lora_updating) and self.tensor_parallel_size > 1:
+            # The adapters' A and B would have to be split like the layers they wrap; they are not.
+            raise ValueError("LoRA adapters are not supported with tensor_parallel_size > 1")
         if self.allow_runtime_lora_updating and self.api_key is None and self.api_key_file is None:
             # Loading reads any path the server can see: never open to callers without the key.
             raise ValueError("allow_runtime_lora_updating needs api_key or api_key_file")

@@ -92,16 +92,16 @@ def write_random_llama(
     return save_random_model(llama_config(dimensions, **config), out_dir, seed=seed, dtype=dtype)
 
 
-def tiny_model_config() -> LlamaConfig:
+def tiny_model_config(context_length: int = 512) -> LlamaConfig:
     return llama_config(
         TINY_DIMENSIONS,
-        max_position_embeddings=512,
+        max_position_embeddings=context_length,
         # A wide init makes the logits peaked, so greedy decoding has no near-ties that rounding
         # differences between batched and single-request kernels could flip.
         initializer_range=0.3,
     )
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+def make_tiny_model(out_dir: Path, seed: int = 0, context_length: int = 512) -> Path:
     """Write the demo model to `out_dir` (created if needed) and return it."""
-    return save_random_model(tiny_model_config(), out_dir, seed=seed)
+    return save_random_model(tiny_model_config(context_length), out_dir, seed=seed)

@@ -55,7 +55,8 @@ class BenchSettings:
     torch_threads: int | None = None  # None: what `serve` uses (inference.config.default_torch_threads)
 
 
-async def _drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
+async def drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
+    """Submit each item greedily at its arrival offset; when each of its tokens came back."""
     start = time.monotonic()
 
     async def one(item: WorkItem) -> RequestTiming:
@@ -75,7 +76,7 @@ def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[Work
 
     async def main() -> list[RequestTiming]:
         async with AsyncEngine(loaded, config) as engine:
-            return await _drive_engine(engine, workload)
+            return await drive_engine(engine, workload)
 
     return asyncio.run(main())
 

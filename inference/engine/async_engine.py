@@ -44,6 +44,7 @@ _IDLE_POLL_SECONDS = 0.5
 _IDLE_CHECK_SECONDS = 0.02
 _MAX_RETRY_AFTER_SECONDS = 60
 _LATENCY_SMOOTHING = 0.1
+_DEAD_RANK_JOIN_SECONDS = 10.0
 
 
 class AsyncEngine:
@@ -93,13 +94,20 @@ class AsyncEngine:
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            # With a rank gone, a step may wait on it inside a collective until the step timeout.
+            grace = None if self.ranks_alive else _DEAD_RANK_JOIN_SECONDS
+            await asyncio.to_thread(self._thread.join, grace)
         self._fail_all(EngineNotReadyError("the engine stopped before the request finished"))
 
     @property
     def ready(self) -> bool:
-        alive = self._thread is not None and self._thread.is_alive()
+        alive = self._thread is not None and self._thread.is_alive() and self.ranks_alive
         return self._core is not None and alive and not self._draining and not self._stopping
+
+    @property
+    def ranks_alive(self) -> bool:
+        """Every process holding a part of the model is up (always, without tensor parallelism)."""
+        return self.loaded.workers is None or self.loaded.workers.alive
 
     def begin_drain(self) -> None:
         """Refuse new requests; those already submitted run to the end."""

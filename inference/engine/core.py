@@ -79,6 +79,14 @@ def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, list) else [eos])
 
 
+def _runner_for(loaded: LoadedModel, block_size: int) -> ModelRunner:
+    if loaded.workers is None:
+        return ModelRunner(loaded.model, loaded.device, block_size)
+    from inference.parallel.workers import TensorParallelRunner
+
+    return TensorParallelRunner(loaded.model, loaded.device, block_size, loaded.workers)
+
+
 class EngineCore:
     def __init__(self, loaded: LoadedModel, config: ServerConfig) -> None:
         self.device = loaded.device
@@ -86,7 +94,7 @@ class EngineCore:
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
         self.adapters = loaded.adapters
-        self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
+        self.runner = _runner_for(loaded, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
         self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from transformers import PreTrainedModel
 
@@ -19,6 +21,25 @@ from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
 _PROBE_TOKENS = 8
+
+
+@dataclass
+class StepInputs:
+    """One step in plain numbers, built from the scheduled chunks once (picklable, so that rank 0 of a
+    tensor-parallel group can broadcast it and every rank runs the same step)."""
+
+    token_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # the KV slot each token writes
+    # Per prefill: its rows [first, last), its first and end positions, and the block table of its
+    # context (None when it starts at position 0).
+    prefills: list[tuple[int, int, int, int, list[int] | None]] = field(default_factory=list)
+    decode_rows: list[int] = field(default_factory=list)
+    decode_tables: list[list[int]] = field(default_factory=list)
+    decode_lengths: list[int] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)  # in the order of the chunks
+    # Rows are packed grouped by LoRA adapter: per adapter in the step, its id and rows [first, last).
+    lora_segments: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -60,62 +81,64 @@ class ModelRunner:
             )
         return context.observed
 
-    @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits `[S, vocab]` (float32) for the chunks that sample, in their order in `chunks`."""
-        token_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
+        return self.forward(self.prepare(chunks))
+
+    def prepare(self, chunks: list[Chunk]) -> StepInputs:
+        """The step's inputs as plain numbers: what another rank needs to run the same step."""
+        inputs = StepInputs()
         sample_row_of: dict[int, int] = {}  # chunk index -> the row whose logits it samples from
-        prefills: list[PrefillSpan] = []
-        decode_rows: list[int] = []
-        decode_tables: list[list[int]] = []
-        decode_lengths: list[int] = []
-        segments: list[LoraSegment] = []
-        # Packed grouped by adapter, so that each adapter's tokens are one contiguous range of rows.
+        # Grouped by adapter, so that each adapter's tokens are one contiguous range of rows.
         for index in sorted(range(len(chunks)), key=lambda index: chunks[index].seq.lora_id):
             chunk = chunks[index]
-            row = len(token_ids)
-            lora_id = chunk.seq.lora_id
-            if lora_id != BASE_LORA_ID:
-                if segments and segments[-1].lora_id == lora_id:
-                    segments[-1] = LoraSegment(lora_id, slice(segments[-1].rows.start, row + chunk.length))
-                else:
-                    segments.append(LoraSegment(lora_id, slice(row, row + chunk.length)))
+            row = len(inputs.token_ids)
+            _extend_segments(inputs.lora_segments, chunk.seq.lora_id, row, row + chunk.length)
             chunk_positions = range(chunk.start, chunk.end)
-            token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
-            positions.extend(chunk_positions)
+            inputs.token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
+            inputs.positions.extend(chunk_positions)
             table = chunk.seq.block_table
-            slots.extend(
+            inputs.slots.extend(
                 table[p // self.block_size] * self.block_size + p % self.block_size for p in chunk_positions
             )
             if chunk.length == 1 and chunk.start > 0:
-                decode_rows.append(row)
-                decode_tables.append(table)
-                decode_lengths.append(chunk.end)
+                inputs.decode_rows.append(row)
+                inputs.decode_tables.append(table)
+                inputs.decode_lengths.append(chunk.end)
             else:
-                context = self._context_slots(table, chunk.end) if chunk.start > 0 else None
-                prefills.append(PrefillSpan(row, row + chunk.length, chunk.start, context))
+                context = table[: -(-chunk.end // self.block_size)] if chunk.start > 0 else None
+                inputs.prefills.append((row, row + chunk.length, chunk.start, chunk.end, context))
             if chunk.samples:
                 sample_row_of[index] = row + chunk.length - 1
+        # Logits come out in the order of these rows: the chunks' order, which the caller expects.
+        inputs.sample_rows = [sample_row_of[index] for index in sorted(sample_row_of)]
+        return inputs
 
-        decode_blocks = self._padded_block_tables(decode_tables)
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Run one step from its prepared inputs; returns the logits of its sampled rows."""
+        prefills = [
+            PrefillSpan(first, last, position, None if table is None else self._context_slots(table, end))
+            for first, last, position, end, table in inputs.prefills
+        ]
+        decode_blocks = self._padded_block_tables(inputs.decode_tables)
         layout = StepLayout(
-            slot_mapping=self._tensor(slots),
+            slot_mapping=self._tensor(inputs.slots),
             prefills=prefills,
-            decode_rows=self._tensor(decode_rows),
+            decode_rows=self._tensor(inputs.decode_rows),
             decode_blocks=decode_blocks,
-            decode_masks=self._decode_masks(decode_blocks.shape[1], decode_lengths),
+            decode_masks=self._decode_masks(decode_blocks.shape[1], inputs.decode_lengths),
         )
-        # Logits come out in the order of these rows: the order of the chunks, as the caller expects.
-        sample_rows = [sample_row_of[index] for index in sorted(sample_row_of)]
-        adapters = LoraStep(tuple(segments), len(token_ids)) if segments else None
+        segments = tuple(
+            LoraSegment(lora_id, slice(first, last)) for lora_id, first, last in inputs.lora_segments
+        )
+        adapters = LoraStep(segments, len(inputs.token_ids)) if segments else None
         with step_context(StepContext(layout=layout, caches=self.caches, observed={})), lora_step(adapters):
             output = self.model(
-                input_ids=self._tensor(token_ids).unsqueeze(0),
-                position_ids=self._tensor(positions).unsqueeze(0),
+                input_ids=self._tensor(inputs.token_ids).unsqueeze(0),
+                position_ids=self._tensor(inputs.positions).unsqueeze(0),
                 use_cache=False,
-                logits_to_keep=self._tensor(sample_rows),
+                logits_to_keep=self._tensor(inputs.sample_rows),
             )
         return output.logits[0].float()
 
@@ -149,3 +172,13 @@ class ModelRunner:
             )
             masks[window] = bias[None, :, None, :]  # [1, B, 1, L]: broadcast over KV heads and groups
         return masks
+
+
+def _extend_segments(segments: list[tuple[int, int, int]], lora_id: int, first: int, last: int) -> None:
+    """Add rows [first, last) of adapter `lora_id` (packed in adapter order); base rows need none."""
+    if lora_id == BASE_LORA_ID:
+        return
+    if segments and segments[-1][0] == lora_id:
+        segments[-1] = (lora_id, segments[-1][1], last)
+    else:
+        segments.append((lora_id, first, last))

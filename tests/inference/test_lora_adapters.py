@@ -76,6 +76,7 @@ def test_lora_modules_from_the_environment_as_a_json_list(monkeypatch):
         ({"lora_modules": ["a=/x", "a=/y"]}, "repeated: a"),
         ({"lora_modules": ["a=/x", "b=/y"], "max_loras": 1}, "max_loras is 1"),
         ({"allow_runtime_lora_updating": True}, "needs api_key"),
+        ({"lora_modules": ["a=/x"], "tensor_parallel_size": 2}, "not supported with tensor_parallel_size"),
     ],
 )
 def test_bad_lora_settings_are_refused(settings, message):

@@ -265,3 +265,7 @@ def settings_from_args(args: argparse.Namespace) -> PrefixBenchSettings:
     fields = set(PrefixBenchSettings.__dataclass_fields__) - {"torch_threads"}
     given = {field: value for field, value in vars(args).items() if field in fields}
     return PrefixBenchSettings(**given, torch_threads=args.threads)
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    return run_prefix_bench(settings_from_args(args))

@@ -170,8 +170,8 @@ def _length_range(text: str) -> tuple[int, int]:
     return bounds
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
         prog="python -m inference bench",
         description=__doc__,
         epilog="With --quantization int8 it compares the unquantized and the int8 model instead; "
@@ -218,3 +218,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         seed=args.seed,
         torch_threads=args.threads,
     )
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    return run_bench(settings_from_args(args))

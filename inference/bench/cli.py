@@ -4,7 +4,8 @@
   own batching, on the same requests in one run (`serving`);
 - `--quantization int8`: the unquantized model beside its int8 versions (`quantization`);
 - `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
-- `--step-profile`: the host time of a decode step beside the model's (`step_profile`).
+- `--step-profile`: the host time of a decode step beside the model's (`step_profile`);
+- `--tensor-parallel-size N`: the model whole against split over N ranks (`tensor_parallel`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 _SELECTED_BY_FLAG = {
     "--quantization": "quantization",
     "--step-profile": "step_profile",
+    "--tensor-parallel-size": "tensor_parallel",
     "--workload": "prefix_cache",
 }
 

@@ -56,7 +56,8 @@ class GenerationRequest:
 
     `cache_salt` keys the prefix cache beyond the tokens: requests share cached KV blocks only when
     their salts are equal. Anything that changes the KV of the same tokens belongs in it (the LoRA
-    adapter serving the request); None, the default, is the base model's plain cache.
+    adapter serving the request, and so something new whenever an adapter's weights are replaced under
+    the same name); None, the default, is the base model's plain cache.
     """
 
     request_id: str

@@ -5,7 +5,8 @@
 - `--quantization int8`: the unquantized model beside its int8 versions (`quantization`);
 - `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
 - `--lora N`: a workload spread over N LoRA adapters against the base model alone (`lora`);
-- `--step-profile`: the host time of a decode step beside the model's (`step_profile`).
+- `--step-profile`: the host time of a decode step beside the model's (`step_profile`);
+- `--structured-output`: the default workload with a JSON schema on against off (`structured`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _SELECTED_BY_FLAG = {
     "--lora": "lora",
     "--quantization": "quantization",
     "--step-profile": "step_profile",
+    "--structured-output": "structured",
     "--workload": "prefix_cache",
 }
 

@@ -91,7 +91,7 @@ def run_once(
 
     async def main() -> list:
         async with AsyncEngine(loaded, config, metrics.build_collectors(registry)) as engine:
-            return await drive_engine(engine, workload, lora_names)
+            return await drive_engine(engine, workload, lora_names=lora_names)
 
     cpu_started = time.process_time()
     with _serving(loaded, adapters):

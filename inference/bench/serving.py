@@ -21,6 +21,7 @@ from inference.bench.baseline import WindowBatchingBaseline
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
+from inference.engine.grammar import CompiledGrammar
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import LoadedModel, load_model
 
@@ -56,16 +57,21 @@ class BenchSettings:
 
 
 async def drive_engine(
-    engine: AsyncEngine, workload: list[WorkItem], lora_names: list[str | None] | None = None
+    engine: AsyncEngine,
+    workload: list[WorkItem],
+    grammar: CompiledGrammar | None = None,
+    lora_names: list[str | None] | None = None,
 ) -> list[RequestTiming]:
-    """Submit each item greedily at its arrival offset (to the LoRA adapter `lora_names` gives it, if
-    any); when each of its tokens came back."""
+    """Submit each item greedily at its arrival offset (its output constrained by `grammar`, and to the
+    LoRA adapter `lora_names` gives it, if given); when each of its tokens came back."""
     start = time.monotonic()
 
     async def one(item: WorkItem, lora_name: str | None) -> RequestTiming:
         await asyncio.sleep(max(0.0, start + item.arrival_offset - time.monotonic()))
         arrival = time.monotonic()
-        sampling = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True)
+        sampling = SamplingParams(
+            max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True, grammar=grammar
+        )
         request = GenerationRequest(item.request_id, item.prompt_token_ids, sampling, lora_name=lora_name)
         return RequestTiming(arrival, [time.monotonic() async for _ in engine.generate(request)])
 

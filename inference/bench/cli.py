@@ -4,7 +4,8 @@
   own batching, on the same requests in one run (`serving`);
 - `--quantization int8`: the unquantized model beside its int8 versions (`quantization`);
 - `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
-- `--step-profile`: the host time of a decode step beside the model's (`step_profile`).
+- `--step-profile`: the host time of a decode step beside the model's (`step_profile`);
+- `--structured-output`: the default workload with a JSON schema on against off (`structured`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 _SELECTED_BY_FLAG = {
     "--quantization": "quantization",
     "--step-profile": "step_profile",
+    "--structured-output": "structured",
     "--workload": "prefix_cache",
 }
 

@@ -21,6 +21,7 @@ from inference.bench.baseline import WindowBatchingBaseline
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
+from inference.engine.grammar import CompiledGrammar
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import LoadedModel, load_model
 
@@ -55,14 +56,19 @@ class BenchSettings:
     torch_threads: int | None = None  # None: what `serve` uses (inference.config.default_torch_threads)
 
 
-async def drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
-    """Submit each item greedily at its arrival offset; when each of its tokens came back."""
+async def drive_engine(
+    engine: AsyncEngine, workload: list[WorkItem], grammar: CompiledGrammar | None = None
+) -> list[RequestTiming]:
+    """Submit each item greedily at its arrival offset (its output constrained by `grammar`, if given);
+    when each of its tokens came back."""
     start = time.monotonic()
 
     async def one(item: WorkItem) -> RequestTiming:
         await asyncio.sleep(max(0.0, start + item.arrival_offset - time.monotonic()))
         arrival = time.monotonic()
-        sampling = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True)
+        sampling = SamplingParams(
+            max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True, grammar=grammar
+        )
         stream = engine.generate(GenerationRequest(item.request_id, item.prompt_token_ids, sampling))
         return RequestTiming(arrival, [time.monotonic() async for _ in stream])
 

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from inference.config import ServerConfig
+from inference.lora import LoraRegistry, read_lora_adapter
 from inference.parallel.group import rank_device
 from inference.parallel.sharding import TensorParallelError
 from inference.quantize import (
@@ -43,6 +44,7 @@ class LoadedModel:
     name: str
     max_model_len: int
     quantization: str
+    adapters: LoraRegistry  # the LoRA adapters served on this model, each under its own model id
     # The other ranks when the model is split over several processes (tensor_parallel_size > 1).
     workers: WorkerPool | None = None
 
@@ -160,6 +162,10 @@ def load_model(config: ServerConfig) -> LoadedModel:
         if workers is not None:
             workers.close()
         raise
+    adapters = LoraRegistry(model, name, config.max_loras, config.max_lora_rank)
+    for module in config.lora_modules:
+        # LoraAdapterError (UnsupportedLoraError for DoRA and the like) stops the start-up by name.
+        adapters.add(read_lora_adapter(module.name, module.path, device, dtype))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -168,5 +174,6 @@ def load_model(config: ServerConfig) -> LoadedModel:
         name=name,
         max_model_len=max_model_len,
         quantization=quantization,
+        adapters=adapters,
         workers=workers,
     )

@@ -23,10 +23,12 @@ from inference.engine.request import (
     PromptTooLongError,
     SamplingParams,
     TokenEvent,
+    UnknownModelError,
 )
 from inference.engine.sampler import Sampled, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
+from inference.lora import BASE_LORA_ID
 from inference.model_loading import LoadedModel
 
 # Without an explicit budget, the KV cache takes this share of the memory free after loading.
@@ -93,6 +95,7 @@ class EngineCore:
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
+        self.adapters = loaded.adapters
         self.tokenizer = loaded.tokenizer
         self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
         self.runner = _runner_for(loaded, config.kv_cache_block_size)
@@ -118,6 +121,8 @@ class EngineCore:
         invalid_ids = [t for t in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
         if invalid_ids:
             raise InvalidRequestError(f"logit_bias token ids must lie in [0, {self.vocab_size})")
+        if request.lora_name is not None and request.lora_name not in self.adapters:
+            raise UnknownModelError(f"no LoRA adapter named {request.lora_name!r} is loaded")
         if request.request_id in self.sequences:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
 
@@ -134,6 +139,12 @@ class EngineCore:
         return self.grammars.token_bytes(token_id)
 
     def add(self, seq: Sequence) -> None:
+        seq.lora_id = self.adapters.id_of(seq.lora_name)
+        if seq.lora_id != BASE_LORA_ID:
+            # An adapter changes the KV of the same tokens, so only its own sequences share cached
+            # blocks. Keyed by id, not name: ids are never re-used, so an adapter unloaded and loaded
+            # again under the same name starts a cache of its own.
+            seq.cache_salt = f"{seq.cache_salt or ''}\0lora:{seq.lora_id}"
         self.sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -143,6 +154,11 @@ class EngineCore:
             seq.finish_reason = finish_reason
             self.scheduler.finish(seq)
         return seq
+
+    def abort_adapter(self, lora_name: str) -> list[Sequence]:
+        """Abort every request for the adapter, which is going away."""
+        users = [seq.request_id for seq in self.sequences.values() if seq.lora_name == lora_name]
+        return [seq for seq in map(self.abort, users) if seq is not None]
 
     @property
     def num_running(self) -> int:
@@ -158,7 +174,11 @@ class EngineCore:
         )
 
     def schedule(self) -> list[Chunk]:
-        return self.scheduler.schedule()
+        chunks = self.scheduler.schedule()
+        if len(self.adapters):
+            # Each adapter's tokens then form one range of rows: its A and B apply once per step.
+            chunks.sort(key=lambda chunk: chunk.seq.lora_id)
+        return chunks
 
     def execute(self, chunks: list[Chunk]) -> Sampled:
         logits = self.runner.run(chunks)

@@ -7,6 +7,7 @@ async engine calls the three apart so that the forward pass runs without holding
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from inference.engine.request import (
     TokenEvent,
     UnknownModelError,
 )
-from inference.engine.sampler import Sampled, sample
+from inference.engine.sampler import Sampled, grammar_bitmask, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
 from inference.lora import BASE_LORA_ID
@@ -98,6 +99,7 @@ class EngineCore:
         self.adapters = loaded.adapters
         self.tokenizer = loaded.tokenizer
         self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
+        self._host_work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
         self.runner = _runner_for(loaded, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -181,9 +183,13 @@ class EngineCore:
         return chunks
 
     def execute(self, chunks: list[Chunk]) -> Sampled:
-        logits = self.runner.run(chunks)
         seqs = [chunk.seq for chunk in chunks if chunk.samples]
-        return sample(logits, seqs, self.eos_token_ids, self.grammars)
+        if not any(seq.grammar is not None for seq in seqs):
+            return sample(self.runner.run(chunks), seqs, self.eos_token_ids)
+        # Grammar masks are host work: computed on their own thread while the model runs.
+        masks = self._host_work.submit(grammar_bitmask, seqs, self.grammars)
+        logits = self.runner.run(chunks)
+        return sample(logits, seqs, self.eos_token_ids, masks.result())
 
     def commit(self, chunks: list[Chunk], sampled: Sampled) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,10 @@ def save_random_adapter(
         use_rslora=use_rslora,
         init_lora_weights=False,
     )
-    peft_model = get_peft_model(copy.deepcopy(base), config)
+    with warnings.catch_warnings():
+        # peft asks transformers a question transformers has renamed; nothing for a caller to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(copy.deepcopy(base), config)
     generator = torch.Generator().manual_seed(seed)
     std = getattr(base.config, "initializer_range", 0.02)
     with torch.no_grad():

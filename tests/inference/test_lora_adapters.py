@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from inference.__main__ import build_parser, config_from_flags
 from inference.__main__ import main as cli_main
 from inference.config import LoraModule, ServerConfig
+from inference.engine.request import GenerationRequest, SamplingParams, UnknownModelError
 from inference.lora import (
     LoraAdapter,
     LoraAdapterError,
@@ -27,6 +29,8 @@ from inference.lora import (
 from inference.lora.merge import MergeError, merge_lora
 from inference.lora.random_adapter import make_tiny_lora, save_random_adapter
 from inference.model_loading import load_model
+
+from .conftest import run_with_engine
 
 CPU = torch.device("cpu")
 
@@ -215,3 +219,29 @@ def test_merge_lora_leaves_nothing_behind_on_failure(tiny_model_dir, tmp_path):
     with pytest.raises(MergeError, match="not a LoRA adapter directory"):
         merge_lora(tiny_model_dir, tmp_path / "missing", tmp_path / "merged")
     assert list(tmp_path.iterdir()) == []
+
+
+# Runtime unloading ------------------------------------------------------------------------------------
+
+
+def test_unloading_ends_the_adapters_requests_and_leaves_the_others_running(tiny_model_dir, adapter_dir):
+    settings = {"model_path": tiny_model_dir, "lora_modules": [f"support={adapter_dir}"]}
+    loaded = load_model(ServerConfig(**settings))
+    endless = SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
+
+    async def body(engine, registry):
+        on_adapter = engine.generate(GenerationRequest("on-adapter", [1, 2, 3], endless, lora_name="support"))
+        on_base = engine.generate(GenerationRequest("on-base", [1, 2, 3], replace(endless, max_tokens=40)))
+        await anext(on_adapter)
+        await anext(on_base)
+        await engine.unload_lora_adapter("support")
+        rest_on_adapter = [event async for event in on_adapter]
+        rest_on_base = [event async for event in on_base]
+        with pytest.raises(UnknownModelError):
+            engine.generate(GenerationRequest("late", [1, 2, 3], endless, lora_name="support"))
+        return rest_on_adapter, rest_on_base
+
+    rest_on_adapter, rest_on_base = run_with_engine(loaded, body, **settings)
+    assert len(rest_on_adapter) < 299 and all(event.finish_reason is None for event in rest_on_adapter)
+    assert (len(rest_on_base), rest_on_base[-1].finish_reason) == (39, "length")
+    assert not any(isinstance(module, LoraLinear) for module in loaded.model.modules())

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
-from inference.bench.serving import BenchSettings, _length_range, run_engine
+from inference.bench.serving import BenchSettings, length_range, run_engine
 from inference.bench.shapes import add_model_arguments, model_directory
 from inference.bench.workload import WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser, default_shape="llama-50m")
     parser.add_argument("--tensor-parallel-size", type=int, required=True)
     parser.add_argument("--num-requests", type=int, default=16)
-    parser.add_argument("--prompt-tokens", type=_length_range, default=(16, 128), metavar="MIN:MAX")
-    parser.add_argument("--output-tokens", type=_length_range, default=(16, 64), metavar="MIN:MAX")
+    parser.add_argument("--prompt-tokens", type=length_range, default=(16, 128), metavar="MIN:MAX")
+    parser.add_argument("--output-tokens", type=length_range, default=(16, 64), metavar="MIN:MAX")
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -129,7 +129,9 @@ def load_quantized(
     return model, record.scheme
 
 
-def load_model(config: ServerConfig) -> LoadedModel:
+def load_model(config: ServerConfig, *, split_vocabulary: bool = True) -> LoadedModel:
+    """`split_vocabulary` (tensor parallelism only): embedding and LM head split by vocabulary, or
+    replicated on every rank (what `bench --tensor-parallel-size` compares)."""
     model_dir = config.model_path if config.model_path is not None else ensure_tiny_demo_model()
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
@@ -142,7 +144,9 @@ def load_model(config: ServerConfig) -> LoadedModel:
             from inference.parallel.workers import start_tensor_parallel
 
             device = rank_device(device, 0)
-            model, quantization, workers = start_tensor_parallel(model_dir, config, device, dtype)
+            model, quantization, workers = start_tensor_parallel(
+                model_dir, config, device, dtype, split_vocabulary
+            )
         elif is_quantized_checkpoint(model_dir):
             model, quantization = load_quantized(model_dir, device, dtype, config)
         else:

@@ -143,6 +143,10 @@ async def _sampling_params(
     engine: AsyncEngine, body: SamplingFields, logprobs: int | None, grammar: tuple[GrammarSpec, str] | None
 ) -> SamplingParams:
     """The engine's parameters for `body`; `logprobs`: None for none, else how many alternatives."""
+    for field, ids in (("logit_bias", body.logit_bias), ("stop_token_ids", body.stop_token_ids)):
+        if any(not 0 <= token < engine.vocab_size for token in ids):
+            message = f"{field}: token ids must lie in [0, {engine.vocab_size})"
+            raise APIError(400, message, param=field, code="invalid_value")
     compiled = None
     if grammar is not None:
         spec, param = grammar

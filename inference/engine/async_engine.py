@@ -153,6 +153,10 @@ class AsyncEngine:
         self._wakeup.set()
         return seq.sink
 
+    @property
+    def vocab_size(self) -> int:
+        return self.loaded.vocab_size
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for on its own (part of a character, for some)."""
         if self._core is None:

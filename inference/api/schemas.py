@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # torch.Generator seeds are 64-bit; leave headroom for seed + choice index with n > 1.
 _MAX_SEED = 2**63 - 1 - 1024
@@ -12,16 +13,55 @@ _MAX_STOP_STRINGS = 16
 MAX_CHOICES = 128
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+LONE_SURROGATE = "lone_surrogate"
 
 
-class SamplingFields(BaseModel):
-    """Fields that chat and text completions share."""
+def _is_surrogate(character: str) -> bool:
+    return "\ud800" <= character <= "\udfff"
+
+
+def lone_surrogate_path(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where in parsed JSON a string holds a lone UTF-16 surrogate (`"\\ud800"` is valid JSON but not
+    Unicode: no tokenizer or UTF-8 encoder accepts it); None if nowhere."""
+    if isinstance(value, str):
+        return path if any(_is_surrogate(character) for character in value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if lone_surrogate_path(key) is not None:
+                return path
+            if (found := lone_surrogate_path(item, (*path, str(key)))) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := lone_surrogate_path(item, (*path, str(index)))) is not None:
+                return found
+    return None
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: unknown fields ignored, text that is not Unicode refused (400)."""
 
     # Unknown fields are ignored rather than refused, as other OpenAI-compatible servers do, so
     # clients that send newer parameters keep working.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        path = lone_surrogate_path(data)
+        if path is not None:
+            param = ".".join(path) or None
+            message = "text must be valid Unicode; it holds a lone UTF-16 surrogate"
+            raise PydanticCustomError(LONE_SURROGATE, message, {"param": param})
+        return data
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(RequestBody):
+    """Fields that chat and text completions share."""
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -95,11 +135,16 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-TokenIds = list[int]
+NonEmptyText = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=1)]
+# As the schema says it: one text, texts, one token id list, token id lists; never empty.
+Prompt = NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds | Annotated[
+    list[TokenIds], Field(min_length=1)
+]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: list[str] | list[TokenIds]
+    prompt: Prompt
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=1, description="Only the chosen token is returned.")
     echo: bool = False
@@ -107,19 +152,24 @@ class CompletionRequest(SamplingFields):
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _prompt_as_batch(cls, value: Any) -> Any:
-        """A string, a list of strings, a token id list or a list of them; always a batch afterwards."""
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list) and value and all(isinstance(item, int) for item in value):
-            return [value]
-        if isinstance(value, list) and not value:
+    def _prompt_not_empty(cls, value: Any) -> Any:
+        # The union's own errors name every member it tried; these cases deserve one clear sentence.
+        if not isinstance(value, str | list):
+            raise ValueError(
+                "prompt must be a string, a list of strings, a list of token ids or a list of those"
+            )
+        if value == "" or value == []:
             raise ValueError("prompt must not be empty")
-        if isinstance(value, list) and (
-            all(isinstance(item, str) for item in value) or all(isinstance(item, list) for item in value)
-        ):
-            return value
-        raise ValueError("prompt must be a string, a list of strings, a list of token ids or a list of those")
+        if isinstance(value, list) and any(item == "" or item == [] for item in value):
+            raise ValueError("every prompt must have at least one character or token")
+        return value
+
+    @property
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompt as a batch."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]  # type: ignore[list-item]
+        return self.prompt  # type: ignore[return-value]
 
     @field_validator("echo")
     @classmethod
@@ -135,15 +185,21 @@ class CompletionRequest(SamplingFields):
             raise ValueError("suffix is not supported")
         return value
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompts_not_empty(cls, value: list[str] | list[TokenIds]) -> list[str] | list[TokenIds]:
-        if any(len(prompt) == 0 for prompt in value):
-            raise ValueError("every prompt must have at least one character or token")
-        return value
-
 
 # Responses ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers, whatever its status."""
+
+    error: ErrorDetail
 
 
 class Usage(BaseModel):

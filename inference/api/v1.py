@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from inference import metrics
@@ -15,6 +17,7 @@ from inference.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from inference.api.errors import APIError, from_engine_error
 from inference.api.generation import OpenedRequest, choice_deltas, merge, open_all
 from inference.api.middleware import request_state
+from inference.api.openapi import error_responses
 from inference.api.prompts import chat_prompt_ids, completion_prompt_ids
 from inference.api.responses import (
     ChatFormatter,
@@ -25,13 +28,16 @@ from inference.api.responses import (
     usage,
 )
 from inference.api.schemas import (
+    ChatCompletion,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
     ModelCard,
     ModelList,
     SamplingFields,
 )
 from inference.api.state import serving_state_of
+from inference.config import ServerConfig
 from inference.engine.request import (
     EngineError,
     EngineNotReadyError,
@@ -44,7 +50,20 @@ if TYPE_CHECKING:
     from inference.engine.async_engine import AsyncEngine
     from inference.model_loading import LoadedModel
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(
+    prefix="/v1",
+    responses=error_responses({
+        400: "An invalid value, named by `param`.",
+        404: "No such model or route.",
+        503: "The server is loading, draining or stopped; see Retry-After.",
+    }),
+)
+
+
+def _generation_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """200: the whole response as JSON, or with `stream: true` server-sent events ending in `[DONE]`."""
+    return {200: {"model": body, "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
 
 # nginx's code for "client closed the request": nobody reads it, but logs and metrics can tell it apart.
 CLIENT_CLOSED_REQUEST = 499
@@ -66,8 +85,21 @@ def _check_model_name(requested: str | None, served: str) -> None:
                        param="model", code="model_not_found")
 
 
+def _check_choice_count(prompt_count: int, n: int, config: ServerConfig, prompt_param: str) -> None:
+    """More choices than the running batch and the queue together hold could never be admitted: a
+    429 would invite retries that can never succeed."""
+    capacity = config.max_num_seqs + config.max_queue_len
+    if prompt_count * n > capacity:
+        param = "n" if n > 1 else prompt_param
+        message = (
+            f"{param}: {prompt_count} prompt(s) x n={n} asks for {prompt_count * n} choices; this server "
+            f"runs and queues at most {capacity} (max_num_seqs + max_queue_len)"
+        )
+        raise APIError(400, message, param=param, code="invalid_value")
+
+
 def generation_requests(
-    request_id: str,
+    engine_request_id: str,
     prompts: Sequence[list[int]],
     body: SamplingFields,
     max_tokens: int | None,
@@ -90,7 +122,7 @@ def generation_requests(
                 ignore_eos=body.ignore_eos,
             )
             index = prompt_index * body.n + choice
-            requests.append(GenerationRequest(f"{request_id}-{index}", prompt, sampling))
+            requests.append(GenerationRequest(f"{engine_request_id}-{index}", prompt, sampling))
     return requests
 
 
@@ -123,9 +155,10 @@ async def _generate(
     formatter: Formatter,
     prompt_param: str,
 ) -> Response:
-    request_id = request_state(request.scope)["request_id"]
+    _check_choice_count(len(prompts), body.n, serving_state_of(request.app).config, prompt_param)
+    # The engine is keyed on an id of our own: the client's X-Request-ID need not be unique.
     engine_requests = generation_requests(
-        request_id, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs
+        uuid.uuid4().hex, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs
     )
     prompt_tokens = sum(len(prompt) for prompt in prompts)
     request.state.prompt_tokens = prompt_tokens
@@ -190,11 +223,11 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=_generation_responses(ChatCompletion))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
-    prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages)
+    prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages, model.max_model_len)
     formatter = ChatFormatter(
         id=f"chatcmpl-{request_state(request.scope)['request_id']}",
         model=model.name,
@@ -206,11 +239,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=_generation_responses(Completion))
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
-    prompts = await asyncio.to_thread(completion_prompt_ids, model.tokenizer, body.prompt)
+    prompts = await asyncio.to_thread(
+        completion_prompt_ids, model.tokenizer, body.prompts, model.max_model_len
+    )
     formatter = CompletionFormatter(
         id=f"cmpl-{request_state(request.scope)['request_id']}",
         model=model.name,

@@ -3,7 +3,8 @@
 The model loop runs on its own thread, never on the event loop. Each iteration it schedules
 under a lock, runs the forward pass without it (so submissions and aborts never wait for the
 model), commits the sampled tokens under the lock again and hands them to the event loop with
-one `call_soon_threadsafe` per step.
+one `call_soon_threadsafe` per step. An error while computing one request's step ends that request
+with `RequestFailedError`; the loop and every other request go on.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from typing import Literal
 from prometheus_client.metrics import MetricWrapperBase
 
 from inference.config import ServerConfig
-from inference.engine.llm_engine import EngineCore, StepOutput
-from inference.engine.request import EngineNotReadyError, GenerationRequest, QueueFullError
+from inference.engine.llm_engine import EngineCore, RequestFailure, StepOutput
+from inference.engine.request import (
+    EngineError,
+    EngineNotReadyError,
+    GenerationRequest,
+    QueueFullError,
+    RequestFailedError,
+)
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
 from inference.engine.telemetry import EngineTelemetry
@@ -70,7 +77,7 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
-        self._fail_all(EngineNotReadyError("the engine stopped before the request finished"))
+        self.fail_all(EngineNotReadyError("the engine stopped before the request finished"))
 
     @property
     def ready(self) -> bool:
@@ -151,13 +158,14 @@ class AsyncEngine:
                 if not chunks:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue
-                sampled = core.execute(chunks)
+                executed = core.execute_isolated(chunks)
                 with self._lock:
-                    outputs = core.commit(chunks, sampled)
+                    outputs, failures = core.commit(executed.chunks, executed.sampled)
                 self._publish(outputs)
+                self._fail_requests([*executed.failures, *failures])
         except Exception:
             logger.exception("the engine loop failed; failing every request in flight")
-            self._fail_all(EngineNotReadyError("the engine failed while running the request"))
+            self.fail_all(EngineNotReadyError("the engine failed while running the request"))
 
     def _publish(self, outputs: list[StepOutput]) -> None:
         now = time.monotonic()
@@ -171,7 +179,26 @@ class AsyncEngine:
             deliveries.append((output.seq.sink, output.event))
         self._send(deliveries)
 
-    def _fail_all(self, error: EngineNotReadyError) -> None:
+    def _fail_requests(self, failures: list[RequestFailure]) -> None:
+        if not failures or self._core is None:
+            return
+        now = time.monotonic()
+        deliveries: list[tuple[RequestStream, StreamItem]] = []
+        for failure in failures:
+            logger.error(
+                "a request failed in the engine step; it alone ends",
+                extra={"engine_request_id": failure.seq.request_id},
+                exc_info=failure.error,
+            )
+            with self._lock:
+                seq = self._core.abort(failure.seq.request_id)
+            if seq is not None:
+                self._telemetry.finished(seq, now)
+                deliveries.append((seq.sink, RequestFailedError("generation failed for this request")))
+        self._send(deliveries)
+
+    def fail_all(self, error: EngineError) -> None:
+        """End every request in flight, running or waiting, with `error` (drain grace over, stop)."""
         if self._core is None:
             return
         with self._lock:

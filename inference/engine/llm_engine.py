@@ -1,17 +1,19 @@
 """The synchronous engine core: admit sequences, run steps, report the tokens each step produced.
 
 Not thread-safe; `AsyncEngine` serialises access. `step()` is schedule + execute + commit; the
-async engine calls the three apart so that the forward pass runs without holding its lock.
+async engine calls the three apart so that the forward pass runs without holding its lock, and
+isolates failures: what one request's computation raises ends that request alone.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from inference.config import ServerConfig
+from inference.engine import fault_injection
 from inference.engine.block_manager import BlockManager
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
@@ -32,10 +34,28 @@ _CUDA_FREE_MEMORY_SHARE = 0.85
 _HOST_FREE_MEMORY_SHARE = 0.25
 
 
+Sampled = tuple[list[int], list[float | None]]
+
+
 @dataclass(frozen=True)
 class StepOutput:
     seq: Sequence
     event: TokenEvent
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    seq: Sequence
+    error: Exception
+
+
+@dataclass
+class ExecutedStep:
+    """What a step computed: the chunks that ran, their sampled tokens, and the requests that failed."""
+
+    chunks: list[Chunk]
+    sampled: Sampled
+    failures: list[RequestFailure] = field(default_factory=list)
 
 
 def _free_memory_bytes(device: torch.device) -> int:
@@ -120,28 +140,64 @@ class EngineCore:
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()
 
-    def execute(self, chunks: list[Chunk]) -> tuple[list[int], list[float | None]]:
+    def execute(self, chunks: list[Chunk]) -> Sampled:
         logits = self.runner.run(chunks)
-        return sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+        sampling = [chunk.seq for chunk in chunks if chunk.samples]
+        fault_injection.check(sampling)
+        return sample(logits, sampling)
 
-    def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
-        """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
-        outputs = []
+    def execute_isolated(self, chunks: list[Chunk]) -> ExecutedStep:
+        """`execute`, but when the batch raises, each chunk runs again alone so that only the requests
+        whose own computation raises fail. Re-running a chunk writes the same keys and values to the
+        same KV slots, so the chunks that ran before the failure are computed again safely."""
+        try:
+            return ExecutedStep(chunks, self.execute(chunks))
+        except Exception as batch_error:
+            if len(chunks) == 1:
+                return ExecutedStep([], ([], []), [RequestFailure(chunks[0].seq, batch_error)])
+        step = ExecutedStep([], ([], []))
+        for chunk in chunks:
+            try:
+                token_ids, logprobs = self.execute([chunk])
+            except Exception as error:
+                step.failures.append(RequestFailure(chunk.seq, error))
+                continue
+            step.chunks.append(chunk)
+            step.sampled[0].extend(token_ids)
+            step.sampled[1].extend(logprobs)
+        return step
+
+    def commit(self, chunks: list[Chunk], sampled: Sampled) -> tuple[list[StepOutput], list[RequestFailure]]:
+        """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped; one
+        whose commit raises is reported as failed, not the others."""
+        outputs, failures = [], []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            seq.token_ids.append(token_id)
-            seq.finish_reason = self._finish_reason(seq, token_id)
-            if seq.finish_reason is not None:
-                del self.sequences[seq.request_id]
-                self.scheduler.finish(seq)
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason)))
-        return outputs
+            try:
+                outputs.append(self._append(seq, token_id, logprob))
+            except Exception as error:
+                failures.append(RequestFailure(seq, error))
+        return outputs, failures
 
     def step(self) -> list[StepOutput]:
+        """One step with the batch as a whole: any failure raises (warm-up, offline benchmarks)."""
         chunks = self.schedule()
-        return self.commit(chunks, self.execute(chunks)) if chunks else []
+        if not chunks:
+            return []
+        outputs, failures = self.commit(chunks, self.execute(chunks))
+        if failures:
+            raise failures[0].error
+        return outputs
+
+    def _append(self, seq: Sequence, token_id: int, logprob: float | None) -> StepOutput:
+        seq.token_ids.append(token_id)
+        seq.finish_reason = self._finish_reason(seq, token_id)
+        if seq.finish_reason is not None:
+            del self.sequences[seq.request_id]
+            self.scheduler.finish(seq)
+        return StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason))
 
     def warm_up(self) -> int:
         """Generate one token from a one-token prompt, so that ready means the model produces output."""

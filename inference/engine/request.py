@@ -7,11 +7,15 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# Below this a temperature is greedy, as in vLLM: dividing logits by it would overflow float32 and
+# turn every probability into NaN.
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # below GREEDY_TEMPERATURE means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
     seed: int | None = None
@@ -21,7 +25,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,7 @@ class InvalidRequestError(EngineError):
 
 class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit the model's context (400)."""
+
+
+class RequestFailedError(EngineError):
+    """Computing this request's step raised; the request ended, the engine and other requests go on (500)."""

@@ -19,8 +19,10 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True)
     probabilities = sorted_logits.softmax(-1)
-    # Drop a token when the tokens more likely than it already cover top_p; the first always stays.
+    # Drop a token when the tokens more likely than it already cover top_p. The first always stays,
+    # even when top_p rounds to 0 in float32 (1e-300), so the distribution is never empty.
     drop_sorted = probabilities.cumsum(-1) - probabilities >= top_p
+    drop_sorted[0] = False
     drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from inference.config import ServerConfig, env_name
 
 # Subcommands owned by their own modules, each exposing `main(argv) -> int`.
-_DELEGATED = {"bench": "inference.bench", "quantize": "inference.quantize"}
+_DELEGATED = {"bench": "inference.bench.cli", "quantize": "inference.quantize"}
 
 
 def flag_name(field: str) -> str:
@@ -27,12 +27,17 @@ def flag_name(field: str) -> str:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field, info in ServerConfig.model_fields.items():
         description = info.description or field.replace("_", " ")
+        # Switches come in pairs, as vLLM's do: --enable-prefix-caching / --no-enable-prefix-caching.
+        switch = info.annotation is bool
+        takes: dict[str, object] = (
+            {"action": argparse.BooleanOptionalAction} if switch else {"metavar": field.upper()}
+        )
         parser.add_argument(
             flag_name(field),
             dest=field,
             default=argparse.SUPPRESS,  # absent flags leave the field to the environment or default
-            metavar=field.upper(),
             help=f"{description} [env {env_name(field)}; default {info.default!r}]",
+            **takes,
         )
 
 

@@ -56,6 +56,9 @@ class ServerConfig(BaseSettings):
     kv_cache_memory_bytes: int | None = Field(
         None, ge=1, description="KV cache budget; defaults to a fraction of free device memory."
     )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of prompt prefixes already computed (hashed full blocks)."
+    )
     max_queue_len: int = Field(256, ge=0, description="Requests waiting for admission at most; more get 429.")
     drain_timeout_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM.")
 

@@ -86,6 +86,14 @@ REQUESTS_CANCELLED = MetricSpec(
 PREEMPTIONS = MetricSpec(
     "llm_preemptions_total", Kind.COUNTER, "Sequences preempted for recompute because KV memory ran out."
 )
+PREFIX_CACHE_QUERIES = MetricSpec(
+    "llm_prefix_cache_queries_total", Kind.COUNTER,
+    "Prompt tokens of admitted requests, each looked up in the prefix cache (with it off, none hit).",
+)
+PREFIX_CACHE_HITS = MetricSpec(
+    "llm_prefix_cache_hits_total", Kind.COUNTER,
+    "Prompt tokens found in the prefix cache (their KV reused, not computed).",
+)
 DEVICE_MEMORY_USED = MetricSpec(
     "llm_device_memory_used_bytes", Kind.GAUGE, "Accelerator (or host) memory in use by the server.",
     ("device",),
@@ -113,6 +121,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     REQUESTS_REJECTED,
     REQUESTS_CANCELLED,
     PREEMPTIONS,
+    PREFIX_CACHE_QUERIES,
+    PREFIX_CACHE_HITS,
     DEVICE_MEMORY_USED,
     DEVICE_MEMORY_TOTAL,
     MODEL_INFO,

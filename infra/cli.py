@@ -27,6 +27,13 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from infra.config.keys import keys_table
+
+    print(keys_table())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -37,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, type=Path, help="directory to write (replaced as a whole)")
     render.add_argument("--project-dir", type=Path, default=Path.cwd(), help="directory of Pulumi.yaml")
     render.set_defaults(handler=_render)
+    keys = commands.add_parser(
+        "keys", help="list every stack key (as written in a stack file) with its type, default and meaning"
+    )
+    keys.set_defaults(handler=_keys)
     monitoring = commands.add_parser(
         "monitoring-files", help="write Prometheus config, rules and the Grafana dashboard for a local stack"
     )

@@ -25,16 +25,16 @@ from inference.config import ServerConfig
 logger = logging.getLogger(__name__)
 
 
-async def start_engine(state: ServingState) -> None:
-    """Load the model and start the engine; a failure is recorded for the server to exit on."""
+async def start_engine(state: ServingState, engines: contextlib.AsyncExitStack) -> None:
+    """Load the model and start the engine (stopped when `engines` closes); a failure is recorded for
+    the server to exit on."""
     # Imported here so the API (schemas, errors, auth) stays importable without the torch stack.
     from inference.engine.async_engine import AsyncEngine
     from inference.model_loading import load_model
 
     try:
         model = await asyncio.to_thread(load_model, state.config)
-        engine = AsyncEngine(model, state.config, collectors=state.collectors)
-        await engine.start()
+        engine = await engines.enter_async_context(AsyncEngine(model, state.config, state.collectors))
     except Exception as error:
         state.startup_error = error
         logger.error("model loading failed: %s", error, exc_info=error)
@@ -51,15 +51,14 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        starting = asyncio.create_task(start_engine(state))
-        try:
-            yield
-        finally:
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            if state.engine is not None:
-                await state.engine.stop()
+        async with contextlib.AsyncExitStack() as engines:
+            starting = asyncio.create_task(start_engine(state, engines))
+            try:
+                yield
+            finally:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
 
     app = FastAPI(
         title="llm-serving",

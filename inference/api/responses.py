@@ -24,17 +24,38 @@ from inference.api.schemas import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    PromptTokensDetails,
     Usage,
 )
 from inference.engine.request import TokenEvent
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+@dataclass
+class UsageTally:
+    """A response's token counts, added up from its deltas as they pass. Each prompt counts once
+    however many choices it has; its cached tokens are the most any of its choices found cached."""
+
+    prompt_lengths: Sequence[int]
+    choices_per_prompt: int
+    completion_tokens: int = 0
+    _cached_by_prompt: dict[int, int] = field(default_factory=dict)
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.completion_tokens += len(delta.tokens)
+        prompt = delta.index // self.choices_per_prompt
+        for event in delta.tokens:
+            if event.cached_prompt_tokens is not None:
+                cached = max(self._cached_by_prompt.get(prompt, 0), event.cached_prompt_tokens)
+                self._cached_by_prompt[prompt] = cached
+
+    def usage(self) -> Usage:
+        prompt_tokens = sum(self.prompt_lengths)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(self._cached_by_prompt.values())),
+        )
 
 
 class Formatter(Protocol):
@@ -187,7 +208,7 @@ async def sse_stream(
     deltas: AsyncIterator[ChoiceDelta],
     formatter: Formatter,
     choice_count: int,
-    prompt_tokens: int,
+    tally: UsageTally,
     include_usage: bool,
     on_finish: Callable[[int], None],
     prompt_param: str,
@@ -196,20 +217,19 @@ async def sse_stream(
 
     An error after the first byte cannot change the status any more; it is sent as an error event.
     """
-    completion_tokens = 0
     try:
         for chunk in formatter.stream_start(choice_count):
             yield sse(chunk)
         async for delta in deltas:
-            completion_tokens += len(delta.tokens)
+            tally.add(delta)
             # A delta still holding back a partial character or a possible stop string says nothing yet.
             if delta.text or delta.finish_reason is not None:
                 yield sse(formatter.stream_delta(delta))
         if include_usage:
-            yield sse(formatter.stream_usage(usage(prompt_tokens, completion_tokens)))
+            yield sse(formatter.stream_usage(tally.usage()))
     except Exception as error:
         failure = error if isinstance(error, APIError) else from_engine_error(error, prompt_param)
         yield sse(failure.body())
     finally:
-        on_finish(completion_tokens)
+        on_finish(tally.completion_tokens)
     yield sse("[DONE]")

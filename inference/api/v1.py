@@ -23,9 +23,9 @@ from inference.api.responses import (
     ChatFormatter,
     CompletionFormatter,
     Formatter,
+    UsageTally,
     collect,
     sse_stream,
-    usage,
 )
 from inference.api.schemas import (
     ChatCompletion,
@@ -160,8 +160,8 @@ async def _generate(
     engine_requests = generation_requests(
         uuid.uuid4().hex, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs
     )
-    prompt_tokens = sum(len(prompt) for prompt in prompts)
-    request.state.prompt_tokens = prompt_tokens
+    tally = UsageTally([len(prompt) for prompt in prompts], body.n)
+    request.state.prompt_tokens = sum(tally.prompt_lengths)
     try:
         opened = await cancel_on_disconnect(request, open_all(engine, engine_requests))
     except ClientDisconnected:
@@ -186,7 +186,7 @@ async def _generate(
             deltas,
             formatter,
             len(opened),
-            prompt_tokens,
+            tally,
             body.include_usage_chunk,
             record_completion_tokens,
             prompt_param,
@@ -209,9 +209,10 @@ async def _generate(
     finally:
         await deltas.aclose()
         await _close_all(opened)
-    completion_tokens = sum(len(result.tokens) for result in results)
-    record_completion_tokens(completion_tokens)
-    return JSONResponse(formatter.complete(results, usage(prompt_tokens, completion_tokens)))
+    for result in results:
+        tally.add(result)
+    record_completion_tokens(tally.completion_tokens)
+    return JSONResponse(formatter.complete(results, tally.usage()))
 
 
 @router.get("/models")

@@ -1,5 +1,8 @@
 """The engine as the API layer sees it: submit a request, iterate its tokens as they come.
 
+`async with AsyncEngine(...) as engine:` starts it and stops it; the app's lifespan, the benchmarks
+and the tests all run it that way.
+
 The model loop runs on its own thread, never on the event loop. Each iteration it schedules
 under a lock, runs the forward pass without it (so submissions and aborts never wait for the
 model), commits the sampled tokens under the lock again and hands them to the event loop with
@@ -14,12 +17,13 @@ import logging
 import math
 import threading
 import time
-from typing import Literal
+from types import TracebackType
+from typing import Literal, Self
 
 from prometheus_client.metrics import MetricWrapperBase
 
 from inference.config import ServerConfig
-from inference.engine.llm_engine import EngineCore, RequestFailure, StepOutput
+from inference.engine.core import EngineCore, EngineStats, RequestFailure, StepOutput
 from inference.engine.request import (
     EngineError,
     EngineNotReadyError,
@@ -59,6 +63,16 @@ class AsyncEngine:
         self._draining = False
         self._stopping = False
         self._mean_latency_seconds = 1.0
+        self._preemptions_reported = 0
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.stop()
 
     async def start(self) -> None:
         """Build the KV cache and run the warm-up pass (off the event loop), then start the loop."""
@@ -92,19 +106,18 @@ class AsyncEngine:
         """Wait until no request is running or waiting; False if `timeout` seconds pass first."""
         deadline = time.monotonic() + timeout
         while True:
-            running, waiting, _ = self.stats()
-            if running + waiting == 0:
+            stats = self.stats()
+            if stats.running + stats.waiting == 0:
                 return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(_IDLE_CHECK_SECONDS)
 
-    def stats(self) -> tuple[int, int, float]:
-        """(running, waiting, KV usage 0-1)."""
+    def stats(self) -> EngineStats:
         if self._core is None:
-            return 0, 0, 0.0
+            return EngineStats(running=0, waiting=0, kv_cache_usage=0.0, preemptions=0)
         with self._lock:
-            return self._core.num_running, self._core.num_waiting, self._core.blocks.usage
+            return self._core.stats()
 
     def generate(self, request: GenerationRequest) -> RequestStream:
         """Submit `request`; raises EngineNotReadyError, QueueFullError, PromptTooLongError or
@@ -151,10 +164,11 @@ class AsyncEngine:
             while not self._stopping:
                 self._wakeup.clear()
                 with self._lock:
-                    preemptions_before = core.scheduler.num_preemptions
                     chunks = core.schedule()
-                    self._telemetry.preempted(core.scheduler.num_preemptions - preemptions_before)
-                    self._telemetry.load(core.num_running, core.num_waiting, core.blocks.usage)
+                    stats = core.stats()
+                self._telemetry.preempted(stats.preemptions - self._preemptions_reported)
+                self._preemptions_reported = stats.preemptions
+                self._telemetry.load(stats.running, stats.waiting, stats.kv_cache_usage)
                 if not chunks:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue

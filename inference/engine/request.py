@@ -30,18 +30,28 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One sequence to generate.
+
+    `cache_salt` keys the prefix cache beyond the tokens: requests share cached KV blocks only when
+    their salts are equal. Anything that changes the KV of the same tokens belongs in it (the LoRA
+    adapter serving the request); None, the default, is the base model's plain cache.
+    """
+
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token. The last event of a request has `finish_reason` set."""
+    """One generated token. The last event of a request has `finish_reason` set; the first has
+    `cached_prompt_tokens`, how many prompt tokens the prefix cache spared computing."""
 
     token_id: int
     logprob: float | None = None
     finish_reason: FinishReason | None = None
+    cached_prompt_tokens: int | None = None
 
 
 class EngineError(Exception):

@@ -2,9 +2,11 @@
 
 Every step gives each running sequence (oldest first) the tokens it still lacks KV entries for:
 one for a decode, a whole or partial prompt for a prefill. Then it admits waiting requests while
-the token budget, the sequence limit and the free KV blocks allow. When a running sequence cannot
-grow, the newest running sequence is preempted: its blocks are freed and it goes back to the
-front of the queue, to be recomputed from its tokens later. Nothing fails for lack of memory.
+the token budget, the sequence limit and the KV blocks allow; a request admitted with a cached
+prefix (see `BlockManager`) computes, and so spends budget and needs new blocks for, only the rest.
+When a running sequence cannot grow, the newest running sequence is preempted: its blocks are
+released and it goes back to the front of the queue, to be recomputed later from its tokens, less
+whatever of its blocks is still cached by then. Nothing fails for lack of memory.
 """
 
 from __future__ import annotations
@@ -66,10 +68,15 @@ class Scheduler:
                 index += 1
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            length = min(seq.num_uncomputed_tokens, budget)
-            if not self.blocks.can_hold(seq, length):
+            cached = self.blocks.cached_prefix(seq)
+            num_cached_tokens = len(cached) * self.blocks.block_size
+            length = min(len(seq.token_ids) - num_cached_tokens, budget)
+            if not self.blocks.can_admit(seq, cached, num_cached_tokens + length):
                 break
             self.waiting.popleft()
+            self.blocks.admit(seq, cached)
+            if seq.num_cached_tokens is None:
+                seq.num_cached_tokens = num_cached_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             chunks.append(self._take(seq, length))

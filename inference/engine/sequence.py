@@ -24,10 +24,18 @@ class Sequence:
     sampling: SamplingParams
     arrival_time: float
     generator: torch.Generator | None = None
+    # Seeds the chain of block hashes: sequences with different salts never share cached KV blocks.
+    cache_salt: str | None = None
     token_ids: list[int] = field(default_factory=list)
     # Tokens whose keys and values are in the KV cache; reset to 0 when preempted (recompute).
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
+    # Prefix caching: the chained hashes of the full blocks hashed so far (tokens only grow, so they
+    # stay valid), how many leading blocks of `block_table` are in the cache's index, and how many
+    # prompt tokens were found cached when the sequence was first admitted (None until then).
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_blocks: int = 0
+    num_cached_tokens: int | None = None
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     first_token_time: float | None = None
@@ -49,7 +57,12 @@ class Sequence:
             else:
                 generator.manual_seed(request.sampling.seed)
         return cls(
-            request.request_id, list(request.prompt_token_ids), request.sampling, arrival_time, generator
+            request.request_id,
+            list(request.prompt_token_ids),
+            request.sampling,
+            arrival_time,
+            generator,
+            request.cache_salt,
         )
 
     @property

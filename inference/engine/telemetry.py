@@ -57,6 +57,8 @@ class EngineTelemetry:
             seq.first_token_time = now
             self._metric(metrics.TIME_TO_FIRST_TOKEN).observe(now - seq.arrival_time)
             self._metric(metrics.PROMPT_TOKENS).inc(seq.num_prompt_tokens)
+            self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
+            self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
         else:
             self._metric(metrics.INTER_TOKEN_LATENCY).observe(now - seq.last_token_time)
         seq.last_token_time = now

@@ -15,7 +15,7 @@ class QuantizationError(RuntimeError):
 
 
 def resolve_scheme(requested: str, device: torch.device) -> Scheme:
-    """`int8` picks the fastest scheme for the device (`python -m inference.quantize.kernels_bench`).
+    """`int8` picks the fastest scheme for the device (`python -m inference.bench.int8_kernels`).
 
     Decode on a GPU is bound by memory bandwidth, so weight-only int8 (half the bytes of bf16) is the
     win there. On CPU, fbgemm's int8 x int8 dynamic kernels beat both float32 and the weight-only

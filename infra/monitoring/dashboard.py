@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from inference import metrics
 from infra.monitoring import alerts, recording
-from infra.monitoring.promql import MatcherValue, gauge, quantile, selector
+from infra.monitoring.promql import MatcherValue, counter, gauge, quantile, selector
 from infra.monitoring.service import MonitoredService
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -53,6 +53,17 @@ def _replica_queries(service: MonitoredService) -> tuple[Query, ...]:
     return tuple(queries)
 
 
+def _prefix_cache_hit_rate(service: MonitoredService) -> Query:
+    """Share of prompt tokens whose KV came from the prefix cache, per pod: each pod has its own cache."""
+
+    def token_rate(spec: metrics.MetricSpec) -> str:
+        series = selector(counter(spec), {**service.job_matcher, **PANEL_FILTER})
+        return f"sum by (pod) (rate({series}[{recording.WINDOW}]))"
+
+    hits, queries = token_rate(metrics.PREFIX_CACHE_HITS), token_rate(metrics.PREFIX_CACHE_QUERIES)
+    return Query(f"{hits} / {queries}", "{{pod}}")
+
+
 def panels(service: MonitoredService) -> tuple[Panel, ...]:
     def server(spec: metrics.MetricSpec) -> str:
         return selector(gauge(spec), {**service.job_matcher, **PANEL_FILTER})
@@ -78,6 +89,7 @@ def panels(service: MonitoredService) -> tuple[Panel, ...]:
         Panel("KV cache usage", "percentunit", (
             Query(f"max by (pod) ({server(metrics.KV_CACHE_USAGE)})", "{{pod}}"),
         )),
+        Panel("Prefix cache hit rate (prompt tokens)", "percentunit", (_prefix_cache_hit_rate(service),)),
         Panel("Device memory", "percentunit", (
             Query(selector(recording.DEVICE_MEMORY_RATIO, PANEL_FILTER), "{{pod}} {{device}}"),
         )),

@@ -49,12 +49,9 @@ def run_with_engine(
     registry = CollectorRegistry()
 
     async def main() -> object:
-        engine = AsyncEngine(loaded, ServerConfig(**settings), metrics.build_collectors(registry))
-        await engine.start()
-        try:
+        collectors = metrics.build_collectors(registry)
+        async with AsyncEngine(loaded, ServerConfig(**settings), collectors) as engine:
             return await body(engine, registry)
-        finally:
-            await engine.stop()
 
     return asyncio.run(main())
 

@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from inference.bench import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, main, run_bench
-from inference.bench_workload import make_workload, percentiles
+from inference.bench.cli import main
+from inference.bench.serving import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, run_bench
+from inference.bench.workload import make_workload, percentiles
 from inference.config import default_torch_threads
 from inference.tiny_model import byte_level_tokenizer
 

@@ -128,8 +128,8 @@ def test_closing_a_stream_frees_its_kv_blocks_and_counts_a_cancellation(tiny_loa
         return busy, idle, engine.stats(), _sample(registry, "llm_requests_cancelled_total")
 
     busy, idle, after, cancelled = run_with_engine(tiny_loaded, body)
-    assert busy[0] == 1 and busy[2] > 0
-    assert idle and after == (0, 0, 0.0)
+    assert busy.running == 1 and busy.kv_cache_usage > 0
+    assert idle and (after.running, after.waiting, after.kv_cache_usage) == (0, 0, 0.0)
     assert cancelled == 1
 
 
@@ -182,14 +182,13 @@ def test_stop_fails_requests_still_in_flight(tiny_loaded):
     registry = CollectorRegistry()
 
     async def main() -> None:
-        engine = AsyncEngine(tiny_loaded, ServerConfig(), metrics.build_collectors(registry))
-        await engine.start()
-        stream = engine.generate(_endless("orphan"))
-        await anext(stream)
-        await engine.stop()
-        with pytest.raises(EngineNotReadyError):
-            async for _ in stream:
-                pass
+        async with AsyncEngine(tiny_loaded, ServerConfig(), metrics.build_collectors(registry)) as engine:
+            stream = engine.generate(_endless("orphan"))
+            await anext(stream)
+            await engine.stop()
+            with pytest.raises(EngineNotReadyError):
+                async for _ in stream:
+                    pass
 
     asyncio.run(main())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from inference.bench import main as bench_main
+from inference.bench.cli import main as bench_main
 from inference.quantize.memory import layers_bytes
 from inference.quantize.swap import quantizable_linears
 

@@ -13,13 +13,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from inference.__main__ import main as cli_main
+from inference.bench.shapes import make_random_llama
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import LoadedModel, ModelLoadError, load_model
 from inference.quantize import SCHEMES, QuantizationError, int8_modules, quantize_directory, read_record
 from inference.quantize.checkpoint import RECORD_FILE, WEIGHTS_FILE
-from inference.quantize.random_llama import make_random_llama
 from inference.tiny_model import byte_level_tokenizer
 
 from .conftest import run_with_engine

@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from inference.bench.shapes import make_random_llama
 from inference.quantize import QuantizationError, int8_modules, quantize_model, resolve_scheme
 from inference.quantize.accuracy import logits_agreement, prompt_logits
 from inference.quantize.memory import layers_bytes, model_weight_bytes
-from inference.quantize.random_llama import make_random_llama
 from inference.quantize.swap import quantizable_linears
 
 ACCURACY_BOUNDS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from inference.config import ServerConfig
-from inference.engine.llm_engine import EngineCore
+from inference.engine.core import EngineCore
 from inference.metrics import MODEL_INFO
 from inference.model_loading import load_model
 from inference.quantize import quantize_directory

@@ -50,3 +50,13 @@ def test_log_records_are_one_json_object_per_line() -> None:
     line = JsonFormatter().format(record)
     assert "\n" not in line
     assert (json.loads(line)["message"], json.loads(line)["request_id"]) == ("two\nlines", "r1")
+
+
+@pytest.mark.parametrize(("argv", "enabled"), [((), True), (("--no-enable-prefix-caching",), False)])
+def test_prefix_caching_is_a_switch_pair_on_by_default(argv: tuple[str, ...], enabled: bool) -> None:
+    assert serve_config(*argv).enable_prefix_caching is enabled
+
+
+def test_a_switch_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name("enable_prefix_caching"), "false")
+    assert serve_config("--enable-prefix-caching").enable_prefix_caching is True

@@ -2,7 +2,7 @@
 
 Times one linear layer of a given shape for each candidate at several token counts (decode is a
 few tokens, prefill many) and prints JSON: median microseconds per call, and the fastest candidate
-per token count. `python -m inference.quantize.kernels_bench --help`.
+per token count. `python -m inference.bench.int8_kernels --help`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def measure(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference.quantize.kernels_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m inference.bench.int8_kernels", description=__doc__)
     parser.add_argument("--in-features", type=int, default=1024)
     parser.add_argument("--out-features", type=int, default=2816)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32, 128])

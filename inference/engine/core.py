@@ -38,6 +38,14 @@ Sampled = tuple[list[int], list[float | None]]
 
 
 @dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # share of the KV blocks in use, 0-1
+    preemptions: int  # since the engine started
+
+
+@dataclass(frozen=True)
 class StepOutput:
     seq: Sequence
     event: TokenEvent
@@ -98,7 +106,7 @@ class EngineCore:
         self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
-        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size)
+        self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}
 
@@ -137,6 +145,11 @@ class EngineCore:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            self.num_running, self.num_waiting, self.blocks.usage, self.scheduler.num_preemptions
+        )
+
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()
 
@@ -170,6 +183,10 @@ class EngineCore:
     def commit(self, chunks: list[Chunk], sampled: Sampled) -> tuple[list[StepOutput], list[RequestFailure]]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped; one
         whose commit raises is reported as failed, not the others."""
+        for chunk in chunks:
+            # Only now is their KV really in the cache, for later sequences to reuse.
+            if chunk.seq.status is SequenceStatus.RUNNING:
+                self.blocks.cache_computed(chunk.seq)
         outputs, failures = [], []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
@@ -197,7 +214,8 @@ class EngineCore:
         if seq.finish_reason is not None:
             del self.sequences[seq.request_id]
             self.scheduler.finish(seq)
-        return StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason))
+        cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
+        return StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason, cached))
 
     def warm_up(self) -> int:
         """Generate one token from a one-token prompt, so that ready means the model produces output."""

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from inference.bench_workload import RequestTiming, WorkItem
+from inference.bench.workload import RequestTiming, WorkItem
 
 
 class _StepClock(BaseStreamer):

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from inference.baseline import WindowBatchingBaseline
-from inference.bench_workload import RequestTiming, WorkItem, make_workload, summarize
+from inference.bench.baseline import WindowBatchingBaseline
+from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.request import GenerationRequest, SamplingParams
@@ -76,12 +74,8 @@ def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[Work
     )
 
     async def main() -> list[RequestTiming]:
-        engine = AsyncEngine(loaded, config)
-        await engine.start()
-        try:
+        async with AsyncEngine(loaded, config) as engine:
             return await _drive_engine(engine, workload)
-        finally:
-            await engine.stop()
 
     return asyncio.run(main())
 
@@ -223,19 +217,3 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         seed=args.seed,
         torch_threads=args.threads,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if any(argument.split("=")[0] == "--quantization" for argument in arguments):
-        # The int8 comparison (unquantized vs quantized, same process) has its own workload and flags.
-        from inference.quantize.bench import main as quantization_bench
-
-        return quantization_bench(arguments)
-    args = build_parser().parse_args(arguments)
-    print(json.dumps(run_bench(settings_from_args(args)), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

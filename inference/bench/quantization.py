@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ from typing import Any, get_args
 
 import torch
 
+from inference.bench.shapes import SHAPES, make_random_llama
 from inference.config import Device, Dtype, ServerConfig
-from inference.engine.llm_engine import EngineCore
+from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sequence import Sequence
 from inference.model_loading import LoadedModel, load_model
 from inference.quantize.accuracy import logits_agreement, prompt_logits
 from inference.quantize.memory import layers_bytes, model_weight_bytes
-from inference.quantize.random_llama import SHAPES, make_random_llama
 from inference.quantize.schemes import SCHEMES
 from inference.quantize.swap import int8_modules, quantizable_linears
 from inference.tiny_model import make_tiny_model
@@ -202,6 +201,3 @@ def main(argv: list[str]) -> int:
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

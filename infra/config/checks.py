@@ -1,0 +1,93 @@
+"""Rules that span keys; each problem names the key to change."""
+
+from __future__ import annotations
+
+from infra.config.base import PROJECT
+from infra.config.stack import StackConfig
+from infra.quantity import to_decimal
+
+
+def config_key(*loc: str | int) -> str:
+    """The full key of a location: ('autoscaling', 'maxReplicas') -> llm-serving:autoscaling.maxReplicas."""
+    head, *rest = loc
+    return f"{PROJECT}:{head}" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+
+
+def cross_checks(config: StackConfig) -> list[tuple[str, str]]:
+    """Rules that span keys; each problem names the key to change."""
+    problems: list[tuple[str, str]] = []
+    scaling = config.autoscaling
+    if scaling.enabled and scaling.min_replicas > scaling.max_replicas:
+        problems.append((config_key("autoscaling", "minReplicas"),
+                         f"{scaling.min_replicas} is above autoscaling.maxReplicas ({scaling.max_replicas}); "
+                         "allowed: minReplicas <= maxReplicas"))
+    if config.cloud != "local" and getattr(config, config.cloud) is None:
+        problems.append((config_key(config.cloud), f"cloud is {config.cloud!r}, so its section is required"))
+    if config.cloud == "local" and config.model.source == "bucket":
+        problems.append((config_key("model", "source"),
+                         "the local cloud has no model bucket; allowed: 'demo' or 'volume'"))
+    problems += _model_volume_checks(config)
+    if config.ingress.enabled and not config.ingress.host:
+        problems.append((config_key("ingress", "host"), "required when ingress.enabled is true"))
+    for resource in ("cpu", "memory"):
+        requested = getattr(config.resources.requests, resource)
+        limit = getattr(config.resources.limits, resource)
+        if to_decimal(requested) > to_decimal(limit):
+            problems.append((config_key("resources", "requests", resource),
+                             f"{requested} is above resources.limits.{resource} ({limit}); "
+                             "allowed: requests <= limits"))
+    problems += _quota_checks(config)
+    return problems
+
+
+SHARED_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany")
+PER_POD_ACCESS_MODES = ("ReadWriteOnce", "ReadWriteOncePod")
+
+
+def _model_volume_checks(config: StackConfig) -> list[tuple[str, str]]:
+    """A shared model volume is mounted by every pod, on any node; a synced one is each pod's own."""
+    model = config.model
+    if model.source == "volume" and model.access_mode not in SHARED_ACCESS_MODES:
+        return [(config_key("model", "accessMode"),
+                 f"{model.access_mode} attaches the shared model volume to one node, but up to "
+                 f"{config.max_pods} pods (with the rolling-update surge) mount it on any node; allowed: "
+                 f"{' or '.join(SHARED_ACCESS_MODES)}, or model.source 'bucket' (a volume per pod)")]
+    if model.source == "bucket" and model.access_mode not in PER_POD_ACCESS_MODES:
+        return [(config_key("model", "accessMode"),
+                 f"with model.source 'bucket' each pod syncs into a volume of its own; allowed: "
+                 f"{' or '.join(PER_POD_ACCESS_MODES)}")]
+    return []
+
+
+def _quota_checks(config: StackConfig) -> list[tuple[str, str]]:
+    """The namespace quota must admit the workload at its largest, or pods would be refused."""
+    if not config.quota.enabled:
+        return []
+    pods = config.max_pods
+    resources, quota = config.resources, config.quota
+    needs = {
+        "requestsCpu": (quota.requests_cpu, to_decimal(resources.requests.cpu) * pods),
+        "requestsMemory": (quota.requests_memory, to_decimal(resources.requests.memory) * pods),
+        "limitsCpu": (quota.limits_cpu, to_decimal(resources.limits.cpu) * pods),
+        "limitsMemory": (quota.limits_memory, to_decimal(resources.limits.memory) * pods),
+    }
+    problems = [
+        (config_key("quota", key), f"{have} is below the {needed} the workload needs at {pods} pods")
+        for key, (have, needed) in needs.items()
+        if to_decimal(have) < needed
+    ]
+    if quota.gpus < config.gpu.count * pods:
+        problems.append((config_key("quota", "gpus"), f"{quota.gpus} is below the {config.gpu.count * pods} "
+                                                  f"GPUs the workload needs at {pods} pods"))
+    if config.model.source != "demo":
+        claims = pods if config.model.source == "bucket" else 1
+        storage = to_decimal(config.model.storage_size) * claims
+        if to_decimal(quota.storage) < storage:
+            problems.append((config_key("quota", "storage"),
+                             f"{quota.storage} is below the {config.model.storage_size} x {claims} model "
+                             f"volume(s) the workload claims at {pods} pods"))
+    if quota.pods < pods:
+        problems.append((config_key("quota", "pods"),
+                         f"{quota.pods} is below the {pods} pods of the workload"))
+    return problems
+

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from inference.api.errors import APIError
 from inference.api.schemas import ChatMessage
+from inference.engine.request import PromptTooLongError
 
 
 @functools.cache
@@ -29,26 +30,26 @@ def max_prompt_chars(tokenizer: PreTrainedTokenizerBase, max_model_len: int) -> 
     return max_model_len * _longest_token_chars(tokenizer)
 
 
-def _check_prompt_size(text: str, param: str, tokenizer: PreTrainedTokenizerBase, max_model_len: int) -> None:
+def _check_prompt_size(text: str, tokenizer: PreTrainedTokenizerBase, max_model_len: int) -> None:
     limit = max_prompt_chars(tokenizer, max_model_len)
     if len(text) > limit:
-        message = (
-            f"{param}: the prompt has {len(text)} characters; no prompt over {limit} characters fits "
-            f"the context length of {max_model_len} tokens"
+        raise PromptTooLongError(
+            f"the prompt has {len(text)} characters; no prompt over {limit} characters fits the "
+            f"context length of {max_model_len} tokens"
         )
-        raise APIError(400, message, param=param, code="context_length_exceeded")
 
 
 def chat_prompt_ids(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage], max_model_len: int
 ) -> list[int]:
+    """Raises PromptTooLongError for text that cannot fit, before tokenizing it."""
     conversation = [{"role": message.role, "content": message.text()} for message in messages]
     try:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     except (TemplateError, ValueError) as error:
         message = f"messages: the chat template rejected them: {error}"
         raise APIError(400, message, param="messages") from error
-    _check_prompt_size(text, "messages", tokenizer, max_model_len)
+    _check_prompt_size(text, tokenizer, max_model_len)
     # The template writes the special tokens (BOS and role markers) itself.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -59,5 +60,5 @@ def completion_prompt_ids(
     """Text is tokenized; token ids pass as given (the engine checks them against the vocabulary)."""
     for prompt in prompts:
         if isinstance(prompt, str):
-            _check_prompt_size(prompt, "prompt", tokenizer, max_model_len)
+            _check_prompt_size(prompt, tokenizer, max_model_len)
     return [list(tokenizer(text)["input_ids"]) if isinstance(text, str) else list(text) for text in prompts]

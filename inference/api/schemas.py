@@ -14,6 +14,9 @@ MAX_CHOICES = 128
 
 
 LONE_SURROGATE = "lone_surrogate"
+NonEmptyText = Annotated[str, Field(min_length=1)]
+# What `stop` accepts, as the schema states it; the field itself is always a list.
+StopInput = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=_MAX_STOP_STRINGS)] | None
 
 
 def _is_surrogate(character: str) -> bool:
@@ -38,25 +41,39 @@ def lone_surrogate_path(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ..
     return None
 
 
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; strict validation would not, so such numbers become ints
+    (harmless where a float is expected: an int is a valid float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(item) for item in value]
+    return value
+
+
 class RequestBody(BaseModel):
-    """Base of every request body: unknown fields ignored, text that is not Unicode refused (400)."""
+    """Base of every request body and its parts: unknown fields ignored, JSON types read as the
+    OpenAPI document (JSON Schema) says them (`"n": 2.0` is an integer, `"echo": 0` no boolean), text
+    that is not Unicode refused (400)."""
 
     # Unknown fields are ignored rather than refused, as other OpenAI-compatible servers do, so
     # clients that send newer parameters keep working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _unicode_only(cls, data: Any) -> Any:
+    def _as_json_schema_reads_it(cls, data: Any) -> Any:
         path = lone_surrogate_path(data)
         if path is not None:
             param = ".".join(path) or None
             message = "text must be valid Unicode; it holds a lone UTF-16 surrogate"
             raise PydanticCustomError(LONE_SURROGATE, message, {"param": param})
-        return data
+        return integral_floats_as_ints(data)
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
@@ -73,13 +90,14 @@ class SamplingFields(RequestBody):
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    # Refused unless 0 (below); the schema says so too.
+    presence_penalty: float = Field(0.0, json_schema_extra={"const": 0})
+    frequency_penalty: float = Field(0.0, json_schema_extra={"const": 0})
     user: str | None = None
     # vLLM's extension: generate exactly max_tokens (load tests, benchmarks).
     ignore_eos: bool = False
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=StopInput)
     @classmethod
     def _stop_as_list(cls, value: Any) -> Any:
         if value is None:
@@ -105,14 +123,12 @@ class SamplingFields(RequestBody):
         return self.stream and self.stream_options is not None and self.stream_options.include_usage
 
 
-class TextPart(BaseModel):
+class TextPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
 
@@ -135,7 +151,6 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-NonEmptyText = Annotated[str, Field(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=1)]
 # As the schema says it: one text, texts, one token id list, token id lists; never empty.
 Prompt = NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds | Annotated[
@@ -147,8 +162,9 @@ class CompletionRequest(SamplingFields):
     prompt: Prompt
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=1, description="Only the chosen token is returned.")
-    echo: bool = False
-    suffix: str | None = None
+    # Unsupported: refused unless off (below); the schema says so too.
+    echo: bool = Field(False, json_schema_extra={"const": False})
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
 
     @field_validator("prompt", mode="before")
     @classmethod

@@ -60,9 +60,18 @@ router = APIRouter(
 )
 
 
+# Each server-sent event, as OpenAPI 3.1 describes an event stream's items.
+_SSE_EVENT = {
+    "type": "object",
+    "description": "`data`: a JSON chunk, an error object after a failure, and `[DONE]` last.",
+    "properties": {"data": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def _generation_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """200: the whole response as JSON, or with `stream: true` server-sent events ending in `[DONE]`."""
-    return {200: {"model": body, "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+    return {200: {"model": body, "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}
 
 
 # nginx's code for "client closed the request": nobody reads it, but logs and metrics can tell it apart.
@@ -77,6 +86,14 @@ def rejection_reason(error: EngineError) -> str | None:
     if isinstance(error, PromptTooLongError):
         return "prompt_too_long"
     return None
+
+
+def _refusal(request: Request, error: EngineError, prompt_param: str) -> APIError:
+    """The API error for a refusal, counted by reason where it has one."""
+    reason = rejection_reason(error)
+    if reason is not None:
+        serving_state_of(request.app).collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
+    return from_engine_error(error, prompt_param)
 
 
 def _check_model_name(requested: str | None, served: str) -> None:
@@ -167,10 +184,7 @@ async def _generate(
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except EngineError as error:
-        reason = rejection_reason(error)
-        if reason is not None:
-            serving_state_of(request.app).collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
-        raise from_engine_error(error, prompt_param) from error
+        raise _refusal(request, error, prompt_param) from error
 
     streams = [
         choice_deltas(index, events, model.tokenizer, engine_request.prompt_token_ids, body.stop)
@@ -228,7 +242,10 @@ async def list_models(request: Request) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
-    prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages, model.max_model_len)
+    try:
+        prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages, model.max_model_len)
+    except PromptTooLongError as error:
+        raise _refusal(request, error, "messages") from error
     formatter = ChatFormatter(
         id=f"chatcmpl-{request_state(request.scope)['request_id']}",
         model=model.name,
@@ -244,9 +261,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
-    prompts = await asyncio.to_thread(
-        completion_prompt_ids, model.tokenizer, body.prompts, model.max_model_len
-    )
+    try:
+        prompts = await asyncio.to_thread(
+            completion_prompt_ids, model.tokenizer, body.prompts, model.max_model_len
+        )
+    except PromptTooLongError as error:
+        raise _refusal(request, error, "prompt") from error
     formatter = CompletionFormatter(
         id=f"cmpl-{request_state(request.scope)['request_id']}",
         model=model.name,

@@ -6,11 +6,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from inference.config import ServerConfig
+from inference.parallel.group import rank_device
+from inference.parallel.sharding import TensorParallelError
 from inference.quantize import (
     QuantizationError,
     is_quantized_checkpoint,
@@ -18,6 +21,9 @@ from inference.quantize import (
     quantize_loaded_model,
 )
 from inference.tiny_model import make_tiny_model
+
+if TYPE_CHECKING:
+    from inference.parallel.workers import WorkerPool
 
 # The first of these that a model's config sets is its context length.
 _CONTEXT_LENGTH_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
@@ -37,10 +43,17 @@ class LoadedModel:
     name: str
     max_model_len: int
     quantization: str
+    # The other ranks when the model is split over several processes (tensor_parallel_size > 1).
+    workers: WorkerPool | None = None
 
     @property
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
+
+    def close(self) -> None:
+        """Stop the other ranks, if any; the model is unusable afterwards when it had some."""
+        if self.workers is not None:
+            self.workers.close()
 
 
 def tiny_demo_model_dir() -> Path:
@@ -120,9 +133,15 @@ def load_model(config: ServerConfig) -> LoadedModel:
         raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
+    workers = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        if is_quantized_checkpoint(model_dir):
+        if config.tensor_parallel_size > 1:
+            from inference.parallel.workers import start_tensor_parallel
+
+            device = rank_device(device, 0)
+            model, quantization, workers = start_tensor_parallel(model_dir, config, device, dtype)
+        elif is_quantized_checkpoint(model_dir):
             model, quantization = load_quantized(model_dir, device, dtype, config)
         else:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
@@ -130,15 +149,24 @@ def load_model(config: ServerConfig) -> LoadedModel:
             quantization = apply_quantization(model, config)
     except QuantizationError as error:
         raise ModelLoadError(str(error)) from error
+    except TensorParallelError:
+        raise  # named, and the message says which head count or layer
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {error}") from error
     name = config.served_model_name or (model_dir.name if config.model_path is not None else "tiny-demo")
+    try:
+        max_model_len = context_length(model, config.max_model_len)
+    except ModelLoadError:
+        if workers is not None:
+            workers.close()
+        raise
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
         name=name,
-        max_model_len=context_length(model, config.max_model_len),
+        max_model_len=max_model_len,
         quantization=quantization,
+        workers=workers,
     )

@@ -34,6 +34,8 @@ async def start_engine(state: ServingState, engines: contextlib.AsyncExitStack) 
 
     try:
         model = await asyncio.to_thread(load_model, state.config)
+        # Registered first, so it runs after the engine stops: the other ranks of a split model go last.
+        engines.callback(model.close)
         engine = await engines.enter_async_context(AsyncEngine(model, state.config, state.collectors))
     except Exception as error:
         state.startup_error = error

@@ -1,20 +1,31 @@
-"""`python -m inference bench [...]`: picks the comparison from the flags and prints its JSON report."""
+"""`python -m inference bench [...]`: picks the comparison from the flags and prints its JSON report.
+
+- (default) the engine against the seed's window batching, and with `--peers` against transformers'
+  own batching, on the same requests in one run (`serving`);
+- `--quantization int8`: the unquantized model beside its int8 versions (`quantization`);
+- `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
+- `--step-profile`: the host time of a decode step beside the model's (`step_profile`).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+
+# The flag that selects each comparison other than the default one, and the module that runs it.
+_SELECTED_BY_FLAG = {
+    "--quantization": "quantization",
+    "--step-profile": "step_profile",
+    "--workload": "prefix_cache",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if any(argument.split("=")[0] == "--quantization" for argument in arguments):
-        # The int8 comparison (unquantized vs quantized, same process) has its own workload and flags.
-        from inference.bench import quantization
-
-        return quantization.main(arguments)
-    from inference.bench import serving
-
-    args = serving.build_parser().parse_args(arguments)
-    print(json.dumps(serving.run_bench(serving.settings_from_args(args)), indent=2))
+    flags = {argument.split("=")[0] for argument in arguments}
+    name = next((module for flag, module in _SELECTED_BY_FLAG.items() if flag in flags), "serving")
+    bench = importlib.import_module(f"inference.bench.{name}")
+    report = bench.run(bench.build_parser().parse_args(arguments))
+    print(json.dumps(report, indent=2))
     return 0

@@ -8,18 +8,16 @@ the unquantized ones on a fixed prompt set. Run as `python -m inference bench --
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
-from inference.bench.shapes import SHAPES, make_random_llama
-from inference.config import Device, Dtype, ServerConfig
+from inference.bench.shapes import add_model_arguments, model_directory
+from inference.config import ServerConfig
 from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sequence import Sequence
@@ -28,7 +26,6 @@ from inference.quantize.accuracy import logits_agreement, prompt_logits
 from inference.quantize.memory import layers_bytes, model_weight_bytes
 from inference.quantize.schemes import SCHEMES
 from inference.quantize.swap import int8_modules, quantizable_linears
-from inference.tiny_model import make_tiny_model
 
 RATIO_FIGURES = ("output_tokens_per_s", "decode_tokens_per_s", "mean_latency_ms")
 
@@ -62,7 +59,7 @@ def run_batch(core: EngineCore, workload: Workload, batch_size: int, vocab_size:
     sampling = SamplingParams(max_tokens=workload.new_tokens, temperature=0.0, ignore_eos=True)
     prompts = [[rng.randrange(vocab_size) for _ in range(workload.prompt_tokens)] for _ in range(batch_size)]
     requests = [GenerationRequest(f"bench-{index}", prompt, sampling) for index, prompt in enumerate(prompts)]
-    sequences = [Sequence.from_request(request, time.perf_counter(), core.device) for request in requests]
+    sequences = [Sequence.from_request(request, time.perf_counter()) for request in requests]
     first_token: dict[str, float] = {}
     finished: dict[str, float] = {}
     start = time.perf_counter()
@@ -163,18 +160,16 @@ def compare_quantization(model_dir: Path, quantizations: list[str], workload: Wo
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", type=Path, help="a Hugging Face model directory (default: --shape)")
-    parser.add_argument("--shape", choices=("tiny", *SHAPES), default="wide",
-                        help="random-weight Llama made locally when no --model-path is given")  # fmt: skip
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m inference bench --quantization", description=__doc__)
+    add_model_arguments(parser, default_shape="wide")
     parser.add_argument("--quantization", nargs="+", default=["int8"], choices=("int8", *SCHEMES))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per batch size")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--device", choices=get_args(Device), default="auto")
-    parser.add_argument("--dtype", choices=get_args(Dtype), default="auto")
+    return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,19 +180,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = Workload(
         tuple(args.batch_sizes), args.prompt_tokens, args.new_tokens, args.device, args.dtype, args.repeats
     )
-    if args.model_path is not None:
-        return compare_quantization(args.model_path, args.quantization, workload)
-    with tempfile.TemporaryDirectory() as scratch:
-        if args.shape == "tiny":
-            model_dir = make_tiny_model(Path(scratch) / "tiny")
-        else:
-            model_dir = make_random_llama(Path(scratch) / args.shape, args.shape)
+    with model_directory(args) as model_dir:
         return compare_quantization(model_dir, args.quantization, workload)
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference bench", description=__doc__)
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
-    return 0
 

@@ -55,7 +55,8 @@ class BenchSettings:
     torch_threads: int | None = None  # None: what `serve` uses (inference.config.default_torch_threads)
 
 
-async def _drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
+async def drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
+    """Submit each item greedily at its arrival offset; when each of its tokens came back."""
     start = time.monotonic()
 
     async def one(item: WorkItem) -> RequestTiming:
@@ -75,7 +76,7 @@ def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[Work
 
     async def main() -> list[RequestTiming]:
         async with AsyncEngine(loaded, config) as engine:
-            return await _drive_engine(engine, workload)
+            return await drive_engine(engine, workload)
 
     return asyncio.run(main())
 
@@ -169,8 +170,8 @@ def _length_range(text: str) -> tuple[int, int]:
     return bounds
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
         prog="python -m inference bench",
         description=__doc__,
         epilog="With --quantization int8 it compares the unquantized and the int8 model instead; "
@@ -217,3 +218,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         seed=args.seed,
         torch_threads=args.threads,
     )
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    return run_bench(settings_from_args(args))

@@ -11,6 +11,7 @@ model's forward signature is not ours to extend.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class LayerSpec:
     """What one attention layer caches per token, and the window it attends over."""
 
     kv_heads: int
-    head_dim: int
+    head_dim: int  # of the keys
+    value_head_dim: int  # differs from the keys' in multi-head latent attention (DeepSeek V2/V3)
     dtype: torch.dtype
     sliding_window: int | None
 
@@ -71,12 +73,32 @@ class LayerCache:
     block_size: int
 
 
+class Workspace:
+    """Scratch buffers that outlive a step, so that the per-layer KV gathers of every decode step
+    write into memory already mapped instead of fresh allocations (on CPU, page faults on fresh
+    memory cost several times the copy itself). A buffer grows when a step needs more, never shrinks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get((name, dtype))
+        if buffer is None or buffer.numel() < numel:
+            # Some headroom, so that contexts growing a block at a time do not reallocate each step.
+            buffer = torch.empty(numel + numel // 4, dtype=dtype, device=self.device)
+            self._buffers[(name, dtype)] = buffer
+        return buffer[:numel].view(shape)
+
+
 @dataclass
 class StepContext:
     layout: StepLayout | None  # None: a plain causal pass over one sequence, nothing cached
     caches: dict[int, LayerCache]
     # Filled by a pass without layout: what each layer would store, to size the cache.
     observed: dict[int, LayerSpec]
+    workspace: Workspace
 
 
 _current_step: ContextVar[StepContext | None] = ContextVar("llm_serving_step", default=None)
@@ -114,15 +136,17 @@ def _attend(
     )
 
 
-def _gather_blocks(cache_tensor: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[kv_heads, B, W * block_size, head_dim] from a [B, W] block table.
+def _gather_blocks(
+    cache_tensor: torch.Tensor, blocks: torch.Tensor, block_size: int, out: torch.Tensor
+) -> torch.Tensor:
+    """[kv_heads, B, W * block_size, head_dim] from a [B, W] block table, written into `out`.
 
     Whole blocks are copied, not single slots: one index per block instead of one per token.
     """
     kv_heads, _, head_dim = cache_tensor.shape
     by_block = cache_tensor.view(kv_heads, -1, block_size * head_dim)
-    gathered = by_block.index_select(1, blocks.flatten())
-    return gathered.view(kv_heads, blocks.shape[0], -1, head_dim)
+    torch.index_select(by_block, 1, blocks.flatten(), out=out.view(kv_heads, -1, block_size * head_dim))
+    return out
 
 
 def _decode_attention(
@@ -131,17 +155,24 @@ def _decode_attention(
     layout: StepLayout,
     scaling: float,
     sliding_window: int | None,
+    workspace: Workspace,
 ) -> torch.Tensor:
-    heads, batch, head_dim = query.shape
-    keys = _gather_blocks(cache.keys, layout.decode_blocks, cache.block_size)
-    values = _gather_blocks(cache.values, layout.decode_blocks, cache.block_size)
-    kv_heads = keys.shape[0]
+    heads, batch, _ = query.shape
+    kv_heads = cache.keys.shape[0]
+    context = layout.decode_blocks.shape[1] * cache.block_size
+
+    def gathered(name: str, cache_tensor: torch.Tensor) -> torch.Tensor:
+        out = workspace.take(name, (kv_heads, batch, context, cache_tensor.shape[2]), cache_tensor.dtype)
+        return _gather_blocks(cache_tensor, layout.decode_blocks, cache.block_size, out)
+
+    keys, values = gathered("keys", cache.keys), gathered("values", cache.values)
+    head_dim = query.shape[2]
     # The query heads sharing a KV head become that head's query rows: GQA without copying KV.
     grouped_query = query.reshape(kv_heads, heads // kv_heads, batch, head_dim).transpose(1, 2)
     attended = F.scaled_dot_product_attention(
         grouped_query, keys, values, attn_mask=layout.decode_masks[sliding_window], scale=scaling
     )  # [kv_heads, B, group, head_dim]
-    return attended.permute(1, 0, 2, 3).reshape(batch, heads, head_dim)
+    return attended.permute(1, 0, 2, 3).reshape(batch, heads, values.shape[3])
 
 
 def paged_attention(
@@ -166,7 +197,9 @@ def paged_attention(
         )
     layer = module.layer_idx
     if context.layout is None:
-        context.observed[layer] = LayerSpec(key.shape[1], key.shape[3], key.dtype, sliding_window)
+        context.observed[layer] = LayerSpec(
+            key.shape[1], key.shape[3], value.shape[3], key.dtype, sliding_window
+        )
         positions = torch.arange(query.shape[2], device=query.device)
         mask = _window_mask(positions, positions, sliding_window)
         return _attend(query, key, value, scaling, mask, False).transpose(1, 2), None
@@ -176,9 +209,10 @@ def paged_attention(
     cache.values.index_copy_(1, layout.slot_mapping, value[0])
     if not layout.prefills:
         # A step of decodes only (the steady state): every row is one, in order.
-        return _decode_attention(query[0], cache, layout, scaling, sliding_window).unsqueeze(0), None
+        attended = _decode_attention(query[0], cache, layout, scaling, sliding_window, context.workspace)
+        return attended.unsqueeze(0), None
 
-    output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [T, heads, head_dim]
+    output = query.new_empty(query.shape[2], query.shape[1], value.shape[3])  # [T, heads, value_head_dim]
     for span in layout.prefills:
         rows = slice(span.row_start, span.row_end)
         span_query = query[:, :, rows]
@@ -198,7 +232,7 @@ def paged_attention(
 
     if layout.decode_rows.numel():
         output[layout.decode_rows] = _decode_attention(
-            query[0, :, layout.decode_rows], cache, layout, scaling, sliding_window
+            query[0, :, layout.decode_rows], cache, layout, scaling, sliding_window, context.workspace
         )
     return output.unsqueeze(0), None
 

@@ -8,6 +8,11 @@ reference-counted; a block nobody holds any more keeps its content and hash and 
 evictable blocks, which are handed out again only when no free block is left, least recently
 released first. The pool belongs to one engine and so to one model: its weights and revision never
 change under a hash, and what else changes the KV (a LoRA adapter) goes into the cache salt.
+
+A block enters the index once the step that computed it has run. Within the step that computes it,
+it is already shared with sequences admitted later in the same step: every attention layer writes
+the step's keys and values before any sequence reads its context, so they read it complete. (A step
+that fails leaves the KV of all its sequences unreliable anyway; nothing of it enters the index.)
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class BlockManager:
         self._ref_counts = [0] * num_blocks
         self._hash_of: dict[int, BlockHash] = {}
         self._block_of: dict[BlockHash, int] = {}
+        # Blocks the step being scheduled completes: shareable within that step, indexed after it.
+        self._in_step: dict[BlockHash, int] = {}
         # Blocks held by nobody that still hold a cached prefix, least recently released first.
         self._evictable: OrderedDict[int, None] = OrderedDict()
 
@@ -81,11 +88,25 @@ class BlockManager:
             return []
         blocks = []
         for block_hash in self.block_hashes(seq, (len(seq.token_ids) - 1) // self.block_size):
-            block = self._block_of.get(block_hash)
+            block = self._block_of.get(block_hash, self._in_step.get(block_hash))
             if block is None:
                 break
             blocks.append(block)
         return blocks
+
+    def begin_step(self) -> None:
+        self._in_step.clear()
+
+    def share_in_step(self, seq: Sequence, num_tokens: int) -> None:
+        """The step being scheduled computes `seq` up to `num_tokens`: sequences admitted after it in
+        the same step may reuse the full blocks that it completes."""
+        num_full = num_tokens // self.block_size
+        if not self.enable_prefix_caching or num_full <= seq.num_cached_blocks:
+            return
+        hashes = self.block_hashes(seq, num_full)
+        for index in range(seq.num_cached_blocks, num_full):
+            if hashes[index] not in self._block_of:
+                self._in_step.setdefault(hashes[index], seq.block_table[index])
 
     def can_admit(self, seq: Sequence, cached: list[int], num_tokens: int) -> bool:
         """Whether `seq`, reusing `cached`, could hold `num_tokens` KV entries with the blocks available."""
@@ -117,10 +138,8 @@ class BlockManager:
 
     def cache_computed(self, seq: Sequence) -> None:
         """Make the full blocks of `seq` whose KV is computed findable by later sequences."""
-        if not self.enable_prefix_caching:
-            return
         num_full = seq.num_computed_tokens // self.block_size
-        if num_full <= seq.num_cached_blocks:
+        if not self.enable_prefix_caching or num_full <= seq.num_cached_blocks:
             return
         hashes = self.block_hashes(seq, num_full)
         for index in range(seq.num_cached_blocks, num_full):

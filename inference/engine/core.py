@@ -15,16 +15,19 @@ import torch
 from inference.config import ServerConfig
 from inference.engine import fault_injection
 from inference.engine.block_manager import BlockManager
+from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
     FinishReason,
     GenerationRequest,
+    InvalidGrammarError,
     InvalidRequestError,
     PromptTooLongError,
     SamplingParams,
     TokenEvent,
+    TokenLogprobs,
 )
-from inference.engine.sampler import sample
+from inference.engine.sampler import Sampled, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
 from inference.model_loading import LoadedModel
@@ -32,9 +35,6 @@ from inference.model_loading import LoadedModel
 # Without an explicit budget, the KV cache takes this share of the memory free after loading.
 _CUDA_FREE_MEMORY_SHARE = 0.85
 _HOST_FREE_MEMORY_SHARE = 0.25
-
-
-Sampled = tuple[list[int], list[float | None]]
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,23 @@ def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, list) else [eos])
 
 
+def _runner_for(loaded: LoadedModel, block_size: int) -> ModelRunner:
+    if loaded.workers is None:
+        return ModelRunner(loaded.model, loaded.device, block_size)
+    from inference.parallel.workers import TensorParallelRunner
+
+    return TensorParallelRunner(loaded.model, loaded.device, block_size, loaded.workers)
+
+
 class EngineCore:
     def __init__(self, loaded: LoadedModel, config: ServerConfig) -> None:
         self.device = loaded.device
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
-        self.runner = ModelRunner(loaded.model, loaded.device, config.kv_cache_block_size)
+        self.tokenizer = loaded.tokenizer
+        self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
+        self.runner = _runner_for(loaded, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
         self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
@@ -123,8 +133,23 @@ class EngineCore:
                 f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                 f"context length of {self.max_model_len} tokens"
             )
+        invalid_ids = [t for t in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
+        if invalid_ids:
+            raise InvalidRequestError(f"logit_bias token ids must lie in [0, {self.vocab_size})")
         if request.request_id in self.sequences:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
+
+    def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
+        """Raises InvalidGrammarError for a schema, regex or grammar that does not compile."""
+        if self.grammars is None:
+            raise InvalidGrammarError("structured outputs are unavailable: the tokenizer is not supported")
+        return self.grammars.compile(spec)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for on its own (part of a character, for some)."""
+        if self.grammars is None:
+            return self.tokenizer.decode([token_id]).encode()
+        return self.grammars.token_bytes(token_id)
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq
@@ -157,43 +182,44 @@ class EngineCore:
         logits = self.runner.run(chunks)
         sampling = [chunk.seq for chunk in chunks if chunk.samples]
         fault_injection.check(sampling)
-        return sample(logits, sampling)
+        return sample(logits, sampling, self.eos_token_ids, self.grammars)
 
     def execute_isolated(self, chunks: list[Chunk]) -> ExecutedStep:
         """`execute`, but when the batch raises, each chunk runs again alone so that only the requests
         whose own computation raises fail. Re-running a chunk writes the same keys and values to the
-        same KV slots, so the chunks that ran before the failure are computed again safely."""
+        same KV slots, and sampling only reads a request's state, so the chunks that ran before the
+        failure are computed again safely."""
         try:
             return ExecutedStep(chunks, self.execute(chunks))
         except Exception as batch_error:
             if len(chunks) == 1:
-                return ExecutedStep([], ([], []), [RequestFailure(chunks[0].seq, batch_error)])
-        step = ExecutedStep([], ([], []))
+                return ExecutedStep([], Sampled([], []), [RequestFailure(chunks[0].seq, batch_error)])
+        step = ExecutedStep([], Sampled([], []))
         for chunk in chunks:
             try:
-                token_ids, logprobs = self.execute([chunk])
+                sampled = self.execute([chunk])
             except Exception as error:
                 step.failures.append(RequestFailure(chunk.seq, error))
                 continue
             step.chunks.append(chunk)
-            step.sampled[0].extend(token_ids)
-            step.sampled[1].extend(logprobs)
+            step.sampled.token_ids.extend(sampled.token_ids)
+            step.sampled.logprobs.extend(sampled.logprobs)
         return step
 
     def commit(self, chunks: list[Chunk], sampled: Sampled) -> tuple[list[StepOutput], list[RequestFailure]]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped; one
-        whose commit raises is reported as failed, not the others."""
+        whose commit raises (its grammar, say) is reported as failed, not the others."""
         for chunk in chunks:
             # Only now is their KV really in the cache, for later sequences to reuse.
             if chunk.seq.status is SequenceStatus.RUNNING:
                 self.blocks.cache_computed(chunk.seq)
         outputs, failures = [], []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
-        for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
+        for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue
             try:
-                outputs.append(self._append(seq, token_id, logprob))
+                outputs.append(self._append(seq, token_id, logprobs))
             except Exception as error:
                 failures.append(RequestFailure(seq, error))
         return outputs, failures
@@ -208,14 +234,15 @@ class EngineCore:
             raise failures[0].error
         return outputs
 
-    def _append(self, seq: Sequence, token_id: int, logprob: float | None) -> StepOutput:
+    def _append(self, seq: Sequence, token_id: int, logprobs: TokenLogprobs | None) -> StepOutput:
         seq.token_ids.append(token_id)
-        seq.finish_reason = self._finish_reason(seq, token_id)
+        grammar_done = seq.grammar is not None and seq.grammar.accept(token_id)
+        seq.finish_reason = "stop" if grammar_done else self._finish_reason(seq, token_id)
         if seq.finish_reason is not None:
             del self.sequences[seq.request_id]
             self.scheduler.finish(seq)
         cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
-        return StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason, cached))
+        return StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason, cached))
 
     def warm_up(self) -> int:
         """Generate one token from a one-token prompt, so that ready means the model produces output."""

@@ -1,7 +1,18 @@
-"""Runs one engine step through the model: packs the scheduled chunks, returns next-token logits."""
+"""Runs one engine step through the model: packs the scheduled chunks, returns next-token logits.
+
+`prepare` turns the step's chunks into tensors (token ids, positions, the attention layout) with a
+few vectorised ops, never a Python loop over tokens; `forward` runs the model on them. `run` is
+both. The split lets the host time of a step be measured apart from the model's, and lets a caller
+prepare the next step while the device still runs this one.
+"""
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+from operator import attrgetter
+
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
@@ -12,12 +23,31 @@ from inference.engine.attention import (
     PrefillSpan,
     StepContext,
     StepLayout,
+    Workspace,
     step_context,
 )
 from inference.engine.scheduler import Chunk
 
+_START, _LENGTH, _SAMPLES = attrgetter("start"), attrgetter("length"), attrgetter("samples")
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
 _PROBE_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One step as host arrays, built from the scheduled chunks once (picklable, so that rank 0 of a
+    tensor-parallel group can broadcast it and every rank runs the same step)."""
+
+    token_ids: np.ndarray  # [T]
+    positions: np.ndarray  # [T]
+    slot_mapping: np.ndarray  # [T]: the KV slot each token writes
+    sample_rows: np.ndarray  # [S]: rows whose logits are sampled
+    # Per prefill: its rows [first, last), its first position, and the KV slots of its context
+    # (None when it starts at position 0).
+    prefills: list[tuple[int, int, int, np.ndarray | None]]
+    decode_rows: np.ndarray  # [B]
+    decode_blocks: np.ndarray  # [B, W]: block tables padded with block 0
+    decode_ends: np.ndarray  # [B]: context length of each decode, its new token included
 
 
 class ModelRunner:
@@ -30,26 +60,30 @@ class ModelRunner:
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
         self.kv_dtype = next(iter(self.layer_specs.values())).dtype
         self.caches: dict[int, LayerCache] = {}
+        self.workspace = Workspace(device)
+        self.uploader = _Uploader(device)
 
     @property
     def kv_bytes_per_token(self) -> int:
         specs = self.layer_specs.values()
-        return sum(2 * spec.kv_heads * spec.head_dim * spec.dtype.itemsize for spec in specs)
+        return sum(
+            spec.kv_heads * (spec.head_dim + spec.value_head_dim) * spec.dtype.itemsize for spec in specs
+        )
 
     def allocate_cache(self, num_blocks: int) -> None:
         slots = num_blocks * self.block_size
+
+        def zeros(spec: LayerSpec, head_dim: int) -> torch.Tensor:
+            return torch.zeros(spec.kv_heads, slots, head_dim, dtype=spec.dtype, device=self.device)
+
         self.caches = {
-            layer: LayerCache(
-                keys=torch.zeros(spec.kv_heads, slots, spec.head_dim, dtype=spec.dtype, device=self.device),
-                values=torch.zeros(spec.kv_heads, slots, spec.head_dim, dtype=spec.dtype, device=self.device),
-                block_size=self.block_size,
-            )
+            layer: LayerCache(zeros(spec, spec.head_dim), zeros(spec, spec.value_head_dim), self.block_size)
             for layer, spec in self.layer_specs.items()
         }
 
     @torch.inference_mode()
     def _probe(self) -> dict[int, LayerSpec]:
-        context = StepContext(layout=None, caches={}, observed={})
+        context = StepContext(layout=None, caches={}, observed={}, workspace=Workspace(self.device))
         tokens = torch.zeros(1, _PROBE_TOKENS, dtype=torch.long, device=self.device)
         with step_context(context):
             self.model(input_ids=tokens, use_cache=False, logits_to_keep=1)
@@ -62,77 +96,146 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits `[S, vocab]` (float32) for the chunks that sample, in their order in `chunks`."""
-        token_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        sample_rows: list[int] = []
-        prefills: list[PrefillSpan] = []
-        decode_rows: list[int] = []
-        decode_tables: list[list[int]] = []
-        decode_lengths: list[int] = []
-        for chunk in chunks:
-            row = len(token_ids)
-            chunk_positions = range(chunk.start, chunk.end)
-            token_ids.extend(chunk.seq.token_ids[chunk.start : chunk.end])
-            positions.extend(chunk_positions)
-            table = chunk.seq.block_table
-            slots.extend(
-                table[p // self.block_size] * self.block_size + p % self.block_size for p in chunk_positions
-            )
-            if chunk.length == 1 and chunk.start > 0:
-                decode_rows.append(row)
-                decode_tables.append(table)
-                decode_lengths.append(chunk.end)
-            else:
-                context = self._context_slots(table, chunk.end) if chunk.start > 0 else None
-                prefills.append(PrefillSpan(row, row + chunk.length, chunk.start, context))
-            if chunk.samples:
-                sample_rows.append(row + chunk.length - 1)
+        return self.forward(self.prepare(chunks))
 
-        decode_blocks = self._padded_block_tables(decode_tables)
-        layout = StepLayout(
-            slot_mapping=self._tensor(slots),
+    def prepare(self, chunks: list[Chunk]) -> StepInputs:
+        """The step's index arrays, computed on the host by whole-step numpy ops (a few microseconds
+        each, where a small torch op costs several times that); no Python loop runs over tokens."""
+        host = _HostStep(chunks, self.block_size)
+        is_decode = (host.lengths == 1) & (host.starts > 0)
+        decode_ends = host.ends[is_decode]
+        decode_width = -(-int(decode_ends.max()) // self.block_size) if len(decode_ends) else 0
+        prefills = [
+            (
+                int(host.row_starts[index]),
+                int(host.row_starts[index] + host.lengths[index]),
+                int(host.starts[index]),
+                host.context_slots(index) if host.starts[index] > 0 else None,
+            )
+            for index in np.flatnonzero(~is_decode).tolist()
+        ]
+        return StepInputs(
+            token_ids=host.token_ids,
+            positions=host.positions,
+            slot_mapping=host.slot_mapping,
+            sample_rows=host.sample_rows,
             prefills=prefills,
-            decode_rows=self._tensor(decode_rows),
-            decode_blocks=decode_blocks,
-            decode_masks=self._decode_masks(decode_blocks.shape[1], decode_lengths),
+            decode_rows=host.row_starts[is_decode],
+            decode_blocks=host.tables[is_decode, :decode_width],
+            decode_ends=decode_ends,
         )
-        with step_context(StepContext(layout=layout, caches=self.caches, observed={})):
+
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Run one step from its prepared inputs; returns the logits of its sampled rows."""
+        contexts = [context for *_, context in inputs.prefills if context is not None]
+        uploaded = self.uploader.upload(
+            [
+                inputs.token_ids,
+                inputs.positions,
+                inputs.slot_mapping,
+                inputs.sample_rows,
+                inputs.decode_rows,
+                inputs.decode_blocks,
+                inputs.decode_ends,
+                *contexts,
+            ]
+        )
+        token_ids, positions, slot_mapping, sample_rows, decode_rows, decode_blocks, ends = uploaded[:7]
+        context_slots = iter(uploaded[7:])
+        prefills = [
+            PrefillSpan(first, last, position, None if context is None else next(context_slots))
+            for first, last, position, context in inputs.prefills
+        ]
+        layout = StepLayout(
+            slot_mapping=slot_mapping,
+            prefills=prefills,
+            decode_rows=decode_rows,
+            decode_blocks=decode_blocks,
+            decode_masks=self._decode_masks(decode_blocks.shape[1], ends),
+        )
+        with step_context(StepContext(layout, self.caches, observed={}, workspace=self.workspace)):
             output = self.model(
-                input_ids=self._tensor(token_ids).unsqueeze(0),
-                position_ids=self._tensor(positions).unsqueeze(0),
+                input_ids=token_ids[None],
+                position_ids=positions[None],
                 use_cache=False,
-                logits_to_keep=self._tensor(sample_rows),
+                logits_to_keep=sample_rows,
             )
         return output.logits[0].float()
 
-    def _tensor(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
-
-    def _context_slots(self, table: list[int], length: int) -> torch.Tensor:
-        blocks = self._tensor(table[: -(-length // self.block_size)])
-        offsets = torch.arange(self.block_size, device=self.device)
-        return (blocks[:, None] * self.block_size + offsets).flatten()[:length]
-
-    def _padded_block_tables(self, tables: list[list[int]]) -> torch.Tensor:
-        # Padding points at block 0; the decode masks keep those entries out of the softmax.
-        width = max((len(table) for table in tables), default=0)
-        return self._tensor([table + [0] * (width - len(table)) for table in tables]).view(len(tables), width)
-
-    def _decode_masks(self, width: int, lengths: list[int]) -> dict[int | None, torch.Tensor]:
+    def _decode_masks(self, width: int, ends: torch.Tensor) -> dict[int | None, torch.Tensor]:
         """Per sliding window in the model, the additive attention bias of each decode's context,
         padded to `width` blocks.
 
         Additive (0 or -inf) rather than boolean: attention would convert a boolean mask in every layer.
         """
         key_positions = torch.arange(width * self.block_size, device=self.device)
-        ends = self._tensor(lengths)[:, None]
-        causal = key_positions < ends
+        causal = key_positions < ends[:, None]
         masks = {}
         for window in self.sliding_windows:
-            allowed = causal if window is None else causal & (key_positions >= ends - window)
-            bias = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device).masked_fill_(
-                ~allowed, float("-inf")
-            )
-            masks[window] = bias[None, :, None, :]  # [1, B, 1, L]: broadcast over KV heads and groups
+            allowed = causal if window is None else causal & (key_positions >= ends[:, None] - window)
+            bias = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device)
+            masks[window] = bias.masked_fill_(~allowed, float("-inf"))[None, :, None, :]  # [1, B, 1, L]
         return masks
+
+
+class _HostStep:
+    """The step's index arrays, on the host. The only Python loops run over chunks, never tokens."""
+
+    def __init__(self, chunks: list[Chunk], block_size: int) -> None:
+        self.block_size = block_size
+        count = len(chunks)
+        self.starts = np.fromiter(map(_START, chunks), np.int64, count)
+        self.lengths = np.fromiter(map(_LENGTH, chunks), np.int64, count)
+        self.ends = self.starts + self.lengths
+        self.row_starts = np.cumsum(self.lengths) - self.lengths
+        samples = np.fromiter(map(_SAMPLES, chunks), bool, count)
+        self.sample_rows = (self.row_starts + self.lengths - 1)[samples]
+        num_tokens = int(self.lengths.sum())
+        token_slices = (chunk.seq.token_ids[chunk.start : chunk.end] for chunk in chunks)
+        self.token_ids = np.fromiter(itertools.chain.from_iterable(token_slices), np.int64, num_tokens)
+
+        tables = [chunk.seq.block_table for chunk in chunks]
+        table_lengths = np.fromiter(map(len, tables), np.int64, count)
+        # Padding points at block 0; masks keep those entries out of every softmax.
+        self.tables = np.zeros((count, int(table_lengths.max())), dtype=np.int64)
+        in_table = np.arange(self.tables.shape[1]) < table_lengths[:, None]
+        self.tables[in_table] = np.fromiter(itertools.chain.from_iterable(tables), np.int64)
+
+        chunk_of_row = np.repeat(np.arange(count), self.lengths)
+        self.positions = np.arange(num_tokens) - self.row_starts[chunk_of_row] + self.starts[chunk_of_row]
+        blocks = self.tables[chunk_of_row, self.positions // block_size]
+        self.slot_mapping = blocks * block_size + self.positions % block_size
+
+    def context_slots(self, chunk: int) -> np.ndarray:
+        """The KV slots of positions `[0, end)` of a chunk that continues a prefilled prompt."""
+        end = int(self.ends[chunk])
+        blocks = self.tables[chunk, : -(-end // self.block_size)]
+        return (blocks[:, None] * self.block_size + np.arange(self.block_size)).reshape(-1)[:end]
+
+
+class _Uploader:
+    """Host index arrays to device tensors: one copy per step, through pinned memory on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        # Two staging buffers used in turn: a step's upload may still be in flight while the next
+        # step is prepared.
+        self._staging = [torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)]
+        self._turn = 0
+
+    def upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        if self.device.type == "cpu":
+            return [torch.from_numpy(array) for array in arrays]
+        sizes = [array.size for array in arrays]
+        packed = self._staging_buffer(sum(sizes))
+        packed.numpy()[:] = np.concatenate([array.reshape(-1) for array in arrays])
+        on_device = packed.to(self.device, non_blocking=True)
+        pieces = torch.split(on_device, sizes)
+        return [piece.view(array.shape) for piece, array in zip(pieces, arrays, strict=True)]
+
+    def _staging_buffer(self, size: int) -> torch.Tensor:
+        self._turn = 1 - self._turn
+        if self._staging[self._turn].numel() < size:
+            self._staging[self._turn] = torch.empty(size * 2, dtype=torch.int64).pin_memory()
+        return self._staging[self._turn][:size]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from inference.engine.block_manager import BlockManager
 from inference.engine.request import SamplingParams
 from inference.engine.scheduler import Scheduler
@@ -11,7 +13,10 @@ BLOCK_SIZE = 4
 
 
 def _sequence(request_id: str, prompt_tokens: int) -> Sequence:
-    return Sequence(request_id, list(range(prompt_tokens)), SamplingParams(max_tokens=8), arrival_time=0.0)
+    """A prompt of its own: no two requests share a prefix the cache could serve."""
+    rng = random.Random(request_id)
+    prompt = [rng.randrange(1000) for _ in range(prompt_tokens)]
+    return Sequence(request_id, prompt, SamplingParams(max_tokens=8), arrival_time=0.0)
 
 
 def _scheduler(num_blocks: int, max_num_seqs: int = 8, max_num_batched_tokens: int = 64) -> Scheduler:

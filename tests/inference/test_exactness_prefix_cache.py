@@ -80,9 +80,16 @@ def _core(
     return EngineCore(loaded, config)
 
 
-def _submit(core: EngineCore, name: str, prompt: list[int], max_tokens: int = NEW_TOKENS) -> Sequence:
+def _submit(
+    core: EngineCore,
+    name: str,
+    prompt: list[int],
+    max_tokens: int = NEW_TOKENS,
+    cache_salt: str | None = None,
+) -> Sequence:
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    seq = Sequence.from_request(GenerationRequest(name, prompt, sampling), 0.0, core.device)
+    request = GenerationRequest(name, prompt, sampling, cache_salt=cache_salt)
+    seq = Sequence.from_request(request, 0.0, core.device)
     core.add(seq)
     return seq
 
@@ -113,6 +120,18 @@ def test_prefixes_of_every_length_are_reused_and_match_generate(loaded, referenc
         assert seqs[name].output_token_ids == _generate(reference, prompt), name
 
 
+def test_requests_share_cached_blocks_only_under_the_same_cache_salt(loaded):
+    core = _core(loaded)
+    _run(core, _submit(core, "salted", SHARED, cache_salt="adapter-a"))
+    seqs = [
+        _submit(core, "unsalted", SHARED),
+        _submit(core, "other salt", SHARED, cache_salt="adapter-b"),
+        _submit(core, "same salt", SHARED, cache_salt="adapter-a"),
+    ]
+    _run(core, *seqs)
+    assert [seq.num_cached_tokens for seq in seqs] == [0, 0, 32]
+
+
 def test_generated_tokens_are_cached_for_the_next_turn(loaded, reference):
     core = _core(loaded)
     first = _submit(core, "turn 1", SHARED[:20], max_tokens=20)
@@ -124,17 +143,19 @@ def test_generated_tokens_are_cached_for_the_next_turn(loaded, reference):
     assert second.output_token_ids == _generate(reference, follow_up)
 
 
-def test_requests_prefilled_together_share_what_is_computed(loaded, reference):
-    # A budget of 48 tokens: the first prompt takes 42, the second the 6 left, before either block
-    # is cached; the third, admitted a step later, reuses blocks the first has just computed.
-    core = _core(loaded, max_num_batched_tokens=48)
+def test_requests_prefilled_together_share_the_blocks_being_computed(loaded, reference):
+    # One step of 60 tokens: the first prompt whole (42), then the second and part of the third, which
+    # reuse the four blocks all three share while the first is computing them.
+    core = _core(loaded, max_num_batched_tokens=60)
     prompts = [SHARED + _suffix(10 + index) for index in range(3)]
     seqs = [_submit(core, f"together {index}", prompt) for index, prompt in enumerate(prompts)]
     first_step = core.schedule()
-    assert [(chunk.seq, chunk.length) for chunk in first_step] == [(seqs[0], 42), (seqs[1], 6)]
+    assert [(chunk.seq, chunk.start, chunk.length) for chunk in first_step] == [
+        (seqs[0], 0, 42), (seqs[1], 32, 10), (seqs[2], 32, 8)
+    ]
     core.commit(first_step, core.execute(first_step))
     _run(core, *seqs)
-    assert [seq.num_cached_tokens for seq in seqs] == [0, 0, 32]  # the four blocks all prompts share
+    assert [seq.num_cached_tokens for seq in seqs] == [0, 32, 32]
     for seq, prompt in zip(seqs, prompts, strict=True):
         assert seq.output_token_ids == _generate(reference, prompt)
 

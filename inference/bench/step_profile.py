@@ -1,0 +1,120 @@
+"""`python -m inference bench --step-profile`: where a decode step's time goes, at several batch sizes.
+
+For each batch size the engine core is filled with that many sequences, their prompts prefilled,
+and then a number of decode-only steps are timed phase by phase: scheduling, building the step's
+tensors (`prepare`), the model's forward pass, sampling, and committing the tokens. Everything
+except the forward pass is host work that a faster model does not shrink; the report gives it per
+step beside the forward time. On a GPU the device is synchronised around the forward pass so that
+its kernels are not billed to the phase after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from inference.bench.shapes import add_model_arguments, loaded_model
+from inference.config import ServerConfig, default_torch_threads
+from inference.engine.core import EngineCore
+from inference.engine.request import GenerationRequest, SamplingParams
+from inference.engine.sampler import sample
+from inference.engine.sequence import Sequence
+
+PHASES = ("schedule", "prepare", "forward", "sample", "commit")
+HOST_PHASES = ("schedule", "prepare", "sample", "commit")
+
+
+class _PhaseClock:
+    """Wall time per phase; on a GPU the device is synchronised at both ends of each phase."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, list[float]] = {phase: [] for phase in PHASES}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._synchronize()
+        start = time.perf_counter()
+        yield
+        self._synchronize()
+        self.times[name].append(time.perf_counter() - start)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: int) -> dict[str, Any]:
+    rng = random.Random(batch_size)
+    sampling = SamplingParams(max_tokens=steps + 2, temperature=0.0, ignore_eos=True)
+    for index in range(batch_size):
+        prompt = [rng.randrange(core.vocab_size) for _ in range(prompt_tokens)]
+        request = GenerationRequest(f"profile-{batch_size}-{index}", prompt, sampling)
+        core.add(Sequence.from_request(request, 0.0, core.device))
+    while any(seq.num_computed_tokens < seq.num_prompt_tokens for seq in core.sequences.values()):
+        core.step()  # prefill (and the first decode of whoever finished prefilling early)
+    clock = _PhaseClock(core.device)
+    for _ in range(steps):
+        with clock.phase("schedule"):
+            chunks = core.schedule()
+        with clock.phase("prepare"):
+            inputs = core.runner.prepare(chunks)
+        with clock.phase("forward"):
+            logits = core.runner.forward(inputs)
+        with clock.phase("sample"):
+            sampled = sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+        with clock.phase("commit"):
+            core.commit(chunks, sampled)
+    for request_id in list(core.sequences):
+        core.abort(request_id)
+    medians_ms = {phase: 1000 * statistics.median(values) for phase, values in clock.times.items()}
+    return {
+        "batch_size": batch_size,
+        "decode_steps": steps,
+        "median_ms": medians_ms,
+        "host_ms_per_step": sum(medians_ms[phase] for phase in HOST_PHASES),
+        "host_share_of_step": sum(medians_ms[phase] for phase in HOST_PHASES) / sum(medians_ms.values()),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads or default_torch_threads())
+    with loaded_model(args) as loaded:
+        largest = max(args.batch_sizes)
+        config = ServerConfig(
+            max_num_seqs=largest,
+            max_num_batched_tokens=max(2048, largest * args.prompt_tokens),
+            max_model_len=max(16, args.prompt_tokens + args.steps + 8),
+            kv_cache_memory_bytes=1 << 40,  # bounded by max_num_seqs sequences of max_model_len anyway
+        )
+        core = EngineCore(loaded, config)
+        core.warm_up()
+        return {
+            "model": loaded.name,
+            "device": loaded.device.type,
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "torch_threads": torch.get_num_threads(),
+            "prompt_tokens": args.prompt_tokens,
+            "batches": [
+                profile_batch(core, size, args.prompt_tokens, args.steps) for size in args.batch_sizes
+            ],
+        }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m inference bench --step-profile", description=__doc__)
+    parser.add_argument("--step-profile", action="store_true", required=True)
+    add_model_arguments(parser, default_shape="llama-50m")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
+    parser.add_argument("--threads", type=int, help="torch threads (default: as `serve`)")
+    return parser
+

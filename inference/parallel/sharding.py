@@ -1,0 +1,119 @@
+"""Which layers tensor parallelism splits, and how, decided from the model's own modules.
+
+Megatron-style: in every decoder layer the projections that fan out (query/key/value, gate/up) are
+column-parallel, each rank holding a slice of their output features, i.e. its own attention heads and
+its own share of the MLP; the projections that fan back in (attention output, down) are row-parallel,
+each rank holding the matching slice of their input features and producing a partial sum that one
+all-reduce completes. Attention itself then runs per rank on its heads with no communication, so the
+paged attention and its KV cache stay as they are, just with fewer heads. Embeddings, norms and the
+LM head are replicated (see README: replicated vs vocabulary-parallel).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from transformers import PretrainedConfig
+
+# Leaf names of the projections across the architectures the engine serves (Llama, Qwen2/3, Mistral,
+# Gemma, GPT-NeoX). GPT-NeoX's fused `query_key_value` stores its rows
+# head by head ([q, k, v] per head), so a contiguous slice of rows is whole heads.
+_COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "query_key_value",
+                              "dense_h_to_4h"})  # fmt: skip
+_ROW_PARALLEL = frozenset({"o_proj", "down_proj", "dense", "dense_4h_to_h"})
+# Attention modules that keep head counts as attributes (most reshape with -1 and keep none).
+_HEAD_COUNT_ATTRIBUTES = ("num_heads", "num_attention_heads", "num_key_value_heads")
+
+
+class TensorParallelError(ValueError):
+    """The model cannot be split over the requested number of ranks; the message says which part."""
+
+
+class HeadsNotDivisibleError(TensorParallelError):
+    """Attention or KV head counts that the tensor-parallel size does not divide."""
+
+
+class Split(enum.Enum):
+    COLUMN = "column"  # output features split: weight rows, bias
+    ROW = "row"  # input features split: weight columns; the bias is added once, after the all-reduce
+
+
+def check_head_counts(config: PretrainedConfig, world_size: int) -> None:
+    """Refuse a model whose heads cannot be dealt out evenly: every rank needs whole heads."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    for name, count in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
+        if count % world_size:
+            raise HeadsNotDivisibleError(
+                f"{type(config).__name__}.{name} = {count} is not divisible by tensor_parallel_size="
+                f"{world_size}; choose a size that divides {count}"
+            )
+
+
+def plan_splits(model: nn.Module, world_size: int) -> dict[str, Split]:
+    """How each linear of the decoder is split; a linear the plan does not know is refused, since
+    leaving it whole would be wrong for some layouts and silently wasteful for others."""
+    check_head_counts(model.config, world_size)
+    output_layer = model.get_output_embeddings()
+    plan: dict[str, Split] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or module is output_layer:
+            continue
+        leaf = name.rpartition(".")[2]
+        if leaf in _COLUMN_PARALLEL:
+            split, features = Split.COLUMN, module.out_features
+        elif leaf in _ROW_PARALLEL:
+            split, features = Split.ROW, module.in_features
+        else:
+            raise TensorParallelError(
+                f"tensor parallelism does not know how to split layer {name!r} of {type(model).__name__}"
+            )
+        if features % world_size:
+            raise TensorParallelError(
+                f"layer {name!r} has {features} features to split, not divisible by tensor_parallel_size="
+                f"{world_size}"
+            )
+        plan[name] = split
+    if not plan:
+        raise TensorParallelError(f"{type(model).__name__} has no attention or MLP projection to split")
+    return plan
+
+
+def shard_range(size: int, rank: int, world_size: int) -> slice:
+    per_rank = size // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+class RowParallelLinear(nn.Module):
+    """A linear whose input features are split over the ranks: each rank multiplies its slice and one
+    all-reduce sums the partial outputs. Only rank 0's shard carries the bias, so it is added once."""
+
+    def __init__(self, shard: nn.Module, group: dist.ProcessGroup | None) -> None:
+        super().__init__()
+        self.shard = shard
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        partial = self.shard(x)
+        dist.all_reduce(partial, group=self.group)
+        return partial
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, module)
+
+
+def localize_head_counts(model: nn.Module, world_size: int) -> None:
+    """Attention modules that record head counts get this rank's share, so that nothing reading them
+    reshapes by the global count."""
+    for module in model.modules():
+        if not hasattr(module, "layer_idx"):  # attention modules know their layer; MLPs and norms do not
+            continue
+        for attribute in _HEAD_COUNT_ATTRIBUTES:
+            count = getattr(module, attribute, None)
+            if isinstance(count, int):
+                setattr(module, attribute, count // world_size)

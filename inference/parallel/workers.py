@@ -1,0 +1,241 @@
+"""The ranks of a tensor-parallel server: rank 0 is the server process, the others are its workers.
+
+Rank 0 runs the scheduler and the sampler; the workers only hold their shards and KV caches and make,
+on their shards, every model-runner call rank 0 makes (`TensorParallelRunner` sends each call before
+making it). A worker that dies is seen at once by a thread waiting on the worker processes: the engine
+stops being ready, and the server exits non-zero. A worker whose server dies exits by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing import connection, get_context
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedModel
+
+from inference.config import ServerConfig, default_torch_threads
+from inference.engine.model_runner import ModelRunner, StepInputs
+from inference.logging import configure_logging
+from inference.parallel.group import (
+    STARTUP_TIMEOUT,
+    STORE_HOST,
+    RankGroup,
+    join_group,
+    leave_group,
+    rank_device,
+)
+from inference.parallel.loading import checkpoint_files, empty_model, load_shard
+from inference.parallel.sharding import Split, plan_splits
+from inference.quantize.checkpoint import is_quantized_checkpoint, read_record
+from inference.quantize.schemes import QuantizationError, Scheme, check_scheme_runs_on, resolve_scheme
+
+logger = logging.getLogger(__name__)
+
+_START = "start"
+_STOP = "stop"
+# How long workers get to leave after the stop command before they are terminated.
+_EXIT_GRACE_SECONDS = 10.0
+_PARENT_POLL_SECONDS = 1.0
+
+
+@dataclass
+class ShardPlan:
+    """What every rank loads: the empty model, how its linears split, and from which files."""
+
+    model: PreTrainedModel
+    splits: dict[str, Split]
+    files: list[Path]
+    dtype: torch.dtype
+    scheme: Scheme | None
+    int8_in_checkpoint: frozenset[str]
+
+    @classmethod
+    def of(cls, model_dir: Path, config: ServerConfig, device: torch.device, dtype: torch.dtype) -> ShardPlan:
+        """Raises TensorParallelError for a model that does not split, before anything is read."""
+        record = read_record(model_dir) if is_quantized_checkpoint(model_dir) else None
+        if record is not None:
+            check_scheme_runs_on(record.scheme, device)
+            if config.quantization not in ("none", "int8", record.scheme):
+                raise QuantizationError(
+                    f"{model_dir} is quantized with {record.scheme}; "
+                    f"serve it with quantization none or {record.scheme}"
+                )
+            scheme: Scheme | None = record.scheme
+        else:
+            scheme = None if config.quantization == "none" else resolve_scheme(config.quantization, device)
+        model = empty_model(model_dir, dtype)
+        splits = plan_splits(model, config.tensor_parallel_size)
+        int8_in_checkpoint = frozenset(record.quantized_modules) if record is not None else frozenset()
+        return cls(model, splits, checkpoint_files(model_dir, record), dtype, scheme, int8_in_checkpoint)
+
+    def load(self, group: RankGroup) -> PreTrainedModel:
+        shard = load_shard(
+            self.model, self.splits, self.files, group.rank, group.world_size, self.dtype, self.scheme,
+            self.int8_in_checkpoint,
+        )  # fmt: skip
+        return shard.to(group.device)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    rank: int
+    store_port: int
+    model_dir: Path
+    config: ServerConfig
+    parent_pid: int
+
+
+class WorkerPool:
+    """Rank 0's handle on the other ranks: starts them, sends them commands, watches that they live."""
+
+    def __init__(self, model_dir: Path, config: ServerConfig, device: torch.device) -> None:
+        world_size = config.tensor_parallel_size
+        self._store = dist.TCPStore(
+            STORE_HOST, 0, world_size, is_master=True, timeout=STARTUP_TIMEOUT, wait_for_workers=False
+        )
+        # Workers need no credentials: they never see a request.
+        worker_config = config.model_copy(update={"api_key": None, "api_key_file": None})
+        spawn = get_context("spawn")
+        self.processes = [
+            spawn.Process(
+                target=run_worker,
+                args=(WorkerSpec(rank, self._store.port, model_dir, worker_config, os.getpid()),),
+                name=f"tensor-parallel-rank-{rank}",
+                daemon=True,
+            )
+            for rank in range(1, world_size)
+        ]
+        for process in self.processes:
+            process.start()
+        self.failure: str | None = None
+        self._closing = False
+        threading.Thread(target=self._watch, name="tensor-parallel-monitor", daemon=True).start()
+        self.group: RankGroup | None = None
+        try:
+            self.group = join_group(self._store, 0, world_size, device)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None and not self._closing
+
+    @property
+    def ranks_up(self) -> int:
+        return 1 + sum(process.is_alive() for process in self.processes)
+
+    def send(self, method: str, *arguments: object) -> None:
+        assert self.group is not None
+        self.group.broadcast((method, arguments))
+
+    def _watch(self) -> None:
+        by_sentinel = {process.sentinel: process for process in self.processes}
+        ended = connection.wait(list(by_sentinel))
+        if self._closing:
+            return
+        process = by_sentinel[ended[0]]
+        process.join()
+        self.failure = f"{process.name} (pid {process.pid}) exited with status {process.exitcode}"
+        logger.error("a tensor-parallel rank died; the server cannot serve", extra={"failure": self.failure})
+
+    def close(self) -> None:
+        """Stop the workers: by command when all are healthy, by signal otherwise."""
+        if self._closing:
+            return
+        healthy = self.failure is None and self.group is not None
+        self._closing = True
+        if healthy:
+            with contextlib.suppress(Exception):
+                self.group.broadcast((_STOP, ()))  # type: ignore[union-attr]
+        deadline = time.monotonic() + _EXIT_GRACE_SECONDS
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if healthy:
+            # Tearing down a group with a dead member can block on NCCL; the process is ending anyway.
+            leave_group()
+
+
+class TensorParallelRunner(ModelRunner):
+    """Rank 0's model runner: each call that touches the model or the KV cache goes to the workers
+    first, which make the same call on their shards, so that the collectives inside line up."""
+
+    def __init__(
+        self, model: PreTrainedModel, device: torch.device, block_size: int, workers: WorkerPool
+    ) -> None:
+        self.workers = workers
+        workers.send(_START, block_size)
+        super().__init__(model, device, block_size)
+
+    def allocate_cache(self, num_blocks: int) -> None:
+        self.workers.send("allocate_cache", num_blocks)
+        super().allocate_cache(num_blocks)
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        self.workers.send("forward", inputs)
+        return super().forward(inputs)
+
+
+def start_tensor_parallel(
+    model_dir: Path, config: ServerConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[PreTrainedModel, str, WorkerPool]:
+    """Rank 0's shard, the quantization in effect, and the running workers."""
+    if device.type == "cuda" and torch.cuda.device_count() < config.tensor_parallel_size:
+        raise ValueError(
+            f"tensor_parallel_size={config.tensor_parallel_size} needs as many GPUs; "
+            f"{torch.cuda.device_count()} are visible"
+        )
+    plan = ShardPlan.of(model_dir, config, device, dtype)
+    pool = WorkerPool(model_dir, config, device)
+    try:
+        assert pool.group is not None
+        model = plan.load(pool.group)
+    except BaseException:
+        pool.close()
+        raise
+    return model, plan.scheme or "none", pool
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A worker outliving its server would hold its device memory forever.
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """A worker's life: join the group, load the shard, make rank 0's runner calls until told to stop."""
+    from inference.model_loading import pick_device, pick_dtype
+
+    config = spec.config
+    configure_logging(config.log_level)
+    torch.set_num_threads(config.torch_threads or default_torch_threads())
+    threading.Thread(target=_exit_with_parent, args=(spec.parent_pid,), daemon=True).start()
+    store = dist.TCPStore(
+        STORE_HOST, spec.store_port, config.tensor_parallel_size, is_master=False, timeout=STARTUP_TIMEOUT
+    )
+    device = rank_device(pick_device(config.device), spec.rank)
+    group = join_group(store, spec.rank, config.tensor_parallel_size, device)
+    model = ShardPlan.of(spec.model_dir, config, device, pick_dtype(config.dtype, device)).load(group)
+    runner: ModelRunner | None = None
+    while True:
+        method, arguments = group.broadcast()  # type: ignore[misc]
+        if method == _STOP:
+            break
+        if method == _START:
+            runner = ModelRunner(model, device, *arguments)
+        else:
+            getattr(runner, method)(*arguments)
+    leave_group()

@@ -1,0 +1,21 @@
+"""`python -m inference bench --step-profile`: per-phase decode step times (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from inference.bench.cli import main
+from inference.bench.step_profile import HOST_PHASES, PHASES
+
+
+def test_the_step_profile_reports_every_phase_per_batch_size(tiny_model_dir, capsys):
+    argv = ["--step-profile", "--model-path", str(tiny_model_dir), "--batch-sizes", "1", "3",
+            "--prompt-tokens", "5", "--steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [batch["batch_size"] for batch in report["batches"]] == [1, 3]
+    for batch in report["batches"]:
+        medians = batch["median_ms"]
+        assert set(medians) == set(PHASES) and all(value > 0 for value in medians.values())
+        assert batch["host_ms_per_step"] == sum(medians[phase] for phase in HOST_PHASES)
+        assert 0 < batch["host_share_of_step"] < 1

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from inference.api import probes, v1
+from inference.api import lora_adapters, probes, v1
 from inference.api.auth import ApiKeyMiddleware
 from inference.api.body import BodyLimits
 from inference.api.errors import install_error_handlers
@@ -74,6 +74,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(v1.router)
+    if config.allow_runtime_lora_updating:
+        app.include_router(lora_adapters.router)
     install_openapi(app, requires_api_key=state.api_key is not None)
     # The body is read (bounded) only once the caller is known to hold the key.
     app.add_middleware(

@@ -6,8 +6,9 @@ and the tests all run it that way.
 The model loop runs on its own thread, never on the event loop. Each iteration it schedules
 under a lock, runs the forward pass without it (so submissions and aborts never wait for the
 model), commits the sampled tokens under the lock again and hands them to the event loop with
-one `call_soon_threadsafe` per step. An error while computing one request's step ends that request
-with `RequestFailedError`; the loop and every other request go on.
+one `call_soon_threadsafe` per step. LoRA adapters are loaded and unloaded between forward passes.
+An error while computing one request's step ends that request with `RequestFailedError`; the
+loop and every other request go on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
@@ -30,12 +32,15 @@ from inference.engine.request import (
     EngineError,
     EngineNotReadyError,
     GenerationRequest,
+    LoraLoadError,
     QueueFullError,
     RequestFailedError,
+    UnknownModelError,
 )
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
 from inference.engine.telemetry import EngineTelemetry
+from inference.lora import LoraAdapter, LoraAdapterError, read_lora_adapter
 from inference.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ logger = logging.getLogger(__name__)
 # How long the idle loop sleeps between gauge refreshes when nothing wakes it.
 _IDLE_POLL_SECONDS = 0.5
 _IDLE_CHECK_SECONDS = 0.02
+_RANK_DEATH_NOTICE_SECONDS = 2.0
 _MAX_RETRY_AFTER_SECONDS = 60
 _LATENCY_SMOOTHING = 0.1
 _DEAD_RANK_JOIN_SECONDS = 10.0
@@ -57,9 +63,11 @@ class AsyncEngine:
     ) -> None:
         self.loaded = loaded
         self.config = config
-        self._telemetry = EngineTelemetry(collectors, loaded.device)
+        self._telemetry = EngineTelemetry(collectors, loaded.device, loaded.name)
         self._core: EngineCore | None = None
         self._lock = threading.Lock()
+        # Held by the loop around each forward pass: the model's layers change only outside one.
+        self._model_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -170,13 +178,45 @@ class AsyncEngine:
             return
         with self._lock:
             seq = self._core.abort(request_id, "abort" if reason == "cancelled" else "stop")
-        if seq is None:
-            return
-        if reason == "cancelled":
-            self._telemetry.cancelled()
-        self._telemetry.finished(seq, time.monotonic())
-        self._send([(seq.sink, None)])
+        if seq is not None:
+            self._end_aborted([seq], cancelled=reason == "cancelled")
+
+    def _end_aborted(self, seqs: list[Sequence], cancelled: bool) -> None:
+        now = time.monotonic()
+        for seq in seqs:
+            if cancelled:
+                self._telemetry.cancelled()
+            self._telemetry.finished(seq, now)
+        self._send([(seq.sink, None) for seq in seqs])
         self._wakeup.set()
+
+    async def load_lora_adapter(self, name: str, path: Path) -> None:
+        """Read an adapter (off the event loop) and serve it under `name` from the next step on.
+
+        Raises LoraLoadError when it cannot be read, does not fit the model or the limits."""
+        loaded = self.loaded
+        try:
+            adapter = await asyncio.to_thread(read_lora_adapter, name, path, loaded.device, loaded.dtype)
+            await asyncio.to_thread(self._add_adapter, adapter)
+        except LoraAdapterError as error:
+            raise LoraLoadError(str(error)) from error
+
+    def _add_adapter(self, adapter: LoraAdapter) -> None:
+        with self._model_lock, self._lock:
+            self.loaded.adapters.add(adapter)
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        """Stop serving the adapter; its requests still in flight end as aborted. UnknownModelError if
+        no adapter of that name is loaded."""
+        await asyncio.to_thread(self._remove_adapter, name)
+
+    def _remove_adapter(self, name: str) -> None:
+        with self._model_lock, self._lock:
+            if name not in self.loaded.adapters:
+                raise UnknownModelError(f"no LoRA adapter named {name!r} is loaded")
+            self.loaded.adapters.remove(name)
+            aborted = [] if self._core is None else self._core.abort_adapter(name)
+        self._end_aborted(aborted, cancelled=True)
 
     def _retry_after_seconds(self, waiting: int) -> int:
         estimate = self._mean_latency_seconds * (waiting + 1) / self.config.max_num_seqs
@@ -197,8 +237,9 @@ class AsyncEngine:
                 if not chunks:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue
-                executed = core.execute_isolated(chunks)
-                if executed.failures and not self.ranks_alive:
+                with self._model_lock:
+                    executed = core.execute_isolated(chunks)
+                if executed.failures and self._rank_lost():
                     raise RuntimeError("a tensor-parallel rank is gone: no request can run")
                 with self._lock:
                     outputs, failures = core.commit(executed.chunks, executed.sampled)
@@ -207,6 +248,18 @@ class AsyncEngine:
         except Exception:
             logger.exception("the engine loop failed; failing every request in flight")
             self.fail_all(EngineNotReadyError("the engine failed while running the request"))
+
+    def _rank_lost(self) -> bool:
+        """After a failed step: whether a tensor-parallel rank died, which no request survives. The
+        monitor may learn of the death a moment after the step saw the rank's sockets close."""
+        if self.loaded.workers is None:
+            return False
+        deadline = time.monotonic() + _RANK_DEATH_NOTICE_SECONDS
+        while self.ranks_alive:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_IDLE_CHECK_SECONDS)
+        return True
 
     def _publish(self, outputs: list[StepOutput]) -> None:
         now = time.monotonic()

@@ -64,6 +64,7 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     cache_salt: str | None = None
+    lora_name: str | None = None  # the LoRA adapter to generate with; None: the base model
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,14 @@ class EngineNotReadyError(EngineError):
 
 class InvalidRequestError(EngineError):
     """The request cannot run as given: no prompt, nothing to generate, ids outside the vocabulary (400)."""
+
+
+class UnknownModelError(EngineError):
+    """The request names a LoRA adapter that is not loaded (404)."""
+
+
+class LoraLoadError(EngineError):
+    """A LoRA adapter cannot be loaded: unreadable, unsupported, not for this model, or over a limit (400)."""
 
 
 class PromptTooLongError(EngineError):

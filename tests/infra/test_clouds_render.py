@@ -52,5 +52,8 @@ def test_plan_lists_helm_releases_with_inputs_and_what_they_wait_for(rendered: t
     assert stack["inputs"]["version"] and stack["inputs"]["values"]["prometheus"]
     crds = releases["prometheus-operator-crds"]
     assert f"{crds['type']} {crds['name']}" in stack["dependsOn"]
+    # Every release goes through the cluster's provider, which waits for the node pools.
+    (provider,) = [e for e in plan if f"{e['type']} {e['name']}" == stack["provider"]]
+    assert [d for d in provider["dependsOn"] if "nodePool:NodePool" in d]
     # Helm releases are not manifests: `kubectl apply -f` of the directory would not know them.
     assert not [p for p in out.glob("*.yaml") if "release" in p.name]

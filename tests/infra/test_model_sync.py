@@ -117,3 +117,18 @@ def test_adapters_need_the_bucket() -> None:
                                                  "model.accessMode": "ReadWriteMany"})
     with pytest.raises(ConfigError, match=r"llm-serving:model\.loraAdapters"):
         load_config("prod", values)
+
+
+def test_adapters_with_tensor_parallelism_refused_as_the_server_would() -> None:
+    values = with_changes(stack_values("prod"), {
+        "model.loraAdapters": ADAPTERS, "gpu.count": 4, "aws.cluster.nodePool.instanceType": "g5.12xlarge",
+        "quota.gpus": 64,
+    })
+    with pytest.raises(ConfigError, match=r"llm-serving:model\.loraAdapters: the server refuses"):
+        load_config("prod", values)
+
+
+def test_more_adapters_than_the_server_loads_at_once_refused() -> None:
+    values = with_changes(stack_values("prod"), {"model.loraAdapters": ADAPTERS, "server.maxLoras": 1})
+    with pytest.raises(ConfigError, match=r"llm-serving:model\.loraAdapters: the server refuses.*max_loras"):
+        load_config("prod", values)

@@ -126,3 +126,11 @@ def test_tencent_endpoint_opens_after_the_node_pools() -> None:
              for r in resources(mocks, "tencentcloud:Kubernetes/nodePool:NodePool")}
     assert pools and pools <= set(endpoint.depends_on)
     assert endpoint.inputs["clusterIntranet"] is True
+
+
+def test_operator_only_monitoring_stack_keeps_prometheus_and_drops_the_rest() -> None:
+    mocks = run_stack("prod", with_changes(stack_values("prod"), {"platform.prometheusStack": "operator"}))
+    stack = _values(mocks, "kube-prometheus-stack")
+    assert [key for key in ("grafana", "alertmanager", "nodeExporter") if stack[key]["enabled"]] == []
+    assert stack["prometheus"]["prometheusSpec"]["serviceMonitorSelector"]
+    assert "prometheus-adapter" in {r.inputs["name"] for r in resources(mocks, HELM_RELEASE)}

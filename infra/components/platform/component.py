@@ -95,7 +95,7 @@ class Platform(Component):
             monitoring = args.monitoring
             crds = self._release(CloudRelease("prometheus-operator-crds", {}), first, monitoring.namespace)
             after_crds: list[pulumi.Resource] = [crds]
-            if monitoring.grafana and monitoring.grafana_admin_password is not None:
+            if monitoring.grafana and monitoring.full and monitoring.grafana_admin_password is not None:
                 after_crds.append(self._grafana_admin(monitoring, crds))
                 monitoring = replace(monitoring, grafana_admin_secret=values.GRAFANA_ADMIN_SECRET)
             stack = self._release(

@@ -30,6 +30,7 @@ class MonitoringStack:
     selector_labels: Mapping[str, str]  # what Prometheus selects ServiceMonitors and PrometheusRules by
     dashboard_label: tuple[str, str]  # what Grafana's dashboard sidecar looks for
     grafana: bool
+    full: bool  # kube-prometheus-stack as it comes; else the operator and one Prometheus only
     grafana_admin_password: pulumi.Input[str] | None
     # The Secret holding it, which the platform creates: the chart reads it, the values never hold it.
     grafana_admin_secret: str | None = None
@@ -56,13 +57,16 @@ class KubePrometheusStackValues(TypedDict):
     crds: dict[str, bool]
     prometheus: dict[str, Any]
     grafana: dict[str, Any]
+    alertmanager: dict[str, bool]
+    nodeExporter: dict[str, bool]
+    defaultRules: dict[str, bool]
 
 
 def kube_prometheus_stack(stack: MonitoringStack) -> KubePrometheusStackValues:
     selector = {"matchLabels": dict(stack.selector_labels)}
     label, value = stack.dashboard_label
     grafana: dict[str, Any] = {
-        "enabled": stack.grafana,
+        "enabled": stack.grafana and stack.full,
         "sidecar": {"dashboards": {
             "enabled": True, "label": label, "labelValue": value, "searchNamespace": "ALL",
         }},
@@ -87,6 +91,9 @@ def kube_prometheus_stack(stack: MonitoringStack) -> KubePrometheusStackValues:
             "ruleNamespaceSelector": {},
         }},
         "grafana": grafana,
+        "alertmanager": {"enabled": stack.full},
+        "nodeExporter": {"enabled": stack.full},
+        "defaultRules": {"create": stack.full},
     }
 
 

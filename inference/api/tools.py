@@ -29,6 +29,15 @@ _LLAMA_PYTHON_TAG = "<|python_tag|>"
 _COMPACT = {"x-guidance": {"whitespace_flexible": False}}
 
 
+def template_tool_parser(chat_template: str | None) -> ToolCallParserName:
+    """The format a model's own chat template writes tool calls in, for forcing one without a
+    `--tool-call-parser`: Llama 3's templates use `<|python_tag|>` and `parameters`, Hermes' the tags."""
+    template = chat_template or ""
+    if _HERMES_OPEN not in template and (_LLAMA_PYTHON_TAG in template or '"parameters"' in template):
+        return "llama3_json"
+    return "hermes"
+
+
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 

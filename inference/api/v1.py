@@ -41,7 +41,7 @@ from inference.api.schemas import (
     SamplingFields,
 )
 from inference.api.state import ServingState, serving_state_of
-from inference.api.tools import ToolCallParserName, forced_call_grammar
+from inference.api.tools import ToolCallParserName, forced_call_grammar, template_tool_parser
 from inference.config import ServerConfig
 from inference.engine.grammar import GrammarSpec
 from inference.engine.request import (
@@ -310,9 +310,12 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[base, *adapters])
 
 
-def _tool_plan(body: ChatCompletionRequest, parser: ToolCallParserName | None, auto_enabled: bool) -> tuple[
-    ToolCallParserName | None, tuple[GrammarSpec, str] | None
-]:
+def _tool_plan(
+    body: ChatCompletionRequest,
+    parser: ToolCallParserName | None,
+    auto_enabled: bool,
+    chat_template: str | None,
+) -> tuple[ToolCallParserName | None, tuple[GrammarSpec, str] | None]:
     """The parser that reads tool calls from the reply, and the grammar that forces one, if any."""
     choice = body.tool_choice if body.tool_choice is not None else ("auto" if body.tools else "none")
     if not body.tools or choice == "none":
@@ -325,7 +328,7 @@ def _tool_plan(body: ChatCompletionRequest, parser: ToolCallParserName | None, a
     if _output_grammar(body) is not None:
         raise APIError(400, "tool_choice that forces a call cannot be combined with response_format or "
                        "structured_outputs", param="tool_choice", code="invalid_value")
-    parser = parser or "hermes"
+    parser = parser or template_tool_parser(chat_template)
     name = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
     return parser, (forced_call_grammar(parser, body.tools, name, body.parallel_tool_calls), "tools")
 
@@ -336,7 +339,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     model, engine = state.serving_engine()
     lora_name = lora_name_for(body.model, model)
     _warn_unknown_fields(body)
-    parser, forced = _tool_plan(body, state.config.tool_call_parser, state.config.enable_auto_tool_choice)
+    config = state.config
+    template = model.tokenizer.chat_template
+    parser, forced = _tool_plan(body, config.tool_call_parser, config.enable_auto_tool_choice, template)
     try:
         prompt = await asyncio.to_thread(
             chat_prompt_ids, model.tokenizer, body.messages, model.max_model_len, body.tools

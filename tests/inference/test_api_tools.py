@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from inference.api.tools import StreamingToolParser, parse_reply
+from inference.api.schemas import Tool
+from inference.api.tools import StreamingToolParser, forced_call_grammar, parse_reply, template_tool_parser
+from inference.engine.grammar import GrammarCompiler, GrammarState, fill_bitmask, unpack_bitmask
+from inference.tiny_model import CHAT_TEMPLATE, byte_level_tokenizer
 
 HERMES = (
     'Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
     '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
 )
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": CITY}}
+NOOP = {"type": "function", "function": {"name": "noop"}}
 LLAMA3 = '{"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": "get_time", "parameters": {}}'
 
 
@@ -49,3 +56,35 @@ def test_streamed_plain_text_is_not_held_back_longer_than_a_possible_tag() -> No
     streaming = StreamingToolParser("hermes")
     assert streaming.feed("Hello <tool", final=False) == ("Hello ", [])
     assert streaming.feed("s are great", final=False) == ("<tools are great", [])
+
+
+@pytest.mark.parametrize("parser", ["hermes", "llama3_json"])
+def test_a_forced_call_is_always_well_formed(parser: str) -> None:
+    tokenizer = byte_level_tokenizer()
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
+    tools = [Tool.model_validate(tool) for tool in (WEATHER, NOOP)]
+    grammar = compiler.compile(forced_call_grammar(parser, tools, None, parallel=False))
+    rng = random.Random(0)
+    for _ in range(10):
+        state, output = GrammarState(compiler, grammar), []
+        for remaining in range(80, 0, -1):
+            allowed = unpack_bitmask(fill_bitmask(compiler, [(0, state, remaining)], 1), compiler.vocab_size)
+            token = rng.choice(allowed[0].nonzero()[:, 0].tolist())
+            if token in compiler.eos_token_ids:
+                break
+            output.append(token)
+            if state.accept(token):
+                break
+        reply = compiler.tokenizer.decode_bytes(output).decode(errors="replace")
+        calls = parse_reply(parser, reply).tool_calls
+        assert len(calls) == 1 and calls[0].function.name in {"get_weather", "noop"}
+
+
+LLAMA3_TEMPLATE = "{{ '<|python_tag|>' }}{{ tool_call | tojson }}"
+
+
+@pytest.mark.parametrize(
+    ("template", "parser"), [(CHAT_TEMPLATE, "hermes"), (LLAMA3_TEMPLATE, "llama3_json"), (None, "hermes")]
+)
+def test_forced_calls_follow_the_models_template(template: str | None, parser: str) -> None:
+    assert template_tool_parser(template) == parser

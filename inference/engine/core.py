@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from inference.config import ServerConfig
+from inference.engine.architectures import check_supported
 from inference.engine.block_manager import BlockManager
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
@@ -91,6 +92,7 @@ class EngineCore:
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
+        check_supported(loaded.model.config, loaded.max_model_len)
         self.runner = _runner_for(loaded, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from inference.engine.architectures import check_attention_layers
 from inference.engine.attention import (
     ATTENTION_NAME,
     LayerCache,
@@ -87,10 +88,7 @@ class ModelRunner:
         tokens = torch.zeros(1, _PROBE_TOKENS, dtype=torch.long, device=self.device)
         with step_context(context):
             self.model(input_ids=tokens, use_cache=False, logits_to_keep=1)
-        if not context.observed:
-            raise RuntimeError(
-                f"{type(self.model).__name__} does not route attention through AttentionInterface"
-            )
+        check_attention_layers(self.model.config, set(context.observed))
         return context.observed
 
     @torch.inference_mode()

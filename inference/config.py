@@ -63,6 +63,12 @@ class ServerConfig(BaseSettings):
         True, description="Reuse the KV cache of prompt prefixes already computed (hashed full blocks)."
     )
     max_queue_len: int = Field(256, ge=0, description="Requests waiting for admission at most; more get 429.")
+    enable_auto_tool_choice: bool = Field(
+        False, description="Let the model decide to call tools (tool_choice auto); needs tool_call_parser."
+    )
+    tool_call_parser: Literal["hermes", "llama3_json"] | None = Field(
+        None, description="How the model writes tool calls: hermes (<tool_call> blocks) or llama3_json."
+    )
     drain_timeout_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM.")
 
     @model_validator(mode="after")

@@ -78,6 +78,17 @@ REQUESTS_REJECTED = MetricSpec(
     "llm_requests_rejected_total", Kind.COUNTER, "Requests refused before admission, by reason.",
     ("reason",),
 )
+
+
+class RejectionReason(StrEnum):
+    """The `reason` label of REQUESTS_REJECTED; each refusal is counted once, where it is decided."""
+
+    LOADING = "loading"  # the model is still loading
+    DRAINING = "draining"  # shutting down, finishing what it has
+    FAILED = "failed"  # the model did not load
+    ENGINE_STOPPED = "engine_stopped"  # the engine loop is gone
+    QUEUE_FULL = "queue_full"  # counted by the engine, which owns the queue
+    PROMPT_TOO_LONG = "prompt_too_long"
 REQUESTS_CANCELLED = MetricSpec(
     "llm_requests_cancelled_total", Kind.COUNTER, "Requests cancelled by a client disconnect or abort."
 )
@@ -99,6 +110,11 @@ DEVICE_MEMORY_USED = MetricSpec(
 DEVICE_MEMORY_TOTAL = MetricSpec(
     "llm_device_memory_total_bytes", Kind.GAUGE, "Accelerator (or host) memory available to the server.",
     ("device",),
+)
+TENSOR_PARALLEL_RANKS_UP = MetricSpec(
+    "llm_tensor_parallel_ranks_up", Kind.GAUGE,
+    "Processes holding a part of the model that are alive, the server's own included (1 without tensor "
+    "parallelism); below --tensor-parallel-size the server is not ready and exits.",
 )
 MODEL_INFO = MetricSpec(
     "llm_model_info", Kind.GAUGE, "Always 1; labels describe the served model.",
@@ -123,6 +139,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     PREFIX_CACHE_HITS,
     DEVICE_MEMORY_USED,
     DEVICE_MEMORY_TOTAL,
+    TENSOR_PARALLEL_RANKS_UP,
     MODEL_INFO,
 )
 

@@ -21,10 +21,22 @@ from transformers import (
 
 SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|pad|>")
 
+# Hermes-style tools: their signatures in a system block, calls as <tool_call> JSON blocks, results as
+# <tool_response> blocks; `--tool-call-parser hermes` reads this format back.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<system><tools>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n"
+    'Call a tool with <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call></system>\n{% endif %}'
     "{% for message in messages %}"
-    "<{{ message['role'] }}>{{ message['content'] }}</{{ message['role'] }}>\n"
+    "{% if message['role'] == 'tool' %}"
+    "<tool><tool_response>\n{{ message['content'] }}\n</tool_response></tool>\n"
+    "{% else %}"
+    "<{{ message['role'] }}>{{ message['content'] }}"
+    "{% for call in message.get('tool_calls') or [] %}{% set function = call['function'] %}"
+    "<tool_call>\n{{ {'name': function['name'], 'arguments': function['arguments']} | tojson }}\n</tool_call>"
+    "{% endfor %}"
+    "</{{ message['role'] }}>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )

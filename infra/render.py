@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import rpc, settings
-from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -62,11 +62,36 @@ _KIND_RANK = {
 _OTHER_RANK = 90
 
 
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
 @dataclass(frozen=True)
 class Recorded:
     type: str
     name: str
     inputs: dict[str, Any]
+    depends_on: tuple[str, ...] = ()  # `type name` of each resource it waits for (explicit and by input)
+
+
+def _urn_key(urn: str) -> str:
+    """`type name` from a URN (urn:pulumi:stack::project::parent$type::name)."""
+    qualified_type, name = urn.split("::")[-2:]
+    return f"{qualified_type.split('$')[-1]} {name}"
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock runtime's monitor, which also hands the recorder each registration's dependencies: the
+    mocks alone see only inputs."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recorder = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        if request.custom:
+            keys = sorted({_urn_key(urn) for urn in request.dependencies})
+            self.recorder.dependencies[(request.type, request.name)] = tuple(keys)
+        return super().RegisterResource(request)
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -75,10 +100,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
+        # Filled by RecordingMonitor just before each registration reaches `new_resource`.
+        self.dependencies: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if args.custom:
-            self.resources.append(Recorded(args.typ, args.name, args.inputs))
+            depends_on = self.dependencies.get((args.typ, args.name), ())
+            self.resources.append(Recorded(args.typ, args.name, args.inputs, depends_on))
         outputs = {**args.inputs, **cloud_mocks.MOCK_OUTPUTS.get(args.typ, lambda _: {})(args)}
         return f"{args.name}-id", outputs
 
@@ -89,14 +117,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def kubernetes_objects(self) -> list[dict[str, Any]]:
         # A Secret manifest must hold its values; the files are written readable by the owner only.
-        return [
-            _clean(r.inputs, reveal_secrets=True)
-            for r in self.resources
-            if r.type.startswith(KUBERNETES_PREFIX)
-        ]
+        return [_clean(r.inputs, reveal_secrets=True) for r in self.resources if _is_manifest(r)]
 
     def cloud_resources(self) -> list[Recorded]:
-        return [r for r in self.resources if not r.type.startswith(KUBERNETES_PREFIX)]
+        """Everything that is not a Kubernetes object: cloud resources, providers, Helm releases."""
+        return [r for r in self.resources if not _is_manifest(r)]
+
+
+def _is_manifest(resource: Recorded) -> bool:
+    return resource.type.startswith(KUBERNETES_PREFIX) and resource.type != HELM_RELEASE
 
 
 def _is_secret(value: Any) -> bool:
@@ -166,7 +195,9 @@ def run_program(
     # A fresh root stack per run: exports and children of an earlier run in this process must not leak in.
     settings.set_root_resource(None)  # type: ignore[arg-type]
     pulumi.runtime.set_all_config(config, secret_keys)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks)
+    )
     _sync_await(run_pulumi_func(program))
     return mocks
 
@@ -203,7 +234,12 @@ def _write(directory: Path, mocks: RecordingMocks) -> None:
             path.chmod(0o600)
     plan = sorted(
         (
-            {"type": r.type, "name": r.name, "inputs": _clean(r.inputs, reveal_secrets=False)}
+            {
+                "type": r.type,
+                "name": r.name,
+                "inputs": _clean(r.inputs, reveal_secrets=False),
+                "dependsOn": list(r.depends_on),
+            }
             for r in mocks.cloud_resources()
         ),
         key=lambda entry: (entry["type"], entry["name"]),

@@ -69,8 +69,9 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def from_engine_error(error: Exception, prompt_param: str) -> APIError:
-    """The API error an engine refusal maps to; anything unexpected is a logged 500."""
+def from_engine_error(error: Exception, prompt_param: str | None = None) -> APIError:
+    """The API error an engine refusal maps to (`prompt_param` names the request's prompt field);
+    anything unexpected is a logged 500."""
     if isinstance(error, QueueFullError):
         return APIError(
             429, str(error), code="queue_full", headers={"Retry-After": str(error.retry_after_seconds)}

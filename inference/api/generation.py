@@ -7,6 +7,7 @@ disconnect): closing its event iterator is what makes the engine abort it and fr
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -23,12 +24,52 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class OutputToken:
+    """A generated token and its share of the output text: the text it completed, so that the shares
+    of all tokens joined are the output (a token holding half a character has none)."""
+
+    event: TokenEvent
+    text: str
+
+
 @dataclass
 class ChoiceDelta:
     index: int
     text: str
-    tokens: list[TokenEvent] = field(default_factory=list)
+    tokens: list[OutputToken] = field(default_factory=list)
     finish_reason: str | None = None
+
+
+class _TokenRelease:
+    """Hands out tokens as the text they produced is released, so that held-back text (a partial
+    character, a possible stop string) delays its tokens rather than dropping them."""
+
+    def __init__(self) -> None:
+        self._pending: deque[OutputToken] = deque()
+        self._released_chars = 0
+
+    def add(self, token: OutputToken) -> None:
+        self._pending.append(token)
+
+    def release(self, text: str) -> list[OutputToken]:
+        self._released_chars += len(text)
+        out = []
+        while self._pending and len(self._pending[0].text) <= self._released_chars:
+            token = self._pending.popleft()
+            self._released_chars -= len(token.text)
+            out.append(token)
+        return out
+
+    def finish(self, text: str) -> list[OutputToken]:
+        """Every token left; where the output was cut short, their text is cut to what was released."""
+        out = self.release(text)
+        for token in self._pending:
+            kept = token.text[: self._released_chars]
+            self._released_chars -= len(kept)
+            out.append(OutputToken(token.event, kept))
+        self._pending.clear()
+        return out
 
 
 class OpenedRequest:
@@ -92,20 +133,23 @@ async def choice_deltas(
     """Text deltas of one choice; the last one carries the finish reason."""
     detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids)
     matcher = StopStringMatcher(stop)
+    tokens = _TokenRelease()
     try:
         async for event in opened.events():
             final = event.finish_reason is not None
             new_text = detokenizer.push(event.token_id) + (detokenizer.flush() if final else "")
+            tokens.add(OutputToken(event, new_text))
             text, stopped = matcher.feed(new_text, final=final)
             if stopped and not final:
                 opened.finish_on_stop_string()
             finish_reason = "stop" if stopped else event.finish_reason
-            yield ChoiceDelta(index, text, [event], finish_reason)
+            released = tokens.finish(text) if finish_reason is not None else tokens.release(text)
+            yield ChoiceDelta(index, text, released, finish_reason)
             if finish_reason is not None:
                 return
         # The engine ended the request without a finish reason: it was stopped under us.
         text, _ = matcher.feed(detokenizer.flush(), final=True)
-        yield ChoiceDelta(index, text, [], "abort")
+        yield ChoiceDelta(index, text, tokens.finish(text), "abort")
     finally:
         await opened.aclose()
 

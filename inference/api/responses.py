@@ -1,4 +1,8 @@
-"""Choice deltas to OpenAI bodies: whole responses, SSE chunks, usage, logprobs; chat and text."""
+"""Choice deltas to OpenAI bodies: whole responses, SSE chunks, usage, logprobs; chat and text.
+
+What differs between the endpoints lives on their formatter: the chat formatter parses tool calls
+and writes chat logprobs; the text formatter echoes prompts and writes the legacy logprobs.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from transformers import PreTrainedTokenizerBase
-
 from inference.api.errors import APIError, from_engine_error
-from inference.api.generation import ChoiceDelta
+from inference.api.generation import ChoiceDelta, OutputToken
 from inference.api.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -24,10 +26,16 @@ from inference.api.schemas import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    FunctionCallDelta,
     PromptTokensDetails,
+    ToolCall,
+    ToolCallDelta,
+    TopLogprob,
     Usage,
 )
-from inference.engine.request import TokenEvent
+from inference.api.tools import StreamingToolParser, ToolCallParserName, parse_reply
+
+TokenBytes = Callable[[int], bytes]
 
 
 @dataclass
@@ -43,9 +51,9 @@ class UsageTally:
     def add(self, delta: ChoiceDelta) -> None:
         self.completion_tokens += len(delta.tokens)
         prompt = delta.index // self.choices_per_prompt
-        for event in delta.tokens:
-            if event.cached_prompt_tokens is not None:
-                cached = max(self._cached_by_prompt.get(prompt, 0), event.cached_prompt_tokens)
+        for token in delta.tokens:
+            if token.event.cached_prompt_tokens is not None:
+                cached = max(self._cached_by_prompt.get(prompt, 0), token.event.cached_prompt_tokens)
                 self._cached_by_prompt[prompt] = cached
 
     def usage(self) -> Usage:
@@ -59,13 +67,11 @@ class UsageTally:
 
 
 class Formatter(Protocol):
-    """One wire format. `stream_delta` gets only deltas with text or a finish reason; `complete`
-    gets each choice as one delta, all of its deltas joined."""
-
-    want_logprobs: bool
+    """One wire format. `stream_delta` gets every delta and returns the chunks to send (none while
+    nothing is new); `complete` gets each choice as one delta, all of its deltas joined."""
 
     def stream_start(self, choice_count: int) -> list[dict[str, Any]]: ...
-    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any]: ...
+    def stream_delta(self, delta: ChoiceDelta) -> list[dict[str, Any]]: ...
     def stream_usage(self, totals: Usage) -> dict[str, Any]: ...
     def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]: ...
 
@@ -74,29 +80,43 @@ class Formatter(Protocol):
 class _Identity:
     id: str
     model: str
-    tokenizer: PreTrainedTokenizerBase
-    want_logprobs: bool
+    token_bytes: TokenBytes
+    # None: no logprobs; otherwise how many alternatives per token (0: the chosen token's only).
+    top_logprobs: int | None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
+@dataclass
 class ChatFormatter(_Identity):
-    def _logprobs(self, tokens: Sequence[TokenEvent]) -> ChatLogprobs | None:
-        if not self.want_logprobs:
+    tool_parser: ToolCallParserName | None = None
+    _streams: dict[int, StreamingToolParser] = field(default_factory=dict)
+
+    def _entry(self, token_id: int, logprob: float) -> TopLogprob:
+        text, own_bytes = self.token_text(token_id), list(self.token_bytes(token_id))
+        return TopLogprob(token=text, logprob=logprob, bytes=own_bytes)
+
+    def _logprobs(self, tokens: Sequence[OutputToken]) -> ChatLogprobs | None:
+        if self.top_logprobs is None:
             return None
         content = []
-        for event in tokens:
-            text = self.token_text(event.token_id)
-            logprob = event.logprob or 0.0
-            content.append(ChatTokenLogprob(token=text, logprob=logprob, bytes=list(text.encode())))
+        for token in tokens:
+            logprobs = token.event.logprobs
+            assert logprobs is not None
+            entry = self._entry(token.event.token_id, logprobs.logprob)
+            alternatives = [self._entry(token_id, value) for token_id, value in logprobs.top]
+            content.append(ChatTokenLogprob(**entry.model_dump(), top_logprobs=alternatives))
         return ChatLogprobs(content=content)
 
     def _chunk(self, choices: list[ChatChunkChoice], totals: Usage | None = None) -> dict[str, Any]:
-        return ChatCompletionChunk(
+        chunk = ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=totals
         ).model_dump()
+        for choice in chunk["choices"]:  # a delta names only what it adds
+            choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
+        return chunk
 
     def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
         return [
@@ -104,54 +124,86 @@ class ChatFormatter(_Identity):
             for index in range(choice_count)
         ]
 
-    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any]:
-        content = ChatDelta(content=delta.text) if delta.text else ChatDelta()
+    def stream_delta(self, delta: ChoiceDelta) -> list[dict[str, Any]]:
+        text, calls, tool_deltas = delta.text, [], []
+        final = delta.finish_reason is not None
+        if self.tool_parser is not None:
+            parser = self._streams.setdefault(delta.index, StreamingToolParser(self.tool_parser))
+            first_index = parser.calls
+            text, calls = parser.feed(delta.text, final=final)
+            tool_deltas = [
+                ToolCallDelta(
+                    index=first_index + offset,
+                    id=call.id,
+                    type="function",
+                    function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
+                )
+                for offset, call in enumerate(calls)
+            ]
+        if not text and not calls and not delta.tokens and not final:
+            return []
+        finish_reason = delta.finish_reason
+        if final and self.tool_parser is not None and self._streams[delta.index].calls:
+            finish_reason = "tool_calls"
         choice = ChatChunkChoice(
             index=delta.index,
-            delta=content,
-            logprobs=self._logprobs(delta.tokens),
-            finish_reason=delta.finish_reason,
+            delta=ChatDelta(content=text or None, tool_calls=tool_deltas or None),
+            logprobs=self._logprobs(delta.tokens) if delta.tokens else None,
+            finish_reason=finish_reason,
         )
-        return self._chunk([choice])
+        return [self._chunk([choice])]
 
     def stream_usage(self, totals: Usage) -> dict[str, Any]:
         return self._chunk([], totals)
 
+    def _message(self, text: str) -> tuple[AssistantMessage, list[ToolCall]]:
+        if self.tool_parser is None:
+            return AssistantMessage(content=text), []
+        parsed = parse_reply(self.tool_parser, text)
+        message = AssistantMessage(content=parsed.content, tool_calls=parsed.tool_calls or None)
+        return message, parsed.tool_calls
+
     def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]:
-        body = ChatCompletion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[
+        answers = []
+        for choice in choices:
+            message, calls = self._message(choice.text)
+            finish_reason = "tool_calls" if calls and choice.finish_reason == "stop" else choice.finish_reason
+            answers.append(
                 ChatChoice(
                     index=choice.index,
-                    message=AssistantMessage(content=choice.text),
+                    message=message,
                     logprobs=self._logprobs(choice.tokens),
-                    finish_reason=choice.finish_reason,
+                    finish_reason=finish_reason,
                 )
-                for choice in choices
-            ],
-            usage=totals,
-        )
-        return body.model_dump()
+            )
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=answers, usage=totals
+        ).model_dump()
 
 
+@dataclass
 class CompletionFormatter(_Identity):
-    def _logprobs(self, tokens: Sequence[TokenEvent]) -> CompletionLogprobs | None:
-        if not self.want_logprobs:
+    # With `echo`, the prompt text of each choice, written before its output.
+    echoed: Sequence[str] | None = None
+    _offsets: dict[int, int] = field(default_factory=dict)
+
+    def _logprobs(self, index: int, tokens: Sequence[OutputToken]) -> CompletionLogprobs | None:
+        if self.top_logprobs is None:
             return None
-        texts = [self.token_text(event.token_id) for event in tokens]
-        values = [event.logprob or 0.0 for event in tokens]
-        offsets, position = [], 0
-        for text in texts:
+        position = self._offsets.get(index, len(self.echoed[index]) if self.echoed else 0)
+        texts, values, tops, offsets = [], [], [], []
+        for token in tokens:
+            logprobs = token.event.logprobs
+            assert logprobs is not None
+            texts.append(token.text)
+            values.append(logprobs.logprob)
+            top = {self.token_text(token_id): value for token_id, value in logprobs.top}
+            top[self.token_text(token.event.token_id)] = logprobs.logprob  # the chosen token always shows
+            tops.append(top)
             offsets.append(position)
-            position += len(text)
-        return CompletionLogprobs(
-            tokens=texts,
-            token_logprobs=values,
-            top_logprobs=[{text: value} for text, value in zip(texts, values, strict=True)],
-            text_offset=offsets,
-        )
+            position += len(token.text)
+        self._offsets[index] = position
+        return CompletionLogprobs(tokens=texts, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
 
     def _body(self, choices: list[CompletionChoice], totals: Usage | None) -> dict[str, Any]:
         return Completion(
@@ -159,16 +211,23 @@ class CompletionFormatter(_Identity):
         ).model_dump()
 
     def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
-        return []
+        if not self.echoed:
+            return []
+        return [
+            self._body([CompletionChoice(index=index, text=self.echoed[index])], None)
+            for index in range(choice_count)
+        ]
 
-    def stream_delta(self, delta: ChoiceDelta) -> dict[str, Any]:
+    def stream_delta(self, delta: ChoiceDelta) -> list[dict[str, Any]]:
+        if not delta.text and not delta.tokens and delta.finish_reason is None:
+            return []
         choice = CompletionChoice(
             index=delta.index,
             text=delta.text,
-            logprobs=self._logprobs(delta.tokens),
+            logprobs=self._logprobs(delta.index, delta.tokens),
             finish_reason=delta.finish_reason,
         )
-        return self._body([choice], None)
+        return [self._body([choice], None)]
 
     def stream_usage(self, totals: Usage) -> dict[str, Any]:
         return self._body([], totals)
@@ -178,8 +237,8 @@ class CompletionFormatter(_Identity):
             [
                 CompletionChoice(
                     index=choice.index,
-                    text=choice.text,
-                    logprobs=self._logprobs(choice.tokens),
+                    text=(self.echoed[choice.index] if self.echoed else "") + choice.text,
+                    logprobs=self._logprobs(choice.index, choice.tokens),
                     finish_reason=choice.finish_reason,
                 )
                 for choice in choices
@@ -204,32 +263,36 @@ async def collect(deltas: AsyncIterator[ChoiceDelta], choice_count: int) -> list
     return choices
 
 
+@dataclass(frozen=True)
+class StreamPlan:
+    """What an SSE response needs besides its deltas."""
+
+    formatter: Formatter
+    choice_count: int
+    tally: UsageTally
+    include_usage: bool
+
+
 async def sse_stream(
-    deltas: AsyncIterator[ChoiceDelta],
-    formatter: Formatter,
-    choice_count: int,
-    tally: UsageTally,
-    include_usage: bool,
-    on_finish: Callable[[int], None],
-    prompt_param: str,
+    deltas: AsyncIterator[ChoiceDelta], plan: StreamPlan, on_finish: Callable[[int], None]
 ) -> AsyncIterator[str]:
     """The SSE body: role chunks, content chunks, finish chunks, optional usage, `[DONE]`.
 
     An error after the first byte cannot change the status any more; it is sent as an error event.
     """
     try:
-        for chunk in formatter.stream_start(choice_count):
+        for chunk in plan.formatter.stream_start(plan.choice_count):
             yield sse(chunk)
         async for delta in deltas:
-            tally.add(delta)
-            # A delta still holding back a partial character or a possible stop string says nothing yet.
-            if delta.text or delta.finish_reason is not None:
-                yield sse(formatter.stream_delta(delta))
-        if include_usage:
-            yield sse(formatter.stream_usage(tally.usage()))
+            plan.tally.add(delta)
+            for chunk in plan.formatter.stream_delta(delta):
+                yield sse(chunk)
+        if plan.include_usage:
+            yield sse(plan.formatter.stream_usage(plan.tally.usage()))
     except Exception as error:
-        failure = error if isinstance(error, APIError) else from_engine_error(error, prompt_param)
+        # Refusals come before the first byte; what fails later is the engine's or ours.
+        failure = error if isinstance(error, APIError) else from_engine_error(error)
         yield sse(failure.body())
     finally:
-        on_finish(tally.completion_tokens)
+        on_finish(plan.tally.completion_tokens)
     yield sse("[DONE]")

@@ -4,40 +4,118 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from inference.engine.request import MAX_TOP_LOGPROBS
 
 # torch.Generator seeds are 64-bit; leave headroom for seed + choice index with n > 1.
 _MAX_SEED = 2**63 - 1 - 1024
 _MAX_STOP_STRINGS = 16
 MAX_CHOICES = 128
+MAX_COMPLETION_LOGPROBS = 5
+_MAX_LOGIT_BIAS = 300
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
     include_usage: bool = False
+
+
+# OpenAI fields that mean nothing to a self-hosted server: accepted and ignored without a warning.
+ACCEPTED_WITHOUT_EFFECT = frozenset({
+    "user", "metadata", "store", "service_tier", "prompt_cache_key", "prompt_cache_retention",
+    "safety_identifier", "reasoning_effort",
+})  # fmt: skip
+# Older vLLM names of the structured-output fields, kept working.
+_GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                  "guided_grammar": "grammar"}  # fmt: skip
+
+
+def _refuse(field: str, reason: str) -> None:
+    raise ValueError(f"{field} is not supported: {reason}")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is json_schema")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: exactly one of a JSON schema, a regex, a choice or a grammar."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        kinds = ("json_", "regex", "choice", "grammar", "json_object")
+        given = [name for name in kinds if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, regex, choice, grammar, json_object")
+        return self
 
 
 class SamplingFields(BaseModel):
     """Fields that chat and text completions share."""
 
-    # Unknown fields are ignored rather than refused, as other OpenAI-compatible servers do, so
+    # Unknown fields are ignored (with a warning in the log) rather than refused, as vLLM does, so
     # clients that send newer parameters keep working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, description="0 or -1 disables top-k.")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
     seed: int | None = Field(None, ge=0, le=_MAX_SEED)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    user: str | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    min_tokens: int = Field(0, ge=0)
     # vLLM's extension: generate exactly max_tokens (load tests, benchmarks).
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _guided_fields_as_structured_outputs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(data.get(name) is not None for name in _GUIDED_FIELDS):
+            data = dict(data)
+            guided = {new: data.pop(old) for old, new in _GUIDED_FIELDS.items() if data.get(old) is not None}
+            if data.get("structured_outputs") is not None or len(guided) > 1:
+                raise ValueError("give one of structured_outputs, guided_json, guided_regex, guided_choice, "
+                                 "guided_grammar")
+            data["structured_outputs"] = guided
+        return data
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -53,16 +131,36 @@ class SamplingFields(BaseModel):
                 raise ValueError("stop strings must not be empty")
         return value
 
-    @field_validator("presence_penalty", "frequency_penalty")
+    @field_validator("logit_bias", "stop_token_ids", mode="before")
     @classmethod
-    def _penalties_unsupported(cls, value: float) -> float:
-        if value != 0.0:
-            raise ValueError("penalties are not supported; send 0 or leave it out")
+    def _none_as_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return {} if info.field_name == "logit_bias" else []
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value: dict[int, float]) -> dict[int, float]:
+        if len(value) > _MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {_MAX_LOGIT_BIAS} tokens")
+        if any(not -100.0 <= bias <= 100.0 for bias in value.values()):
+            raise ValueError("biases must lie in [-100, 100]")
+        return value
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingFields:
+        formatted = self.response_format is not None and self.response_format.type != "text"
+        if self.structured_outputs is not None and formatted:
+            raise ValueError("give response_format or structured_outputs, not both")
+        return self
 
     @property
     def include_usage_chunk(self) -> bool:
         return self.stream and self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        return sorted(set(self.model_extra or {}) - ACCEPTED_WITHOUT_EFFECT)
 
 
 class TextPart(BaseModel):
@@ -70,11 +168,27 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -84,11 +198,82 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=0, description="Only the chosen token is returned.")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    # Refused: they ask for what this server does not do (other modalities, predicted outputs, ...).
+    audio: Any = None
+    modalities: list[str] | None = None
+    prediction: Any = None
+    web_search_options: Any = None
+    functions: Any = None
+    function_call: Any = None
+    verbosity: Any = None
+
+    @field_validator("audio", "prediction", "web_search_options", "verbosity")
+    @classmethod
+    def _refused(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            _refuse(info.field_name, "this server serves text models without that option")
+        return value
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _deprecated_functions(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            _refuse(info.field_name, "use tools and tool_choice")
+        return value
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and set(value) - {"text"}:
+            _refuse("modalities", "only text is generated")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or []}
+            if self.tool_choice.function.name not in names:
+                name = self.tool_choice.function.name
+                raise ValueError(f"tool_choice names {name!r}, which is not in tools")
+        return self
 
     @property
     def token_limit(self) -> int | None:
@@ -101,9 +286,10 @@ TokenIds = list[int]
 class CompletionRequest(SamplingFields):
     prompt: list[str] | list[TokenIds]
     max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=1, description="Only the chosen token is returned.")
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -121,18 +307,11 @@ class CompletionRequest(SamplingFields):
             return value
         raise ValueError("prompt must be a string, a list of strings, a list of token ids or a list of those")
 
-    @field_validator("echo")
-    @classmethod
-    def _echo_unsupported(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo is not supported")
-        return value
-
     @field_validator("suffix")
     @classmethod
     def _suffix_unsupported(cls, value: str | None) -> str | None:
         if value:
-            raise ValueError("suffix is not supported")
+            _refuse("suffix", "insertion needs a fill-in-the-middle model")
         return value
 
     @field_validator("prompt")
@@ -141,6 +320,14 @@ class CompletionRequest(SamplingFields):
         if any(len(prompt) == 0 for prompt in value):
             raise ValueError("every prompt must have at least one character or token")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of other than n is not supported")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs is not supported: prompt log-probabilities are not computed")
+        return self
 
 
 # Responses ------------------------------------------------------------------------------------
@@ -157,11 +344,14 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
-class ChatTokenLogprob(BaseModel):
+class TopLogprob(BaseModel):
     token: str
     logprob: float
     bytes: list[int]
-    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChatLogprobs(BaseModel):
@@ -177,7 +367,8 @@ class CompletionLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -201,9 +392,22 @@ class ChatCompletion(_ResponseEnvelope):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str = ""
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

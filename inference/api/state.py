@@ -59,12 +59,20 @@ class ServingState:
             return "loading"
         return "ready" if self.engine.ready else "engine_stopped"
 
+    def count_rejection(self, reason: metrics.RejectionReason) -> None:
+        self.collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
+
+    def not_ready(self) -> APIError:
+        """The 503 for a request that finds the server loading, draining or stopped, counted."""
+        phase = self.phase if self.phase != "ready" else "engine_stopped"
+        self.count_rejection(metrics.RejectionReason(phase))
+        message = f"the server is not ready ({phase})"
+        return APIError(503, message, code="not_ready", headers={"Retry-After": "1"})
+
     def serving_engine(self) -> tuple[LoadedModel, AsyncEngine]:
         """The model and engine for a new request, or 503 while loading, draining or stopped."""
         if not self.ready or self.model is None or self.engine is None:
-            self.collectors[metrics.REQUESTS_REJECTED.name].labels(reason=self.phase).inc()
-            raise APIError(503, f"the server is not ready ({self.phase})", code="not_ready",
-                           headers={"Retry-After": "1"})
+            raise self.not_ready()
         return self.model, self.engine
 
     async def drain(self) -> bool:

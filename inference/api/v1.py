@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
@@ -20,6 +22,7 @@ from inference.api.responses import (
     ChatFormatter,
     CompletionFormatter,
     Formatter,
+    StreamPlan,
     UsageTally,
     collect,
     sse_stream,
@@ -29,13 +32,17 @@ from inference.api.schemas import (
     CompletionRequest,
     ModelCard,
     ModelList,
+    NamedToolChoice,
     SamplingFields,
 )
 from inference.api.state import serving_state_of
+from inference.api.tools import ToolCallParserName, forced_call_grammar
+from inference.engine.grammar import GrammarSpec
 from inference.engine.request import (
     EngineError,
     EngineNotReadyError,
     GenerationRequest,
+    InvalidGrammarError,
     PromptTooLongError,
     SamplingParams,
 )
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
     from inference.engine.async_engine import AsyncEngine
     from inference.model_loading import LoadedModel
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 
 # nginx's code for "client closed the request": nobody reads it, but logs and metrics can tell it apart.
@@ -51,13 +59,44 @@ CLIENT_CLOSED_REQUEST = 499
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def rejection_reason(error: EngineError) -> str | None:
-    """The `reason` label of a refusal the API counts; the engine counts full queues itself."""
-    if isinstance(error, EngineNotReadyError):
-        return "not_ready"
-    if isinstance(error, PromptTooLongError):
-        return "prompt_too_long"
-    return None
+@dataclass(frozen=True)
+class Job:
+    """One API request as the engine will run it: what travels from the route to the response."""
+
+    request_id: str
+    prompts: list[list[int]]
+    body: SamplingFields
+    sampling: SamplingParams  # of the first choice; choice i is seeded seed + i
+    prompt_param: str  # the request field that holds the prompt, for errors about it
+    token_limit: int | None  # as the client gave it
+    max_model_len: int
+
+    def tally(self) -> UsageTally:
+        return UsageTally([len(prompt) for prompt in self.prompts], self.body.n)
+
+    def engine_requests(self) -> list[GenerationRequest]:
+        """One engine request per choice: prompt-major, `n` per prompt, seeds seed, seed+1, ..."""
+        requests = []
+        for prompt_index, prompt in enumerate(self.prompts):
+            for choice in range(self.body.n):
+                seed = None if self.sampling.seed is None else self.sampling.seed + choice
+                index = prompt_index * self.body.n + choice
+                sampling = replace(self.sampling, seed=seed, max_tokens=self._token_limit(prompt))
+                requests.append(GenerationRequest(f"{self.request_id}-{index}", prompt, sampling))
+        return requests
+
+    def _token_limit(self, prompt: list[int]) -> int:
+        # Without max_tokens, generate up to the context; the engine refuses prompts that leave no room.
+        return self.token_limit if self.token_limit is not None else max(self.max_model_len - len(prompt), 1)
+
+    def check_room(self) -> None:
+        """Without a token limit, a prompt that fills the context is refused for what it is."""
+        for prompt in self.prompts:
+            if self.token_limit is None and len(prompt) >= self.max_model_len:
+                raise PromptTooLongError(
+                    f"the prompt has {len(prompt)} tokens, which leaves no room to generate within the "
+                    f"context length of {self.max_model_len} tokens"
+                )
 
 
 def _check_model_name(requested: str | None, served: str) -> None:
@@ -66,32 +105,61 @@ def _check_model_name(requested: str | None, served: str) -> None:
                        param="model", code="model_not_found")
 
 
-def generation_requests(
-    request_id: str,
-    prompts: Sequence[list[int]],
-    body: SamplingFields,
-    max_tokens: int | None,
-    max_model_len: int,
-    want_logprobs: bool,
-) -> list[GenerationRequest]:
-    """One engine request per choice: prompt-major, `n` per prompt, seeds seed, seed+1, ..."""
-    requests: list[GenerationRequest] = []
-    for prompt_index, prompt in enumerate(prompts):
-        # Without max_tokens, generate up to the context; the engine refuses prompts that leave no room.
-        limit = max_tokens if max_tokens is not None else max(max_model_len - len(prompt), 1)
-        for choice in range(body.n):
-            sampling = SamplingParams(
-                max_tokens=limit,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                top_k=max(body.top_k, 0),
-                seed=None if body.seed is None else body.seed + choice,
-                logprobs=want_logprobs,
-                ignore_eos=body.ignore_eos,
-            )
-            index = prompt_index * body.n + choice
-            requests.append(GenerationRequest(f"{request_id}-{index}", prompt, sampling))
-    return requests
+def _warn_unknown_fields(body: SamplingFields) -> None:
+    if unknown := body.unknown_fields:
+        logger.warning("ignoring unknown request fields: %s", ", ".join(unknown))
+
+
+def _output_grammar(body: SamplingFields) -> tuple[GrammarSpec, str] | None:
+    """The grammar `response_format` or `structured_outputs` asks for, with the field it came from."""
+    if (outputs := body.structured_outputs) is not None:
+        if isinstance(outputs.json_, str):
+            return GrammarSpec("json_schema", outputs.json_), "structured_outputs.json"
+        if outputs.json_ is not None:
+            return GrammarSpec.json_schema(outputs.json_), "structured_outputs.json"
+        if outputs.regex is not None:
+            return GrammarSpec("regex", outputs.regex), "structured_outputs.regex"
+        if outputs.choice is not None:
+            return GrammarSpec.choice(outputs.choice), "structured_outputs.choice"
+        if outputs.grammar is not None:
+            return GrammarSpec("lark", outputs.grammar), "structured_outputs.grammar"
+        return GrammarSpec.json_schema({"type": "object"}), "structured_outputs.json_object"
+    if (response_format := body.response_format) is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return GrammarSpec.json_schema({"type": "object"}), "response_format"
+    assert response_format.json_schema is not None
+    return GrammarSpec.json_schema(response_format.json_schema.schema_), "response_format.json_schema"
+
+
+async def _sampling_params(
+    engine: AsyncEngine, body: SamplingFields, logprobs: int | None, grammar: tuple[GrammarSpec, str] | None
+) -> SamplingParams:
+    """The engine's parameters for `body`; `logprobs`: None for none, else how many alternatives."""
+    compiled = None
+    if grammar is not None:
+        spec, param = grammar
+        try:
+            compiled = await asyncio.to_thread(engine.compile_grammar, spec)
+        except InvalidGrammarError as error:
+            raise APIError(400, f"{param}: {error}", param=param, code="invalid_value") from error
+    return SamplingParams(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=max(body.top_k, 0),
+        min_p=body.min_p,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        logit_bias=dict(body.logit_bias),
+        min_tokens=body.min_tokens,
+        stop_token_ids=frozenset(body.stop_token_ids),
+        logprobs=logprobs is not None,
+        top_logprobs=logprobs or 0,
+        ignore_eos=body.ignore_eos,
+        grammar=compiled,
+    )
 
 
 class _ClosingStreamingResponse(StreamingResponse):
@@ -113,51 +181,42 @@ async def _close_all(opened: Sequence[OpenedRequest]) -> None:
         await request.aclose()
 
 
-async def _generate(
-    request: Request,
-    model: LoadedModel,
-    engine: AsyncEngine,
-    prompts: list[list[int]],
-    body: SamplingFields,
-    max_tokens: int | None,
-    formatter: Formatter,
-    prompt_param: str,
-) -> Response:
-    request_id = request_state(request.scope)["request_id"]
-    engine_requests = generation_requests(
-        request_id, prompts, body, max_tokens, model.max_model_len, formatter.want_logprobs
-    )
-    tally = UsageTally([len(prompt) for prompt in prompts], body.n)
-    request.state.prompt_tokens = sum(tally.prompt_lengths)
+async def _open(request: Request, engine: AsyncEngine, job: Job) -> list[OpenedRequest] | Response:
+    """Admit every choice of `job`, or answer the refusal (counted once, with its reason)."""
+    state = serving_state_of(request.app)
     try:
-        opened = await cancel_on_disconnect(request, open_all(engine, engine_requests))
+        job.check_room()
+        return await cancel_on_disconnect(request, open_all(engine, job.engine_requests()))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except EngineNotReadyError as error:
+        raise state.not_ready() from error
     except EngineError as error:
-        reason = rejection_reason(error)
-        if reason is not None:
-            serving_state_of(request.app).collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
-        raise from_engine_error(error, prompt_param) from error
+        if isinstance(error, PromptTooLongError):
+            state.count_rejection(metrics.RejectionReason.PROMPT_TOO_LONG)
+        raise from_engine_error(error, job.prompt_param) from error
 
+
+async def _generate(
+    request: Request, model: LoadedModel, engine: AsyncEngine, job: Job, formatter: Formatter
+) -> Response:
+    tally = job.tally()
+    request.state.prompt_tokens = sum(tally.prompt_lengths)
+    opened = await _open(request, engine, job)
+    if isinstance(opened, Response):
+        return opened
     streams = [
-        choice_deltas(index, events, model.tokenizer, engine_request.prompt_token_ids, body.stop)
-        for index, (events, engine_request) in enumerate(zip(opened, engine_requests, strict=True))
+        choice_deltas(index, events, model.tokenizer, engine_request.prompt_token_ids, job.body.stop)
+        for index, (events, engine_request) in enumerate(zip(opened, job.engine_requests(), strict=True))
     ]
     deltas = merge(streams)
 
     def record_completion_tokens(count: int) -> None:
         request.state.completion_tokens = count
 
-    if body.stream:
-        stream = sse_stream(
-            deltas,
-            formatter,
-            len(opened),
-            tally,
-            body.include_usage_chunk,
-            record_completion_tokens,
-            prompt_param,
-        )
+    if job.body.stream:
+        plan = StreamPlan(formatter, len(opened), tally, job.body.include_usage_chunk)
+        stream = sse_stream(deltas, plan, record_completion_tokens)
 
         async def cleanup() -> None:
             await stream.aclose()
@@ -172,7 +231,7 @@ async def _generate(
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except Exception as error:
-        raise from_engine_error(error, prompt_param) from error
+        raise from_engine_error(error, job.prompt_param) from error
     finally:
         await deltas.aclose()
         await _close_all(opened)
@@ -191,31 +250,66 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
+def _tool_plan(body: ChatCompletionRequest, parser: ToolCallParserName | None, auto_enabled: bool) -> tuple[
+    ToolCallParserName | None, tuple[GrammarSpec, str] | None
+]:
+    """The parser that reads tool calls from the reply, and the grammar that forces one, if any."""
+    choice = body.tool_choice if body.tool_choice is not None else ("auto" if body.tools else "none")
+    if not body.tools or choice == "none":
+        return None, None
+    if choice == "auto":
+        if not auto_enabled or parser is None:
+            message = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+            raise APIError(400, message, param="tool_choice", code="invalid_value")
+        return parser, None
+    if _output_grammar(body) is not None:
+        raise APIError(400, "tool_choice that forces a call cannot be combined with response_format or "
+                       "structured_outputs", param="tool_choice", code="invalid_value")
+    parser = parser or "hermes"
+    name = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
+    return parser, (forced_call_grammar(parser, body.tools, name, body.parallel_tool_calls), "tools")
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    model, engine = serving_state_of(request.app).serving_engine()
+    state = serving_state_of(request.app)
+    model, engine = state.serving_engine()
     _check_model_name(body.model, model.name)
-    prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages)
+    _warn_unknown_fields(body)
+    parser, forced = _tool_plan(body, state.config.tool_call_parser, state.config.enable_auto_tool_choice)
+    prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages, body.tools)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    sampling = await _sampling_params(engine, body, logprobs, forced or _output_grammar(body))
+    request_id = request_state(request.scope)["request_id"]
+    job = Job(request_id, [prompt], body, sampling, "messages", body.token_limit, model.max_model_len)
     formatter = ChatFormatter(
-        id=f"chatcmpl-{request_state(request.scope)['request_id']}",
+        id=f"chatcmpl-{request_id}",
         model=model.name,
-        tokenizer=model.tokenizer,
-        want_logprobs=body.logprobs,
+        token_bytes=engine.token_bytes,
+        top_logprobs=logprobs,
+        tool_parser=parser,
     )
-    return await _generate(
-        request, model, engine, [prompt], body, body.token_limit, formatter, "messages"
-    )
+    return await _generate(request, model, engine, job, formatter)
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
     _check_model_name(body.model, model.name)
+    _warn_unknown_fields(body)
     prompts = await asyncio.to_thread(completion_prompt_ids, model.tokenizer, body.prompt)
+    sampling = await _sampling_params(engine, body, body.logprobs, _output_grammar(body))
+    request_id = request_state(request.scope)["request_id"]
+    job = Job(request_id, prompts, body, sampling, "prompt", body.max_tokens, model.max_model_len)
+    echoed = None
+    if body.echo:
+        texts = [model.tokenizer.decode(prompt, skip_special_tokens=True) for prompt in prompts]
+        echoed = [text for text in texts for _ in range(body.n)]
     formatter = CompletionFormatter(
-        id=f"cmpl-{request_state(request.scope)['request_id']}",
+        id=f"cmpl-{request_id}",
         model=model.name,
-        tokenizer=model.tokenizer,
-        want_logprobs=body.logprobs is not None,
+        token_bytes=engine.token_bytes,
+        top_logprobs=body.logprobs,
+        echoed=echoed,
     )
-    return await _generate(request, model, engine, prompts, body, body.max_tokens, formatter, "prompt")
+    return await _generate(request, model, engine, job, formatter)

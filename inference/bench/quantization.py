@@ -59,7 +59,7 @@ def run_batch(core: EngineCore, workload: Workload, batch_size: int, vocab_size:
     sampling = SamplingParams(max_tokens=workload.new_tokens, temperature=0.0, ignore_eos=True)
     prompts = [[rng.randrange(vocab_size) for _ in range(workload.prompt_tokens)] for _ in range(batch_size)]
     requests = [GenerationRequest(f"bench-{index}", prompt, sampling) for index, prompt in enumerate(prompts)]
-    sequences = [Sequence.from_request(request, time.perf_counter(), core.device) for request in requests]
+    sequences = [Sequence.from_request(request, time.perf_counter()) for request in requests]
     first_token: dict[str, float] = {}
     finished: dict[str, float] = {}
     start = time.perf_counter()
@@ -180,6 +180,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = Workload(
         tuple(args.batch_sizes), args.prompt_tokens, args.new_tokens, args.device, args.dtype, args.repeats
     )
-    with model_directory(args) as model_dir:
+    with model_directory(args.model_path, args.shape) as model_dir:
         return compare_quantization(model_dir, args.quantization, workload)
 

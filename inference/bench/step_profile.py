@@ -24,7 +24,6 @@ from inference.bench.shapes import add_model_arguments, loaded_model
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
-from inference.engine.sampler import sample
 from inference.engine.sequence import Sequence
 
 PHASES = ("schedule", "prepare", "forward", "sample", "commit")
@@ -69,7 +68,7 @@ def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: 
         with clock.phase("forward"):
             logits = core.runner.forward(inputs)
         with clock.phase("sample"):
-            sampled = sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+            sampled = core.sample(chunks, logits)
         with clock.phase("commit"):
             core.commit(chunks, sampled)
     for request_id in list(core.sequences):
@@ -86,7 +85,7 @@ def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or default_torch_threads())
-    with loaded_model(args) as loaded:
+    with loaded_model(args.model_path, args.shape, args.device, args.dtype) as loaded:
         largest = max(args.batch_sizes)
         config = ServerConfig(
             max_num_seqs=largest,

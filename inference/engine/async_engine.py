@@ -21,8 +21,10 @@ from typing import Literal, Self
 
 from prometheus_client.metrics import MetricWrapperBase
 
+from inference import metrics
 from inference.config import ServerConfig
 from inference.engine.core import EngineCore, EngineStats, StepOutput
+from inference.engine.grammar import CompiledGrammar, GrammarSpec
 from inference.engine.request import EngineNotReadyError, GenerationRequest, QueueFullError
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
@@ -76,6 +78,8 @@ class AsyncEngine:
         self._core = await asyncio.to_thread(EngineCore, self.loaded, self.config)
         await asyncio.to_thread(self._core.warm_up)
         self._telemetry.model_loaded(self.loaded.name, self.loaded.dtype, self.loaded.quantization)
+        workers = self.loaded.workers
+        self._telemetry.ranks_up(lambda: 1 if workers is None else workers.ranks_up)
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 
@@ -126,18 +130,31 @@ class AsyncEngine:
         core = self._core
         if core is None or not self.ready:
             raise EngineNotReadyError("the engine is not accepting requests (starting, draining or stopped)")
-        seq = Sequence.from_request(request, time.monotonic(), self.loaded.device)
+        seq = Sequence.from_request(request, time.monotonic(), core.grammars)
         with self._lock:
             core.validate(request)
             # Requests that get a running slot at the next step are not queued behind anyone.
             free_slots = max(0, self.config.max_num_seqs - core.num_running)
             if core.num_waiting >= self.config.max_queue_len + free_slots:
-                self._telemetry.rejected("queue_full")
+                self._telemetry.rejected(metrics.RejectionReason.QUEUE_FULL)
                 raise QueueFullError(self._retry_after_seconds(core.num_waiting))
             seq.sink = RequestStream(request.request_id, on_abandon=self.abort)
             core.add(seq)
         self._wakeup.set()
         return seq.sink
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for on its own (part of a character, for some)."""
+        if self._core is None:
+            raise EngineNotReadyError("the engine is not accepting requests (starting)")
+        return self._core.token_bytes(token_id)
+
+    def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
+        """Compile (or find in the cache) a request's grammar; blocking, so call it off the event loop.
+        Raises InvalidGrammarError, or EngineNotReadyError before the engine has started."""
+        if self._core is None:
+            raise EngineNotReadyError("the engine is not accepting requests (starting)")
+        return self._core.compile_grammar(spec)
 
     def abort(self, request_id: str, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
         """End a request and free its KV blocks. `cancelled`: the client went away (counted as a

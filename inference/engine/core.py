@@ -14,16 +14,18 @@ import torch
 from inference.config import ServerConfig
 from inference.engine.architectures import check_supported
 from inference.engine.block_manager import BlockManager
+from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
     FinishReason,
     GenerationRequest,
+    InvalidGrammarError,
     InvalidRequestError,
     PromptTooLongError,
     SamplingParams,
     TokenEvent,
 )
-from inference.engine.sampler import sample
+from inference.engine.sampler import Sampled, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
 from inference.model_loading import LoadedModel
@@ -93,6 +95,8 @@ class EngineCore:
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
         check_supported(loaded.model.config, loaded.max_model_len)
+        self.tokenizer = loaded.tokenizer
+        self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
         self.runner = _runner_for(loaded, config.kv_cache_block_size)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -113,8 +117,23 @@ class EngineCore:
                 f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                 f"context length of {self.max_model_len} tokens"
             )
+        invalid_ids = [t for t in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
+        if invalid_ids:
+            raise InvalidRequestError(f"logit_bias token ids must lie in [0, {self.vocab_size})")
         if request.request_id in self.sequences:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
+
+    def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
+        """Raises InvalidGrammarError for a schema, regex or grammar that does not compile."""
+        if self.grammars is None:
+            raise InvalidGrammarError("structured outputs are unavailable: the tokenizer is not supported")
+        return self.grammars.compile(spec)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for on its own (part of a character, for some)."""
+        if self.grammars is None:
+            return self.tokenizer.decode([token_id]).encode()
+        return self.grammars.token_bytes(token_id)
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq
@@ -143,11 +162,15 @@ class EngineCore:
     def schedule(self) -> list[Chunk]:
         return self.scheduler.schedule()
 
-    def execute(self, chunks: list[Chunk]) -> tuple[list[int], list[float | None]]:
-        logits = self.runner.run(chunks)
-        return sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+    def execute(self, chunks: list[Chunk]) -> Sampled:
+        return self.sample(chunks, self.runner.run(chunks))
 
-    def commit(self, chunks: list[Chunk], sampled: tuple[list[int], list[float | None]]) -> list[StepOutput]:
+    def sample(self, chunks: list[Chunk], logits: torch.Tensor) -> Sampled:
+        """The next token of each chunk that samples, from its row of the step's `logits`."""
+        seqs = [chunk.seq for chunk in chunks if chunk.samples]
+        return sample(logits, seqs, self.eos_token_ids, self.grammars)
+
+    def commit(self, chunks: list[Chunk], sampled: Sampled) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
         for chunk in chunks:
             # Only now is their KV really in the cache, for later sequences to reuse.
@@ -155,16 +178,17 @@ class EngineCore:
                 self.blocks.cache_computed(chunk.seq)
         outputs = []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
-        for seq, token_id, logprob in zip(sampling, *sampled, strict=True):
+        for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue
             seq.token_ids.append(token_id)
-            seq.finish_reason = self._finish_reason(seq, token_id)
+            grammar_done = seq.grammar is not None and seq.grammar.accept(token_id)
+            seq.finish_reason = "stop" if grammar_done else self._finish_reason(seq, token_id)
             if seq.finish_reason is not None:
                 del self.sequences[seq.request_id]
                 self.scheduler.finish(seq)
             cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprob, seq.finish_reason, cached)))
+            outputs.append(StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason, cached)))
         return outputs
 
     def step(self) -> list[StepOutput]:

@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from inference.engine.grammar import CompiledGrammar
 
 FinishReason = Literal["stop", "length", "abort"]
+
+# Below this temperature the softmax is a one-hot in float32 anyway: decode greedily instead of
+# dividing by a number that turns the logits into infinities.
+GREEDY_TEMPERATURE = 1e-5
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # at most GREEDY_TEMPERATURE means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one
     seed: int | None = None
+    # OpenAI's: subtracted once per token already in the output (presence) and per occurrence (frequency).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # transformers' and vLLM's: logits of tokens in the prompt or output divided (positive) or multiplied
+    # (negative) by it.
+    repetition_penalty: float = 1.0
+    logit_bias: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
+    # End-of-sequence and stop tokens cannot be sampled before this many output tokens.
+    min_tokens: int = 0
     stop_token_ids: frozenset[int] = frozenset()
     logprobs: bool = False  # return the chosen token's log-probability
+    top_logprobs: int = 0  # and this many of the most likely tokens' (at most MAX_TOP_LOGPROBS)
     ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
+    grammar: CompiledGrammar | None = None  # constrain the output (structured outputs, forced tool calls)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature <= GREEDY_TEMPERATURE
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
 
 @dataclass(frozen=True)
@@ -40,14 +66,26 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """The chosen token's log-probability under the model, and the most likely tokens' (id, logprob)."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One generated token. The last event of a request has `finish_reason` set; the first has
     `cached_prompt_tokens`, how many prompt tokens the prefix cache spared computing."""
 
     token_id: int
-    logprob: float | None = None
+    logprobs: TokenLogprobs | None = None
     finish_reason: FinishReason | None = None
     cached_prompt_tokens: int | None = None
+
+    @property
+    def logprob(self) -> float | None:
+        return None if self.logprobs is None else self.logprobs.logprob
 
 
 class EngineError(Exception):
@@ -72,3 +110,7 @@ class InvalidRequestError(EngineError):
 
 class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit the model's context (400)."""
+
+
+class InvalidGrammarError(InvalidRequestError):
+    """The schema, regex or grammar a request constrains its output with does not compile (400)."""

@@ -1,45 +1,228 @@
-"""Next-token choice per sequence: greedy, or temperature / top-k / top-p with the request's own RNG."""
+"""Next tokens for the whole batch in a few tensor operations, and one copy back to the host.
+
+In order, as vLLM applies them: grammar masks, end-of-sequence suppression before `min_tokens`,
+`logit_bias`, repetition / frequency / presence penalties, temperature, top-k, top-p, min-p, then a
+draw. Log-probabilities are those of the model's own logits (before any of this), as OpenAI
+reports them. Each step runs only the parts that some row of the batch asks for.
+
+Randomness is counter-based: the noise for token `t` of a request's output position `p` is a hash of
+(seed, p, t). A seeded request therefore draws the same tokens whatever else shares its batch and
+however often it is preempted and recomputed, and no per-request generator state is kept.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Rows
+from dataclasses import dataclass
+
 import torch
 
+from inference.engine.grammar import GrammarCompiler, fill_bitmask, unpack_bitmask
+from inference.engine.request import TokenLogprobs
 from inference.engine.sequence import Sequence
 
-
-def _filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    if top_k <= 0 or top_k >= logits.shape[-1]:
-        return logits
-    threshold = torch.topk(logits, top_k).values[-1]
-    return logits.masked_fill(logits < threshold, float("-inf"))
+_MASK32 = 0xFFFFFFFF
+_GOLDEN32 = 0x9E3779B9
+_UNIFORM_BITS = 24
+BAN_BIAS = -100.0
 
 
-def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
-    probabilities = sorted_logits.softmax(-1)
-    # Drop a token when the tokens more likely than it already cover top_p; the first always stays.
-    drop_sorted = probabilities.cumsum(-1) - probabilities >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+@dataclass(frozen=True)
+class Sampled:
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float | None]]:
-    """One token per row of `logits` `[S, vocab]`, and its log-probability where the request asked."""
-    chosen = logits.argmax(-1)
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche (lowbias32), on int64 tensors holding [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise `[rows, vocab]`, a pure function of each row's (seed, position) and the token."""
+    key = _mix32((seeds & _MASK32) ^ _mix32((seeds >> 32) ^ _mix32(positions & _MASK32)))
+    tokens = _mix32(torch.arange(vocab_size, device=seeds.device, dtype=torch.int64) * _GOLDEN32 & _MASK32)
+    bits = _mix32(key[:, None] ^ tokens[None, :]) >> (32 - _UNIFORM_BITS)
+    uniform = (bits.float() + 0.5) / float(1 << _UNIFORM_BITS)  # strictly inside (0, 1)
+    return -torch.log(-torch.log(uniform))
+
+
+def _column(values: list, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype or like.dtype, device=like.device)
+
+
+def _mask_unless_empty(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """`logits` with `banned` at -inf, except in rows where that would leave nothing to sample."""
+    masked = logits.masked_fill(banned, float("-inf"))
+    empty = torch.isneginf(masked).all(-1, keepdim=True)
+    return torch.where(empty, logits, masked)
+
+
+def _apply_grammars(logits: torch.Tensor, seqs: Rows[Sequence], compiler: GrammarCompiler | None) -> None:
+    rows = [
+        (row, seq.grammar, seq.remaining_tokens)
+        for row, seq in enumerate(seqs)
+        if seq.grammar is not None
+    ]
+    if not rows or compiler is None:
+        return
+    bitmask = fill_bitmask(compiler, rows, len(seqs)).to(logits.device, non_blocking=True)
+    allowed = unpack_bitmask(bitmask, compiler.vocab_size)
+    vocab = min(allowed.shape[1], logits.shape[1])
+    logits[:, :vocab].masked_fill_(~allowed[:, :vocab], float("-inf"))
+    logits[:, vocab:] = float("-inf")
+
+
+def _suppress_end_tokens(
+    logits: torch.Tensor, seqs: Rows[Sequence], eos_token_ids: frozenset[int]
+) -> torch.Tensor:
+    rows: list[int] = []
+    columns: list[int] = []
     for row, seq in enumerate(seqs):
         params = seq.sampling
-        if params.greedy:
+        if seq.num_output_tokens < params.min_tokens:
+            ends = params.stop_token_ids | (frozenset() if params.ignore_eos else eos_token_ids)
+            rows.extend([row] * len(ends))
+            columns.extend(ends)
+    if not rows:
+        return logits
+    banned = torch.zeros_like(logits, dtype=torch.bool)
+    banned[_column(rows, logits, torch.long), _column(columns, logits, torch.long)] = True
+    return _mask_unless_empty(logits, banned)
+
+
+def _apply_logit_bias(logits: torch.Tensor, seqs: Rows[Sequence]) -> None:
+    rows: list[int] = []
+    columns: list[int] = []
+    values: list[float] = []
+    for row, seq in enumerate(seqs):
+        for token, bias in seq.sampling.logit_bias.items():
+            rows.append(row)
+            columns.append(token)
+            # OpenAI documents -100 as a ban: make it one, however large the model's logits.
+            values.append(float("-inf") if bias <= BAN_BIAS else bias)
+    if rows:
+        index = (_column(rows, logits, torch.long), _column(columns, logits, torch.long))
+        logits.index_put_(index, _column(values, logits), accumulate=True)
+
+
+def _padded(token_lists: list[list[int]], pad: int, like: torch.Tensor) -> torch.Tensor:
+    width = max((len(tokens) for tokens in token_lists), default=0)
+    return _column([tokens + [pad] * (width - len(tokens)) for tokens in token_lists], like, torch.long)
+
+
+def _apply_penalties(logits: torch.Tensor, seqs: Rows[Sequence]) -> None:
+    """Repetition over prompt and output (as transformers and vLLM); presence and frequency over the
+    output only (as OpenAI defines them)."""
+    rows = [row for row, seq in enumerate(seqs) if seq.sampling.penalized]
+    if not rows:
+        return
+    vocab = logits.shape[1]
+    picked = [seqs[row] for row in rows]
+    # Padding goes to an extra column, cut off afterwards.
+    counts = torch.zeros(len(rows), vocab + 1, dtype=logits.dtype, device=logits.device)
+    outputs = _padded([seq.output_token_ids for seq in picked], vocab, logits)
+    counts.scatter_add_(1, outputs, torch.ones_like(outputs, dtype=logits.dtype))
+    counts = counts[:, :vocab]
+    seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=logits.device)
+    seen.scatter_(1, _padded([seq.token_ids for seq in picked], vocab, logits), True)
+    seen = seen[:, :vocab]
+
+    index = _column(rows, logits, torch.long)
+    selected = logits[index]
+    repetition = _column([seq.sampling.repetition_penalty for seq in picked], logits)[:, None]
+    frequency = _column([seq.sampling.frequency_penalty for seq in picked], logits)[:, None]
+    presence = _column([seq.sampling.presence_penalty for seq in picked], logits)[:, None]
+    penalized = torch.where(selected > 0, selected / repetition, selected * repetition)
+    selected = torch.where(seen, penalized, selected)
+    selected = selected - frequency * counts - presence * (counts > 0).to(logits.dtype)
+    logits[index] = selected
+
+
+def _filter(scaled: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
+    """Top-k, top-p and min-p, each only where some row uses it."""
+    vocab = scaled.shape[1]
+    top_k = [seq.sampling.top_k if 0 < seq.sampling.top_k < vocab else vocab for seq in seqs]
+    top_p = [seq.sampling.top_p for seq in seqs]
+    min_p = [seq.sampling.min_p for seq in seqs]
+    if min(top_k) < vocab or min(top_p) < 1.0:
+        ordered, order = scaled.sort(-1, descending=True)
+        ranks = torch.arange(vocab, device=scaled.device)[None, :]
+        drop = ranks >= _column(top_k, scaled, torch.long)[:, None]
+        if min(top_p) < 1.0:
+            probabilities = ordered.masked_fill(drop, float("-inf")).softmax(-1)
+            # Drop a token once the tokens more likely than it cover top_p; the first always stays.
+            covered = probabilities.cumsum(-1) - probabilities
+            drop |= covered >= _column(top_p, scaled)[:, None]
+        drop[:, 0] = False
+        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    if max(min_p) > 0.0:
+        probabilities = scaled.softmax(-1)
+        threshold = _column(min_p, scaled)[:, None] * probabilities.max(-1, keepdim=True).values
+        scaled = scaled.masked_fill(probabilities < threshold, float("-inf"))
+    return scaled
+
+
+def _choose(logits: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
+    greedy = [seq.sampling.greedy for seq in seqs]
+    if all(greedy):
+        return logits.argmax(-1)
+    temperatures = [1.0 if g else seq.sampling.temperature for g, seq in zip(greedy, seqs, strict=True)]
+    temperatures = _column(temperatures, logits)
+    scaled = _filter(logits / temperatures[:, None], seqs)
+    seeds = _column([seq.seed for seq in seqs], logits, torch.long)
+    positions = _column([seq.num_output_tokens for seq in seqs], logits, torch.long)
+    drawn = (scaled + gumbel_noise(seeds, positions, logits.shape[1])).argmax(-1)
+    return torch.where(_column(greedy, logits, torch.bool), logits.argmax(-1), drawn)
+
+
+@torch.inference_mode()
+def process_logits(
+    logits: torch.Tensor,
+    seqs: Rows[Sequence],
+    eos_token_ids: frozenset[int] = frozenset(),
+    grammars: GrammarCompiler | None = None,
+) -> torch.Tensor:
+    """The logits the draw sees, before temperature: masks, biases and penalties applied."""
+    _apply_grammars(logits, seqs, grammars)
+    logits = _suppress_end_tokens(logits, seqs, eos_token_ids)
+    _apply_logit_bias(logits, seqs)
+    _apply_penalties(logits, seqs)
+    return logits
+
+
+@torch.inference_mode()
+def sample(
+    logits: torch.Tensor,
+    seqs: Rows[Sequence],
+    eos_token_ids: frozenset[int] = frozenset(),
+    grammars: GrammarCompiler | None = None,
+) -> Sampled:
+    """One token per row of `logits` `[S, vocab]` (float32, modified in place), and its log-probabilities
+    where the request asked."""
+    log_probs = logits.log_softmax(-1) if any(seq.sampling.logprobs for seq in seqs) else None
+    chosen = _choose(process_logits(logits, seqs, eos_token_ids, grammars), seqs)
+    if log_probs is None:
+        return Sampled(chosen.tolist(), [None] * len(seqs))
+
+    top_k = max(seq.sampling.top_logprobs for seq in seqs)
+    top = log_probs.topk(top_k, -1)
+    # One transfer: chosen ids, their log-probabilities, the top ids and theirs (ids are exact in float64).
+    parts = (chosen[:, None], log_probs.gather(1, chosen[:, None]), top.indices, top.values)
+    packed = torch.cat([part.to(torch.float64) for part in parts], dim=1)
+    rows = packed.tolist()
+    token_ids = [int(row[0]) for row in rows]
+    logprobs: list[TokenLogprobs | None] = []
+    for seq, row in zip(seqs, rows, strict=True):
+        wanted = seq.sampling.top_logprobs
+        if not seq.sampling.logprobs:
+            logprobs.append(None)
             continue
-        scaled = _filter_top_p(_filter_top_k(logits[row] / params.temperature, params.top_k), params.top_p)
-        chosen[row] = torch.multinomial(scaled.softmax(-1), 1, generator=seq.generator)[0]
-    token_ids = chosen.tolist()
-    logprobs: list[float | None] = [None] * len(seqs)
-    wants_logprobs = [row for row, seq in enumerate(seqs) if seq.sampling.logprobs]
-    if wants_logprobs:
-        rows = torch.tensor(wants_logprobs, device=logits.device)
-        values = logits[rows].log_softmax(-1).gather(1, chosen[rows, None])[:, 0].tolist()
-        for row, value in zip(wants_logprobs, values, strict=True):
-            logprobs[row] = value
-    return token_ids, logprobs
+        ids, values = row[2 : 2 + top_k], row[2 + top_k :]
+        pairs = tuple((int(ids[i]), values[i]) for i in range(wanted))
+        logprobs.append(TokenLogprobs(row[1], pairs))
+    return Sampled(token_ids, logprobs)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from inference.engine.grammar import GrammarCompiler, GrammarState
 from inference.engine.request import FinishReason, GenerationRequest, SamplingParams
+
+_SEED_BITS = 63
 
 
 class SequenceStatus(enum.Enum):
@@ -23,7 +25,9 @@ class Sequence:
     prompt_token_ids: list[int]
     sampling: SamplingParams
     arrival_time: float
-    generator: torch.Generator | None = None
+    # Sampling noise is a function of (seed, output position); unseeded requests get a random seed.
+    seed: int = 0
+    grammar: GrammarState | None = None
     # Seeds the chain of block hashes: sequences with different salts never share cached KV blocks.
     cache_salt: str | None = None
     token_ids: list[int] = field(default_factory=list)
@@ -48,22 +52,16 @@ class Sequence:
             self.token_ids = list(self.prompt_token_ids)
 
     @classmethod
-    def from_request(cls, request: GenerationRequest, arrival_time: float, device: torch.device) -> Sequence:
-        generator = None
-        if not request.sampling.greedy:
-            generator = torch.Generator(device=device)
-            if request.sampling.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(request.sampling.seed)
-        return cls(
-            request.request_id,
-            list(request.prompt_token_ids),
-            request.sampling,
-            arrival_time,
-            generator,
-            request.cache_salt,
-        )
+    def from_request(
+        cls, request: GenerationRequest, arrival_time: float, grammars: GrammarCompiler | None = None
+    ) -> Sequence:
+        sampling = request.sampling
+        seed = secrets.randbits(_SEED_BITS) if sampling.seed is None else sampling.seed
+        grammar = None
+        if sampling.grammar is not None and grammars is not None:
+            grammar = GrammarState(grammars, sampling.grammar)
+        prompt = list(request.prompt_token_ids)
+        return cls(request.request_id, prompt, sampling, arrival_time, seed, grammar, request.cache_salt)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -76,6 +74,10 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.sampling.max_tokens - self.num_output_tokens
 
     @property
     def num_uncomputed_tokens(self) -> int:

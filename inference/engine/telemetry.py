@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -41,6 +42,10 @@ class EngineTelemetry:
     def model_loaded(self, model: str, dtype: torch.dtype, quantization: str) -> None:
         labels = {"model": model, "dtype": str(dtype).removeprefix("torch."), "device": self._device.type}
         self._metric(metrics.MODEL_INFO).labels(**labels, quantization=quantization).set(1)
+
+    def ranks_up(self, count: Callable[[], int]) -> None:
+        # Read at scrape time: a rank that dies while the engine loop waits is seen at the next scrape.
+        self._metric(metrics.TENSOR_PARALLEL_RANKS_UP).set_function(count)
 
     def rejected(self, reason: str) -> None:
         self._metric(metrics.REQUESTS_REJECTED).labels(reason=reason).inc()

@@ -9,14 +9,15 @@ accepts only an AccessKey, so the logging agent gets a RAM user allowed to write
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 
 import pulumi
 import pulumi_alicloud as alicloud
 
 from infra.clouds import common
-from infra.clouds.base import CloudTarget, LogSink, ModelSync
-from infra.config import MODEL_DIR, AlicloudClusterCreate, AlicloudConfig, StackConfig
+from infra.clouds.base import CloudPlatform, CloudTarget, LogSink, ModelSync
+from infra.clouds.common import CloudContext, Cluster, ModelBucket, OidcIssuer
+from infra.config import AlicloudConfig, StackConfig
 
 STS_AUDIENCE = "sts.aliyuncs.com"
 ESSD_STORAGE_CLASS = common.StorageClassSpec(
@@ -25,18 +26,15 @@ ESSD_STORAGE_CLASS = common.StorageClassSpec(
     parameters={"type": "cloud_essd", "performanceLevel": "PL1", "encrypted": "true", "fstype": "ext4"},
 )
 LB_ANNOTATION = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-"
-# Add-ons a new cluster gets: network, disk CSI, and the webhook that makes RRSA transparent to pods.
-CLUSTER_ADDONS = ("flannel", "csi-plugin", "csi-provisioner", "ack-pod-identity-webhook")
+# Add-ons a new cluster gets: Terway (flannel does not enforce NetworkPolicy; Terway does, when told
+# to), disk CSI, and the webhook that makes RRSA transparent to pods.
+CLUSTER_ADDONS: dict[str, dict[str, str]] = {
+    "terway-eniip": {"NetworkPolicy": "true"},
+    "csi-plugin": {},
+    "csi-provisioner": {},
+    "ack-pod-identity-webhook": {},
+}
 MAX_LOG_RETENTION_DAYS = 3650
-
-
-@dataclass(frozen=True)
-class Cluster:
-    id: pulumi.Input[str]
-    kubeconfig: pulumi.Output[str]
-    oidc_provider_arn: pulumi.Input[str]
-    oidc_issuer_url: pulumi.Input[str]
-    dependencies: tuple[pulumi.Resource, ...] = ()
 
 
 def _issued_kubeconfig(cluster_id: pulumi.Input[str], invoke: pulumi.InvokeOptions) -> pulumi.Output[str]:
@@ -44,25 +42,27 @@ def _issued_kubeconfig(cluster_id: pulumi.Input[str], invoke: pulumi.InvokeOptio
     return pulumi.Output.secret(credential.kube_config)
 
 
-def _create_cluster(
-    config: StackConfig,
-    spec: AlicloudClusterCreate,
-    opts: pulumi.ResourceOptions,
-    invoke: pulumi.InvokeOptions,
-) -> Cluster:
-    prefix = config.name
+def create_cluster(config: StackConfig, cloud: AlicloudConfig, context: CloudContext) -> Cluster:
+    spec = cloud.cluster
+    assert spec is not None
+    prefix, opts = config.name, context.opts
     cluster = alicloud.cs.ManagedKubernetes(
         f"{prefix}-ack",
         name=f"{prefix}-{config.stack}",
         cluster_spec=spec.cluster_spec,
         version=spec.version,
         vswitch_ids=spec.subnet_ids,
-        pod_cidr=spec.pod_cidr,
+        pod_vswitch_ids=spec.pod_vswitch_ids or spec.subnet_ids,
         service_cidr=spec.service_cidr,
         enable_rrsa=True,
         slb_internet_enabled=spec.api_public,
         deletion_protection=True,
-        addons=[alicloud.cs.ManagedKubernetesAddonArgs(name=addon) for addon in CLUSTER_ADDONS],
+        addons=[
+            alicloud.cs.ManagedKubernetesAddonArgs(
+                name=name, config=json.dumps(settings, sort_keys=True) if settings else None
+            )
+            for name, settings in CLUSTER_ADDONS.items()
+        ],
         opts=opts,
     )
     system_pool = alicloud.cs.NodePool(
@@ -83,6 +83,7 @@ def _create_cluster(
         node_pool_name="gpu",
         vswitch_ids=spec.subnet_ids,
         instance_types=[pool.instance_type],
+        # ACK's node autoscaler grows and shrinks this pool between its bounds.
         scaling_config=alicloud.cs.NodePoolScalingConfigArgs(
             enable=True, min_size=pool.min_size, max_size=pool.max_size
         ),
@@ -99,14 +100,28 @@ def _create_cluster(
     )
     return Cluster(
         id=cluster.id,
-        kubeconfig=_issued_kubeconfig(cluster.id, invoke),
-        oidc_provider_arn=cluster.rrsa_metadata.apply(lambda rrsa: rrsa.ram_oidc_provider_arn),
-        oidc_issuer_url=cluster.rrsa_metadata.apply(lambda rrsa: rrsa.rrsa_oidc_issuer_url),
+        kubeconfig=_issued_kubeconfig(cluster.id, context.invoke),
+        created=True,
+        oidc=OidcIssuer(
+            url=cluster.rrsa_metadata.apply(lambda rrsa: rrsa.rrsa_oidc_issuer_url),
+            provider_arn=cluster.rrsa_metadata.apply(lambda rrsa: rrsa.ram_oidc_provider_arn),
+        ),
         dependencies=(system_pool, gpu_pool),
     )
 
 
-def rrsa_trust_policy(cluster: Cluster, subject: str) -> pulumi.Output[str]:
+def existing_cluster(config: StackConfig, cloud: AlicloudConfig, context: CloudContext) -> Cluster:
+    existing = cloud.existing_cluster
+    assert existing is not None
+    return Cluster(
+        id=existing.name,
+        kubeconfig=common.kubeconfig(config, lambda: _issued_kubeconfig(existing.name, context.invoke)),
+        created=False,
+        oidc=OidcIssuer(url=existing.rrsa_oidc_issuer_url, provider_arn=existing.rrsa_oidc_provider_arn),
+    )
+
+
+def rrsa_trust_policy(oidc: OidcIssuer, subject: str) -> pulumi.Output[str]:
     """Only tokens the cluster issued to `subject`, for Alibaba Cloud STS, may assume the role."""
     return common.json_document(
         {
@@ -115,11 +130,11 @@ def rrsa_trust_policy(cluster: Cluster, subject: str) -> pulumi.Output[str]:
                 {
                     "Effect": "Allow",
                     "Action": "sts:AssumeRole",
-                    "Principal": {"Federated": [cluster.oidc_provider_arn]},
+                    "Principal": {"Federated": [oidc.provider_arn]},
                     "Condition": {
                         "StringEquals": {
                             "oidc:aud": STS_AUDIENCE,
-                            "oidc:iss": cluster.oidc_issuer_url,
+                            "oidc:iss": oidc.url,
                             "oidc:sub": subject,
                         }
                     },
@@ -129,8 +144,8 @@ def rrsa_trust_policy(cluster: Cluster, subject: str) -> pulumi.Output[str]:
     )
 
 
-def model_read_policy(bucket: str, prefix: str) -> pulumi.Output[str]:
-    """List the weights' prefix and read its objects; nothing else in OSS."""
+def model_read_policy(bucket: str, prefixes: list[str]) -> pulumi.Output[str]:
+    """List the weights' prefixes and read their objects; nothing else in OSS."""
     return common.json_document(
         {
             "Version": "1",
@@ -139,21 +154,21 @@ def model_read_policy(bucket: str, prefix: str) -> pulumi.Output[str]:
                     "Effect": "Allow",
                     "Action": ["oss:ListObjects"],
                     "Resource": [f"acs:oss:*:*:{bucket}"],
-                    "Condition": {"StringLike": {"oss:Prefix": [prefix, f"{prefix}/*"]}},
+                    "Condition": {"StringLike": {"oss:Prefix": common.prefix_patterns(prefixes)}},
                 },
                 {
                     "Effect": "Allow",
                     "Action": ["oss:GetObject"],
-                    "Resource": [f"acs:oss:*:*:{bucket}/{prefix}/*"],
+                    "Resource": [f"acs:oss:*:*:{bucket}/{prefix}/*" for prefix in prefixes],
                 },
             ],
         }
     )
 
 
-def _model_bucket(config: StackConfig, name: str, opts: pulumi.ResourceOptions) -> alicloud.oss.Bucket:
+def model_bucket(config: StackConfig, cloud: AlicloudConfig, context: CloudContext) -> ModelBucket:
     """A private bucket: public access blocked, private ACL, server-side encrypted, versioned."""
-    prefix = config.name
+    prefix, opts, name = config.name, context.opts, common.bucket_name(config, cloud.bucket.name)
     bucket = alicloud.oss.Bucket(f"{prefix}-models", bucket=name, opts=opts)
     alicloud.oss.BucketAcl(f"{prefix}-models", bucket=bucket.bucket, acl="private", opts=opts)
     alicloud.oss.BucketPublicAccessBlock(
@@ -163,7 +178,7 @@ def _model_bucket(config: StackConfig, name: str, opts: pulumi.ResourceOptions) 
         f"{prefix}-models", bucket=bucket.bucket, sse_algorithm="AES256", opts=opts
     )
     alicloud.oss.BucketVersioning(f"{prefix}-models", bucket=bucket.bucket, status="Enabled", opts=opts)
-    return bucket
+    return ModelBucket(name=name, outputs={"modelBucket": bucket.bucket})
 
 
 def _custom_policy(
@@ -178,7 +193,7 @@ def _attached(policy: alicloud.ram.Policy) -> dict[str, pulumi.Input[str]]:
 
 
 def _model_reader(
-    config: StackConfig, cluster: Cluster, bucket: str, opts: pulumi.ResourceOptions
+    config: StackConfig, oidc: OidcIssuer, bucket: str, opts: pulumi.ResourceOptions
 ) -> alicloud.ram.Role:
     name = f"{config.name}-{config.stack}-model-sync"
     role = alicloud.ram.Role(
@@ -186,13 +201,13 @@ def _model_reader(
         role_name=name,
         description="Reads the model weights; assumable only by the serving pods' service account (RRSA).",
         assume_role_policy_document=rrsa_trust_policy(
-            cluster,
+            oidc,
             common.service_account_subject(config.namespace, common.model_sync_service_account(config)),
         ),
         opts=opts,
     )
     policy = _custom_policy(
-        f"{config.name}-model-read", name, model_read_policy(bucket, common.model_prefix(config)), opts
+        f"{config.name}-model-read", name, model_read_policy(bucket, common.model_prefixes(config)), opts
     )
     alicloud.ram.RolePolicyAttachment(
         f"{config.name}-model-sync", role_name=role.role_name, **_attached(policy), opts=opts
@@ -200,11 +215,11 @@ def _model_reader(
     return role
 
 
-def _log_sink(
-    config: StackConfig, region: str, opts: pulumi.ResourceOptions
-) -> tuple[LogSink, alicloud.log.Project, alicloud.log.Store]:
+def log_sink(
+    config: StackConfig, cloud: AlicloudConfig, cluster: Cluster, context: CloudContext
+) -> tuple[LogSink, dict[str, pulumi.Input[str]]]:
     retention = common.require_retention_up_to(config, MAX_LOG_RETENTION_DAYS)
-    prefix = config.name
+    prefix, region, opts = config.name, cloud.region, context.opts
     project = alicloud.log.Project(
         f"{prefix}-logs",
         project_name=f"{prefix}-{config.stack}-logs",
@@ -267,7 +282,7 @@ def _log_sink(
         key_secret=key.secret,
         security_protocol="sasl_ssl",
     )
-    return sink, project, store
+    return sink, {"logProject": project.project_name, "logStore": store.logstore_name}
 
 
 def load_balancer_annotations(cloud: AlicloudConfig) -> dict[str, str]:
@@ -281,58 +296,67 @@ def load_balancer_annotations(cloud: AlicloudConfig) -> dict[str, str]:
     return annotations
 
 
-def build_target(config: StackConfig) -> CloudTarget:
-    cloud = config.alicloud
-    assert cloud is not None, "StackConfig checks that the alicloud section is present"
-    provider = alicloud.Provider(f"{config.name}-alicloud", region=cloud.region)
-    opts = pulumi.ResourceOptions(provider=provider)
-    invoke = pulumi.InvokeOptions(provider=provider)
-    if cloud.cluster is not None:
-        cluster = _create_cluster(config, cloud.cluster, opts, invoke)
-    else:
-        existing = cloud.existing_cluster
-        assert existing is not None
-        cluster = Cluster(
-            id=existing.name,
-            kubeconfig=common.kubeconfig(config, lambda: _issued_kubeconfig(existing.name, invoke)),
-            oidc_provider_arn=existing.rrsa_oidc_provider_arn,
-            oidc_issuer_url=existing.rrsa_oidc_issuer_url,
-        )
-    log_sink, log_project, log_store = _log_sink(config, cloud.region, opts)
-    bucket_name = common.bucket_name(config, cloud.bucket.name)
-    bucket = _model_bucket(config, bucket_name, opts)
-    model_sync = None
-    if common.uses_bucket(config):
-        reader = _model_reader(config, cluster, bucket_name, opts)
-        model_sync = ModelSync(
-            image=cloud.model_sync_image,
-            # ossutil 2 takes the RRSA role from the variables the pod identity webhook injects.
-            command=[
-                "ossutil",
-                "cp",
-                "--recursive",
-                "--update",
-                "--region",
-                cloud.region,
-                "--endpoint",
-                f"oss-{cloud.region}-internal.aliyuncs.com",
-                f"oss://{bucket_name}/{common.model_prefix(config)}/",
-                f"{MODEL_DIR}/",
-            ],
-            service_account_annotations={"pod-identity.alibabacloud.com/role-name": reader.role_name},
-        )
-    return common.managed_cluster_target(
-        config,
-        cluster,
-        ESSD_STORAGE_CLASS,
-        service_annotations=load_balancer_annotations(cloud),
-        model_sync=model_sync,
-        log_sink=log_sink,
-        outputs={
-            "clusterId": cluster.id,
-            "modelBucket": bucket.bucket,
-            "logProject": log_project.project_name,
-            "logStore": log_store.logstore_name,
-        },
-        namespace_labels={"pod-identity.alibabacloud.com/injection": "on"} if model_sync else {},
+def model_sync(
+    config: StackConfig, cloud: AlicloudConfig, cluster: Cluster, bucket: ModelBucket, context: CloudContext
+) -> ModelSync:
+    assert cluster.oidc is not None, "ACK clusters here always have RRSA"
+    reader = _model_reader(config, cluster.oidc, bucket.name, context.opts)
+
+    def copy_command(prefix: str, directory: str) -> list[str]:
+        # ossutil 2 takes the RRSA role from the variables the pod identity webhook injects.
+        return [
+            "ossutil", "cp", "--recursive", "--update", "--region", cloud.region,
+            "--endpoint", f"oss-{cloud.region}-internal.aliyuncs.com",
+            f"oss://{bucket.name}/{prefix}/", f"{directory}/",
+        ]
+
+    return ModelSync(
+        image=cloud.model_sync_image,
+        bucket=bucket.name,
+        copy_command=copy_command,
+        service_account_annotations={"pod-identity.alibabacloud.com/role-name": reader.role_name},
     )
+
+
+def platform(
+    config: StackConfig, cloud: AlicloudConfig, cluster: Cluster, context: CloudContext
+) -> CloudPlatform:
+    """ACK installs the GPU device plugin on GPU pools itself; node autoscaling is the cluster's own
+    autoscaler, switched on here, which scales the GPU pool (its scaling_config) on pending pods."""
+    if config.platform.installs("node_autoscaler", cluster.created):
+        alicloud.cs.AutoscalingConfig(
+            f"{config.name}-autoscaling",
+            cluster_id=cluster.id,
+            scaler_type="cluster-autoscaler",
+            scale_up_from_zero=True,
+            scale_down_enabled=True,
+            # A GPU node holds one model replica: idle below half its GPU, it may go after the quiet period.
+            gpu_utilization_threshold="0.5",
+            unneeded_duration="10m",
+            opts=context.opts,
+        )
+    return CloudPlatform(load_balancer_annotations=load_balancer_annotations(cloud))
+
+
+def _section(config: StackConfig) -> AlicloudConfig:
+    assert config.alicloud is not None, "StackConfig checks that the alicloud section is present"
+    return config.alicloud
+
+
+ALICLOUD = common.ManagedCloud[AlicloudConfig](
+    section=_section,
+    provider=lambda config, cloud: alicloud.Provider(f"{config.name}-alicloud", region=cloud.region),
+    storage=ESSD_STORAGE_CLASS,
+    create_cluster=create_cluster,
+    existing_cluster=existing_cluster,
+    model_bucket=model_bucket,
+    model_sync=model_sync,
+    log_sink=log_sink,
+    load_balancer_annotations=load_balancer_annotations,
+    platform=platform,
+    namespace_labels=lambda sync: {"pod-identity.alibabacloud.com/injection": "on"} if sync else {},
+)
+
+
+def build_target(config: StackConfig) -> CloudTarget:
+    return common.build_target(config, ALICLOUD)

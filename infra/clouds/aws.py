@@ -9,14 +9,14 @@ exactly one service account in the stack's namespace; no node-wide credentials a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
 from infra.clouds import common
-from infra.clouds.base import CloudTarget, LogSink, ModelSync
-from infra.config import AwsClusterCreate, AwsConfig, StackConfig
+from infra.clouds.base import CloudPlatform, CloudRelease, CloudTarget, LogSink, ModelSync
+from infra.clouds.common import CloudContext, Cluster, ModelBucket, OidcIssuer
+from infra.config import AwsConfig, StackConfig
 
 # The retention periods CloudWatch Logs accepts.
 LOG_RETENTION_DAYS = (
@@ -49,27 +49,15 @@ TAINT_EFFECTS = {
     "PreferNoSchedule": "PREFER_NO_SCHEDULE",
 }
 STS_AUDIENCE = "sts.amazonaws.com"
+LB_CONTROLLER_SERVICE_ACCOUNT = "aws-load-balancer-controller"
+AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
+# EKS add-ons of the pod network, configured here: the VPC CNI with its NetworkPolicy agent on.
+NETWORK_ADDONS: dict[str, dict[str, object]] = {"vpc-cni": {"enableNetworkPolicy": "true"}}
 GP3_STORAGE_CLASS = common.StorageClassSpec(
     name="gp3-encrypted",
     provisioner="ebs.csi.aws.com",
     parameters={"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"},
 )
-
-
-@dataclass(frozen=True)
-class OidcIssuer:
-    """The cluster's service account token issuer, as registered in IAM."""
-
-    host: pulumi.Output[str]  # the issuer URL without https://, as IAM condition keys spell it
-    provider_arn: pulumi.Output[str]
-
-
-@dataclass(frozen=True)
-class Cluster:
-    name: pulumi.Input[str]
-    kubeconfig: pulumi.Output[str]
-    oidc: OidcIssuer
-    dependencies: tuple[pulumi.Resource, ...] = ()
 
 
 def _kubeconfig(
@@ -137,7 +125,8 @@ def _service_role(name: str, service: str, policies: list[str], opts: pulumi.Res
 
 def irsa_role(name: str, oidc: OidcIssuer, subject: str, opts: pulumi.ResourceOptions) -> aws.iam.Role:
     """An IAM role that only the pods of one service account (`subject`) can assume (IRSA)."""
-    trust = pulumi.Output.all(oidc.host, oidc.provider_arn).apply(
+    host = pulumi.Output.from_input(oidc.url).apply(_without_scheme)
+    trust = pulumi.Output.all(host, oidc.provider_arn).apply(
         lambda args: json.dumps(
             {
                 "Version": "2012-10-17",
@@ -166,10 +155,10 @@ def irsa_role_with_policy(
     return role
 
 
-def _create_cluster(
-    config: StackConfig, spec: AwsClusterCreate, region: str, opts: pulumi.ResourceOptions
-) -> Cluster:
-    prefix = config.name
+def create_cluster(config: StackConfig, cloud: AwsConfig, context: CloudContext) -> Cluster:
+    spec = cloud.cluster
+    assert spec is not None
+    prefix, opts = config.name, context.opts
     cluster_role = _service_role(
         f"{prefix}-eks-cluster", "eks.amazonaws.com", ["AmazonEKSClusterPolicy"], opts
     )
@@ -210,6 +199,19 @@ def _create_cluster(
     oidc = aws.iam.OpenIdConnectProvider(
         f"{prefix}-eks-oidc", url=issuer_url, client_id_lists=[STS_AUDIENCE], opts=opts
     )
+    issuer = OidcIssuer(url=issuer_url, provider_arn=oidc.arn)
+    # The VPC CNI enforces NetworkPolicy only when told to: without it the default-deny is decorative.
+    network = [
+        aws.eks.Addon(
+            f"{prefix}-{name}", cluster_name=cluster.name, addon_name=name,
+            configuration_values=json.dumps(configuration, sort_keys=True),
+            # The cluster bootstraps the add-on unconfigured; this configuration replaces that one.
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=opts,
+        )
+        for name, configuration in NETWORK_ADDONS.items()
+    ]
     system_pool = aws.eks.NodeGroup(
         f"{prefix}-system",
         cluster_name=cluster.name,
@@ -222,7 +224,7 @@ def _create_cluster(
             max_size=spec.system_node_pool.size,
             desired_size=spec.system_node_pool.size,
         ),
-        opts=opts,
+        opts=context.after(*network),
     )
     pool = spec.node_pool
     gpu_pool = aws.eks.NodeGroup(
@@ -231,7 +233,7 @@ def _create_cluster(
         node_role_arn=node_role.arn,
         subnet_ids=spec.subnet_ids,
         instance_types=[pool.instance_type],
-        # The NVIDIA AMI ships the driver and container toolkit.
+        # The NVIDIA AMI ships the driver and container toolkit, not the device plugin.
         ami_type="AL2023_x86_64_NVIDIA",
         disk_size=pool.disk_size_gb,
         scaling_config=aws.eks.NodeGroupScalingConfigArgs(
@@ -245,9 +247,8 @@ def _create_cluster(
                 effect=TAINT_EFFECTS[common.GPU_TAINT.effect],
             )
         ],
-        opts=opts,
+        opts=context.after(*network),
     )
-    issuer = OidcIssuer(host=issuer_url.apply(_without_scheme), provider_arn=oidc.arn)
     ebs_role = irsa_role(
         f"{prefix}-ebs-csi",
         issuer,
@@ -265,15 +266,18 @@ def _create_cluster(
         cluster_name=cluster.name,
         addon_name="aws-ebs-csi-driver",
         service_account_role_arn=ebs_role.arn,
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[system_pool])),
+        opts=context.after(system_pool),
     )
     return Cluster(
-        name=cluster.name,
+        id=cluster.name,
         kubeconfig=_kubeconfig(
-            cluster.name, cluster.endpoint, cluster.certificate_authority.apply(lambda ca: ca.data), region
+            cluster.name, cluster.endpoint, cluster.certificate_authority.apply(lambda ca: ca.data),
+            cloud.region,
         ),
+        created=True,
         oidc=issuer,
-        dependencies=(system_pool, gpu_pool, ebs_addon),
+        vpc_id=cluster.vpc_config.apply(lambda vpc: vpc.vpc_id),
+        dependencies=(system_pool, gpu_pool, ebs_addon, *network),
     )
 
 
@@ -281,28 +285,31 @@ def _without_scheme(url: str) -> str:
     return url.removeprefix("https://")
 
 
-def _existing_cluster(config: StackConfig, name: str, region: str, invoke: pulumi.InvokeOptions) -> Cluster:
-    found = aws.eks.get_cluster_output(name=name, opts=invoke)
+def existing_cluster(config: StackConfig, cloud: AwsConfig, context: CloudContext) -> Cluster:
+    assert cloud.existing_cluster is not None
+    name = cloud.existing_cluster.name
+    found = aws.eks.get_cluster_output(name=name, opts=context.invoke)
     issuer_url = found.identities.apply(lambda identities: identities[0].oidcs[0].issuer)
     # IRSA needs the cluster's OIDC provider registered in IAM (eksctl utils associate-iam-oidc-provider).
-    oidc = aws.iam.get_open_id_connect_provider_output(url=issuer_url, opts=invoke)
+    oidc = aws.iam.get_open_id_connect_provider_output(url=issuer_url, opts=context.invoke)
     return Cluster(
-        name=name,
+        id=name,
         kubeconfig=common.kubeconfig(
             config,
             lambda: _kubeconfig(
-                name, found.endpoint, found.certificate_authorities.apply(lambda cas: cas[0].data), region
+                name, found.endpoint, found.certificate_authorities.apply(lambda cas: cas[0].data),
+                cloud.region,
             ),
         ),
-        oidc=OidcIssuer(host=issuer_url.apply(_without_scheme), provider_arn=oidc.arn),
+        created=False,
+        oidc=OidcIssuer(url=issuer_url, provider_arn=oidc.arn),
+        vpc_id=found.vpc_config.apply(lambda vpc: vpc.vpc_id),
     )
 
 
-def _model_bucket(
-    config: StackConfig, cloud: AwsConfig, opts: pulumi.ResourceOptions
-) -> tuple[aws.s3.Bucket, aws.kms.Key]:
+def model_bucket(config: StackConfig, cloud: AwsConfig, context: CloudContext) -> ModelBucket:
     """A private bucket: all public access blocked, ACLs off, SSE-KMS, versioned, TLS only."""
-    prefix = config.name
+    prefix, opts = config.name, context.opts
     key = aws.kms.Key(
         f"{prefix}-models", description="model bucket encryption", enable_key_rotation=True, opts=opts
     )
@@ -363,13 +370,16 @@ def _model_bucket(
         ),
         opts=opts,
     )
-    return bucket, key
+    return ModelBucket(
+        name=common.bucket_name(config, cloud.bucket.name), arn=bucket.arn, key_arn=key.arn,
+        outputs={"modelBucket": bucket.bucket},
+    )
 
 
 def model_read_policy(
-    bucket_arn: pulumi.Input[str], key_arn: pulumi.Input[str], prefix: str
+    bucket_arn: pulumi.Input[str], key_arn: pulumi.Input[str], prefixes: list[str]
 ) -> pulumi.Output[str]:
-    """Read the weights under `prefix` and nothing else: list that prefix, get its objects, decrypt."""
+    """Read the weights under `prefixes` and nothing else: list them, get their objects, decrypt."""
     return common.json_document(
         {
             "Version": "2012-10-17",
@@ -378,12 +388,12 @@ def model_read_policy(
                     "Effect": "Allow",
                     "Action": "s3:ListBucket",
                     "Resource": bucket_arn,
-                    "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
+                    "Condition": {"StringLike": {"s3:prefix": common.prefix_patterns(prefixes)}},
                 },
                 {
                     "Effect": "Allow",
                     "Action": "s3:GetObject",
-                    "Resource": pulumi.Output.concat(bucket_arn, f"/{prefix}/*"),
+                    "Resource": [pulumi.Output.concat(bucket_arn, f"/{p}/*") for p in prefixes],
                 },
                 {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn},
             ],
@@ -391,12 +401,14 @@ def model_read_policy(
     )
 
 
-def _log_sink(
-    config: StackConfig, cluster: Cluster, region: str, opts: pulumi.ResourceOptions
-) -> tuple[LogSink, aws.cloudwatch.LogGroup]:
+def log_sink(
+    config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: CloudContext
+) -> tuple[LogSink, dict[str, pulumi.Input[str]]]:
     retention = common.require_retention(
         config, lambda days: days in LOG_RETENTION_DAYS, ", ".join(map(str, LOG_RETENTION_DAYS))
     )
+    opts, region = context.opts, cloud.region
+    assert cluster.oidc is not None, "EKS clusters always have an issuer"
     group = aws.cloudwatch.LogGroup(
         f"{config.name}-logs",
         name=f"/{config.name}/{config.stack}/server",
@@ -434,7 +446,7 @@ def _log_sink(
         },
         service_account_annotations={"eks.amazonaws.com/role-arn": role.arn},
     )
-    return sink, group
+    return sink, {"logGroup": group.name}
 
 
 def load_balancer_annotations(cloud: AwsConfig) -> dict[str, str]:
@@ -446,42 +458,143 @@ def load_balancer_annotations(cloud: AwsConfig) -> dict[str, str]:
     }
 
 
-def build_target(config: StackConfig) -> CloudTarget:
-    cloud = config.aws
-    assert cloud is not None, "StackConfig checks that the aws section is present"
-    provider = aws.Provider(f"{config.name}-aws", region=cloud.region)
-    opts = pulumi.ResourceOptions(provider=provider)
-    if cloud.cluster is not None:
-        cluster = _create_cluster(config, cloud.cluster, cloud.region, opts)
-    else:
-        assert cloud.existing_cluster is not None
-        cluster = _existing_cluster(
-            config, cloud.existing_cluster.name, cloud.region, pulumi.InvokeOptions(provider=provider)
-        )
-    log_sink, log_group = _log_sink(config, cluster, cloud.region, opts)
-    bucket, key = _model_bucket(config, cloud, opts)
-    prefix = common.model_prefix(config)
-    model_sync = None
-    if common.uses_bucket(config):
-        reader = irsa_role_with_policy(
-            f"{config.name}-model-sync",
-            cluster.oidc,
-            common.service_account_subject(config.namespace, common.model_sync_service_account(config)),
-            model_read_policy(bucket.arn, key.arn, prefix),
-            opts,
-        )
-        model_sync = ModelSync(
-            image=cloud.model_sync_image,
-            command=common.s3_sync_command(f"s3://{common.bucket_name(config, cloud.bucket.name)}/{prefix}"),
-            env={"AWS_REGION": cloud.region},
-            service_account_annotations={"eks.amazonaws.com/role-arn": reader.arn},
-        )
-    return common.managed_cluster_target(
-        config,
-        cluster,
-        GP3_STORAGE_CLASS,
-        service_annotations=load_balancer_annotations(cloud),
-        model_sync=model_sync,
-        log_sink=log_sink,
-        outputs={"clusterName": cluster.name, "modelBucket": bucket.bucket, "logGroup": log_group.name},
+def model_sync(
+    config: StackConfig, cloud: AwsConfig, cluster: Cluster, bucket: ModelBucket, context: CloudContext
+) -> ModelSync:
+    assert cluster.oidc is not None, "EKS clusters always have an issuer"
+    reader = irsa_role_with_policy(
+        f"{config.name}-model-sync",
+        cluster.oidc,
+        common.service_account_subject(config.namespace, common.model_sync_service_account(config)),
+        model_read_policy(bucket.arn, bucket.key_arn, common.model_prefixes(config)),
+        context.opts,
     )
+    return ModelSync(
+        image=cloud.model_sync_image,
+        bucket=bucket.name,
+        copy_command=common.s3_sync(bucket.name),
+        env={"AWS_REGION": cloud.region},
+        service_account_annotations={"eks.amazonaws.com/role-arn": reader.arn},
+    )
+
+
+def platform(config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: CloudContext) -> CloudPlatform:
+    """EKS installs no device plugin, no load balancer controller and no node autoscaler: the platform
+    layer does, each controller with an IRSA role of its own."""
+    assert cluster.oidc is not None, "EKS clusters always have an issuer"
+    releases = []
+    if config.platform.installs("load_balancer_controller", cluster.created):
+        role = irsa_role_with_policy(
+            f"{config.name}-lb-controller", cluster.oidc,
+            common.service_account_subject("kube-system", LB_CONTROLLER_SERVICE_ACCOUNT),
+            common.json_document(load_balancer_controller_policy()), context.opts,
+        )
+        releases.append(CloudRelease("aws-load-balancer-controller", {
+            "clusterName": cluster.id,
+            "region": cloud.region,
+            "vpcId": cluster.vpc_id,
+            "serviceAccount": {
+                "create": True, "name": LB_CONTROLLER_SERVICE_ACCOUNT,
+                "annotations": {"eks.amazonaws.com/role-arn": role.arn},
+            },
+        }, before_others=True))
+    if config.platform.installs("node_autoscaler", cluster.created):
+        role = irsa_role_with_policy(
+            f"{config.name}-cluster-autoscaler", cluster.oidc,
+            common.service_account_subject("kube-system", AUTOSCALER_SERVICE_ACCOUNT),
+            pulumi.Output.from_input(cluster.id).apply(
+                lambda name: json.dumps(cluster_autoscaler_policy(name), sort_keys=True)
+            ),
+            context.opts,
+        )
+        releases.append(CloudRelease("cluster-autoscaler", {
+            "cloudProvider": "aws",
+            "awsRegion": cloud.region,
+            # Managed node groups tag their Auto Scaling groups for discovery by cluster name.
+            "autoDiscovery": {"clusterName": cluster.id},
+            "rbac": {"serviceAccount": {
+                "create": True, "name": AUTOSCALER_SERVICE_ACCOUNT,
+                "annotations": {"eks.amazonaws.com/role-arn": role.arn},
+            }},
+            # A GPU node of a pool at its minimum is never removed for being idle in the quiet hours.
+            "extraArgs": {"balance-similar-node-groups": True, "skip-nodes-with-system-pods": False},
+        }))
+    return CloudPlatform(
+        releases=releases, needs_device_plugin=True,
+        load_balancer_annotations=load_balancer_annotations(cloud),
+    )
+
+
+def load_balancer_controller_policy() -> dict[str, object]:
+    """What the controller needs to run NLBs for Services: read the network, manage load balancers and
+    target groups it tagged, and the security groups of their targets."""
+    tagged = {"Null": {"aws:ResourceTag/elbv2.k8s.aws/cluster": "false"}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iam:CreateServiceLinkedRole", "Resource": "*",
+             "Condition": {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}},
+            {"Effect": "Allow", "Resource": "*", "Action": [
+                "ec2:Describe*", "elasticloadbalancing:Describe*", "acm:ListCertificates",
+                "acm:DescribeCertificate", "shield:GetSubscriptionState", "wafv2:GetWebACLForResource",
+            ]},
+            {"Effect": "Allow", "Resource": "*", "Action": [
+                "ec2:CreateSecurityGroup", "ec2:CreateTags", "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup",
+                "elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup",
+                "elasticloadbalancing:CreateListener", "elasticloadbalancing:AddTags",
+            ]},
+            {"Effect": "Allow", "Resource": "*", "Condition": tagged, "Action": [
+                "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetSecurityGroups",
+                "elasticloadbalancing:SetSubnets", "elasticloadbalancing:DeleteLoadBalancer",
+                "elasticloadbalancing:ModifyTargetGroup", "elasticloadbalancing:ModifyTargetGroupAttributes",
+                "elasticloadbalancing:DeleteTargetGroup", "elasticloadbalancing:ModifyListener",
+                "elasticloadbalancing:DeleteListener", "elasticloadbalancing:RegisterTargets",
+                "elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RemoveTags",
+            ]},
+        ],
+    }
+
+
+def cluster_autoscaler_policy(cluster_name: str) -> dict[str, object]:
+    """Read every Auto Scaling group; resize only those tagged as this cluster's."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Resource": "*", "Action": [
+                "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances",
+                "autoscaling:DescribeLaunchConfigurations", "autoscaling:DescribeScalingActivities",
+                "autoscaling:DescribeTags", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
+                "ec2:DescribeLaunchTemplateVersions", "ec2:GetInstanceTypesFromInstanceRequirements",
+                "eks:DescribeNodegroup",
+            ]},
+            {"Effect": "Allow", "Resource": "*",
+             "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+             "Condition": {"StringEquals": {
+                 f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned",
+             }}},
+        ],
+    }
+
+
+def _section(config: StackConfig) -> AwsConfig:
+    assert config.aws is not None, "StackConfig checks that the aws section is present"
+    return config.aws
+
+
+AWS = common.ManagedCloud[AwsConfig](
+    section=_section,
+    provider=lambda config, cloud: aws.Provider(f"{config.name}-aws", region=cloud.region),
+    storage=GP3_STORAGE_CLASS,
+    create_cluster=create_cluster,
+    existing_cluster=existing_cluster,
+    model_bucket=model_bucket,
+    model_sync=model_sync,
+    log_sink=log_sink,
+    load_balancer_annotations=load_balancer_annotations,
+    platform=platform,
+)
+
+
+def build_target(config: StackConfig) -> CloudTarget:
+    return common.build_target(config, AWS)

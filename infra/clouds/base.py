@@ -8,8 +8,9 @@ below this seam knows which cloud it runs in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -20,7 +21,10 @@ class ModelSync:
     """How an init container fills the model volume from the bucket before the server starts."""
 
     image: str  # pinned tag or digest, never latest
-    command: Sequence[str]  # e.g. ["aws", "s3", "sync", "s3://bucket/prefix", "/models/model"]
+    bucket: str  # the bucket's name, for the message when a prefix holds nothing
+    # The copy of one prefix of the bucket into a directory: (prefix, directory) -> argv, e.g.
+    # ["aws", "s3", "sync", "s3://bucket/prefix", "/models/model"].
+    copy_command: Callable[[str, str], Sequence[str]]
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # e.g. IRSA
     service_account_labels: Mapping[str, str] = field(default_factory=dict)  # e.g. pod identity labels
@@ -46,6 +50,28 @@ class LogSink:
 
 
 @dataclass(frozen=True)
+class CloudRelease:
+    """A Helm release only this cloud needs (its load balancer controller, its node autoscaler), with
+    values that may hold the cloud's outputs (an IAM role's ARN)."""
+
+    chart: str  # a key of infra.charts.CHARTS
+    values: Mapping[str, Any]
+    # Installed before every other release (a controller whose webhook admits Services and pods).
+    before_others: bool = False
+
+
+@dataclass(frozen=True)
+class CloudPlatform:
+    """What the cloud adds to the platform layer of a cluster."""
+
+    releases: Sequence[CloudRelease] = ()
+    # The cloud installs no GPU device plugin on its GPU nodes (EKS, TKE): the platform layer must.
+    needs_device_plugin: bool = False
+    # Annotations of the public load balancer in front of the gateway's proxies.
+    load_balancer_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CloudTarget:
     kubernetes_provider: k8s.Provider | None  # from the cluster's kubeconfig; None: the ambient kubeconfig
     storage_class: str | None  # for the model PVC; None: the cluster default
@@ -58,3 +84,6 @@ class CloudTarget:
     outputs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # extra stack outputs
     # Labels the app's Namespace must carry for the cloud's identity webhook (e.g. ACK RRSA injection).
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    # Whether this stack created the cluster: then the platform layer installs what the stack runs on.
+    cluster_created: bool = False
+    platform: CloudPlatform = CloudPlatform()

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.clouds.base import CloudTarget, LogSink, ModelSync
+from infra.clouds.base import CloudPlatform, CloudTarget, LogSink, ModelSync
 from infra.components.naming import App
-from infra.config import MODEL_DIR, PROJECT, ConfigError, StackConfig, stack_file
+from infra.config import PROJECT, CloudSection, ConfigError, StackConfig, stack_file
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,26 @@ def model_prefix(config: StackConfig) -> str:
     return config.model.bucket_prefix.strip("/")
 
 
-def s3_sync_command(source: str, endpoint_url: str | None = None) -> list[str]:
-    """The AWS CLI's `s3 sync` of the weights at `source` (s3://bucket/prefix) into the model volume;
-    `endpoint_url` for an S3-compatible store."""
+def s3_sync(bucket: str, endpoint_url: str | None = None) -> Callable[[str, str], list[str]]:
+    """The AWS CLI's `s3 sync` of a prefix of `bucket` into a directory; `endpoint_url` for an
+    S3-compatible store."""
     endpoint = ["--endpoint-url", endpoint_url] if endpoint_url else []
-    return ["aws", "s3", "sync", "--only-show-errors", "--no-progress", *endpoint, source, MODEL_DIR]
+
+    def command(prefix: str, directory: str) -> list[str]:
+        return ["aws", "s3", "sync", "--only-show-errors", "--no-progress", *endpoint,
+                f"s3://{bucket}/{prefix}", directory]
+
+    return command
+
+
+def model_prefixes(config: StackConfig) -> list[str]:
+    """Every prefix of the bucket the model sync reads: the base model and each LoRA adapter."""
+    return [model_prefix(config), *(a.bucket_prefix.strip("/") for a in config.model.lora_adapters)]
+
+
+def prefix_patterns(prefixes: list[str]) -> list[str]:
+    """Each prefix and everything below it, as the clouds' list conditions spell it."""
+    return [pattern for prefix in prefixes for pattern in (prefix, f"{prefix}/*")]
 
 
 def require_retention(config: StackConfig, allowed: Callable[[int], bool], what: str) -> int:
@@ -113,6 +128,7 @@ def kubeconfig(config: StackConfig, from_cloud: Callable[[], pulumi.Input[str]])
 def kubernetes_provider(
     config: StackConfig, config_file: pulumi.Input[str], depends_on: Sequence[pulumi.Resource] = ()
 ) -> k8s.Provider:
+    """The cluster's provider; it waits for the node pools and add-ons, and so does every object on it."""
     return k8s.Provider(
         f"{config.name}-{config.cloud}",
         kubeconfig=config_file,
@@ -137,7 +153,10 @@ class StorageClassSpec:
 
 
 def storage_class(config: StackConfig, spec: StorageClassSpec, provider: k8s.Provider) -> str:
-    """Declare the model volume's StorageClass (encrypted, expandable, bound where the pod lands)."""
+    """Declare the model volume's StorageClass (encrypted, expandable, bound where the pod lands).
+
+    Model volumes are a cache of the bucket, made per pod: `Delete`, so that each volume goes with its
+    pod instead of leaking a disk per restart."""
     k8s.storage.v1.StorageClass(
         f"{config.name}-{spec.name}",
         metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -151,7 +170,7 @@ def storage_class(config: StackConfig, spec: StorageClassSpec, provider: k8s.Pro
         ),
         provisioner=spec.provisioner,
         parameters=dict(spec.parameters),
-        reclaim_policy="Retain",
+        reclaim_policy="Delete",
         allow_volume_expansion=True,
         volume_binding_mode="WaitForFirstConsumer",
         opts=pulumi.ResourceOptions(provider=provider),
@@ -187,38 +206,95 @@ def kafka_log_sink(
     )
 
 
-class ManagedCluster(Protocol):
-    """What each cloud's cluster (created or existing) offers its target."""
+@dataclass(frozen=True)
+class OidcIssuer:
+    """The cluster's service account token issuer, as the cloud's IAM knows it (IRSA, RRSA)."""
+
+    url: pulumi.Input[str]  # https://...
+    provider_arn: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What each cloud's cluster, created or existing, hands the rest of its target."""
+
+    id: pulumi.Input[str]  # EKS cluster name; ACK and TKE cluster id
+    kubeconfig: pulumi.Output[str]
+    created: bool
+    oidc: OidcIssuer | None = None  # None: the cloud has no workload identity (TKE)
+    vpc_id: pulumi.Input[str] | None = None
+    dependencies: tuple[pulumi.Resource, ...] = ()  # node pools, add-ons: ready before any object
+
+
+@dataclass(frozen=True)
+class ModelBucket:
+    name: str
+    arn: pulumi.Input[str] = ""  # where the cloud's policies name buckets by ARN (AWS)
+    key_arn: pulumi.Input[str] = ""  # its encryption key, where reading needs a grant on it (AWS)
+    outputs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloudContext:
+    """The cloud provider every cloud resource and look-up of the stack uses."""
+
+    provider: pulumi.ProviderResource
 
     @property
-    def kubeconfig(self) -> pulumi.Output[str]: ...
+    def opts(self) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(provider=self.provider)
 
     @property
-    def dependencies(self) -> tuple[pulumi.Resource, ...]: ...  # node pools, add-ons: ready first
+    def invoke(self) -> pulumi.InvokeOptions:
+        return pulumi.InvokeOptions(provider=self.provider)
+
+    def after(self, *resources: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(provider=self.provider, depends_on=list(resources))
 
 
-def managed_cluster_target(
-    config: StackConfig,
-    cluster: ManagedCluster,
-    storage: StorageClassSpec,
-    service_annotations: Mapping[str, str],
-    model_sync: ModelSync | None,
-    log_sink: LogSink,
-    outputs: Mapping[str, pulumi.Input[str]],
-    namespace_labels: Mapping[str, str] | None = None,
-) -> CloudTarget:
-    """The target of a managed cluster: its own Kubernetes provider, the cloud's StorageClass, a
-    LoadBalancer Service, and the GPU pool's nodeSelector and tolerations."""
+S = TypeVar("S", bound=CloudSection)
+
+
+@dataclass(frozen=True)
+class ManagedCloud(Generic[S]):
+    """One managed cloud's declared shape: every cloud module fills in the same functions, with the same
+    signatures, and `build_target` drives them in the same order. What differs per cloud is data."""
+
+    section: Callable[[StackConfig], S]
+    provider: Callable[[StackConfig, S], pulumi.ProviderResource]
+    storage: StorageClassSpec
+    create_cluster: Callable[[StackConfig, S, CloudContext], Cluster]
+    existing_cluster: Callable[[StackConfig, S, CloudContext], Cluster]
+    model_bucket: Callable[[StackConfig, S, CloudContext], ModelBucket]
+    model_sync: Callable[[StackConfig, S, Cluster, ModelBucket, CloudContext], ModelSync]
+    log_sink: Callable[[StackConfig, S, Cluster, CloudContext], tuple[LogSink, dict[str, Any]]]
+    load_balancer_annotations: Callable[[S], dict[str, str]]
+    platform: Callable[[StackConfig, S, Cluster, CloudContext], CloudPlatform]
+    namespace_labels: Callable[[ModelSync | None], dict[str, str]] = lambda _: {}
+
+
+def build_target(config: StackConfig, cloud: ManagedCloud[Any]) -> CloudTarget:
+    """The target of a managed cluster: its own Kubernetes provider, the cloud's StorageClass, the load
+    balancer annotations, the GPU pool's nodeSelector and tolerations, and the cloud's platform pieces."""
+    section = cloud.section(config)
+    context = CloudContext(cloud.provider(config, section))
+    create = section.cluster is not None
+    cluster = (cloud.create_cluster if create else cloud.existing_cluster)(config, section, context)
+    log_sink, log_outputs = cloud.log_sink(config, section, cluster, context)
+    bucket = cloud.model_bucket(config, section, context)
+    model_sync = cloud.model_sync(config, section, cluster, bucket, context) if uses_bucket(config) else None
     provider = kubernetes_provider(config, cluster.kubeconfig, cluster.dependencies)
     return CloudTarget(
         kubernetes_provider=provider,
-        storage_class=storage_class(config, storage, provider),
+        storage_class=storage_class(config, cloud.storage, provider),
         service_type="LoadBalancer",
-        service_annotations=service_annotations,
+        service_annotations=cloud.load_balancer_annotations(section),
         node_selector=gpu_node_selector(config),
         tolerations=gpu_tolerations(config),
         model_sync=model_sync,
         log_sink=log_sink,
-        outputs=outputs,
-        namespace_labels=namespace_labels or {},
+        outputs={"cluster": cluster.id, **bucket.outputs, **log_outputs},
+        namespace_labels=cloud.namespace_labels(model_sync),
+        cluster_created=cluster.created,
+        platform=cloud.platform(config, section, cluster, context),
     )

@@ -46,6 +46,7 @@ def _aws_named(args: MockResourceArgs) -> dict[str, Any]:
 def _eks_cluster(args: MockResourceArgs) -> dict[str, Any]:
     return {
         **_aws_named(args),
+        "vpcConfig": {**args.inputs.get("vpcConfig", {}), "vpcId": "vpc-0mock"},
         "endpoint": FAKE_SERVER,
         "certificateAuthority": {"data": FAKE_CA},
         "identities": _eks_identity(args.name),
@@ -72,7 +73,7 @@ MOCK_OUTPUTS: dict[str, Callable[[MockResourceArgs], dict[str, Any]]] = {
     "aws:cloudwatch/logGroup:LogGroup": _aws_arn,
     "alicloud:cs/managedKubernetes:ManagedKubernetes": _ack_cluster,
     "alicloud:ram/accessKey:AccessKey": lambda args: {"secret": "mock-access-key-secret"},
-    "tencentcloud:Kubernetes/cluster:Cluster": lambda args: {
+    "tencentcloud:Kubernetes/clusterEndpoint:ClusterEndpoint": lambda args: {
         "kubeConfig": fake_kubeconfig(args.name),
         "kubeConfigIntranet": fake_kubeconfig(args.name),
     },
@@ -89,6 +90,7 @@ MOCK_CALLS: dict[str, Callable[[MockCallArgs], dict[str, Any]]] = {
         "endpoint": FAKE_SERVER,
         "certificateAuthorities": [{"data": FAKE_CA}],
         "identities": _eks_identity(args.args["name"]),
+        "vpcConfig": {"vpcId": "vpc-0mock"},
     },
     "aws:iam/getOpenIdConnectProvider:getOpenIdConnectProvider": lambda args: {
         "arn": f"arn:aws:iam::123456789012:oidc-provider/{args.args['url'].removeprefix('https://')}",

@@ -9,13 +9,12 @@ of a second CAM user allowed to write to one topic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pulumi
 import tencentcloud_iac_pulumi as tencentcloud
 
 from infra.clouds import common
-from infra.clouds.base import CloudTarget, LogSink, ModelSync
+from infra.clouds.base import CloudPlatform, CloudTarget, LogSink, ModelSync
+from infra.clouds.common import CloudContext, Cluster, ModelBucket
 from infra.config import StackConfig, TencentClusterCreate, TencentConfig
 
 CBS_STORAGE_CLASS = common.StorageClassSpec(
@@ -24,13 +23,8 @@ CBS_STORAGE_CLASS = common.StorageClassSpec(
 MAX_LOG_RETENTION_DAYS = 3600
 INTERNAL_SUBNET_ANNOTATION = "service.kubernetes.io/qcloud-loadbalancer-internal-subnetid"
 CREDENTIALS_FILE = "credentials"
-
-
-@dataclass(frozen=True)
-class Cluster:
-    id: pulumi.Input[str]
-    kubeconfig: pulumi.Output[str]
-    dependencies: tuple[pulumi.Resource, ...] = ()
+# TKE's add-on that enforces NetworkPolicy (the VPC-CNI and global-router networks do not by themselves).
+NETWORK_POLICY_ADDON = "networkpolicy"
 
 
 def _node_pool(
@@ -52,8 +46,12 @@ def _node_pool(
     )
 
 
-def _create_cluster(config: StackConfig, spec: TencentClusterCreate, opts: pulumi.ResourceOptions) -> Cluster:
-    public_api = spec.api_public_security_group_id is not None
+def create_cluster(config: StackConfig, cloud: TencentConfig, context: CloudContext) -> Cluster:
+    spec = cloud.cluster
+    assert spec is not None
+    opts = context.opts
+    # The endpoint is opened by its own resource once nodes exist (the provider's documented way): the
+    # cluster's own `cluster_internet` without `worker_config` never opens it.
     cluster = tencentcloud.kubernetes.Cluster(
         f"{config.name}-tke",
         vpc_id=spec.vpc_id,
@@ -62,10 +60,6 @@ def _create_cluster(config: StackConfig, spec: TencentClusterCreate, opts: pulum
         cluster_deploy_type="MANAGED_CLUSTER",
         cluster_cidr=spec.cluster_cidr,
         container_runtime="containerd",
-        cluster_internet=public_api,
-        cluster_internet_security_group=spec.api_public_security_group_id,
-        cluster_intranet=True,
-        cluster_intranet_subnet_id=spec.subnet_ids[0],
         deletion_protection=True,
         opts=opts,
     )
@@ -102,8 +96,12 @@ def _create_cluster(config: StackConfig, spec: TencentClusterCreate, opts: pulum
             "min_size": gpu.min_size,
             "max_size": gpu.max_size,
             "desired_capacity": gpu.desired_size,
-            "enable_auto_scale": True,
+            # TKE's cluster autoscaler scales the pool between its bounds on pending pods.
+            "enable_auto_scale": config.platform.installs("node_autoscaler", True),
             "auto_scaling_config": scaling(gpu.instance_type, gpu.disk_size_gb),
+            "node_config": tencentcloud.kubernetes.NodePoolNodeConfigArgs(
+                gpu_args=tencentcloud.kubernetes.NodePoolNodeConfigGpuArgsArgs(driver=gpu.gpu_driver)
+            ) if gpu.gpu_driver else None,
             "labels": dict([common.GPU_POOL_LABEL]),
             "taints": [
                 tencentcloud.kubernetes.NodePoolTaintArgs(
@@ -113,19 +111,39 @@ def _create_cluster(config: StackConfig, spec: TencentClusterCreate, opts: pulum
         },
         opts,
     )
+    public_api = spec.api_public_security_group_id is not None
+    endpoint = tencentcloud.kubernetes.ClusterEndpoint(
+        f"{config.name}-tke-endpoint",
+        cluster_id=cluster.id,
+        cluster_internet=public_api,
+        cluster_internet_security_group=spec.api_public_security_group_id,
+        cluster_intranet=True,
+        cluster_intranet_subnet_id=spec.subnet_ids[0],
+        opts=context.after(system_pool, gpu_pool),
+    )
+    network_policy = tencentcloud.kubernetes.Addon(
+        f"{config.name}-networkpolicy", cluster_id=cluster.id, addon_name=NETWORK_POLICY_ADDON,
+        opts=context.after(system_pool),
+    )
     return Cluster(
         id=cluster.id,
-        kubeconfig=pulumi.Output.secret(cluster.kube_config if public_api else cluster.kube_config_intranet),
-        dependencies=(system_pool, gpu_pool),
+        kubeconfig=pulumi.Output.secret(
+            endpoint.kube_config if public_api else endpoint.kube_config_intranet
+        ),
+        created=True,
+        dependencies=(system_pool, gpu_pool, endpoint, network_policy),
     )
 
 
-def _existing_cluster(config: StackConfig, cluster_id: str, invoke: pulumi.InvokeOptions) -> Cluster:
+def existing_cluster(config: StackConfig, cloud: TencentConfig, context: CloudContext) -> Cluster:
+    assert cloud.existing_cluster is not None
+    cluster_id = cloud.existing_cluster.name
+
     def issued() -> pulumi.Output[str]:
-        found = tencentcloud.kubernetes.get_clusters_output(cluster_id=cluster_id, opts=invoke)
+        found = tencentcloud.kubernetes.get_clusters_output(cluster_id=cluster_id, opts=context.invoke)
         return found.lists.apply(lambda clusters: clusters[0].kube_config)
 
-    return Cluster(id=cluster_id, kubeconfig=common.kubeconfig(config, issued))
+    return Cluster(id=cluster_id, kubeconfig=common.kubeconfig(config, issued), created=False)
 
 
 def cos_bucket_name(config: StackConfig, cloud: TencentConfig) -> str:
@@ -133,22 +151,21 @@ def cos_bucket_name(config: StackConfig, cloud: TencentConfig) -> str:
     return f"{common.bucket_name(config, cloud.bucket.name)}-{cloud.app_id}"
 
 
-def _model_bucket(
-    config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions
-) -> tencentcloud.cos.Bucket:
+def model_bucket(config: StackConfig, cloud: TencentConfig, context: CloudContext) -> ModelBucket:
     """A private bucket: private ACL and no bucket policy (so no public access), SSE-COS, versioned."""
-    return tencentcloud.cos.Bucket(
+    bucket = tencentcloud.cos.Bucket(
         f"{config.name}-models",
         bucket=cos_bucket_name(config, cloud),
         acl="private",
         encryption_algorithm="AES256",
         versioning_enable=True,
-        opts=opts,
+        opts=context.opts,
     )
+    return ModelBucket(name=cos_bucket_name(config, cloud), outputs={"modelBucket": bucket.bucket})
 
 
 def model_read_policy(config: StackConfig, cloud: TencentConfig) -> pulumi.Output[str]:
-    """List the bucket and read objects under the model prefix; nothing else."""
+    """List the bucket and read objects under the model's (and its adapters') prefixes; nothing else."""
     bucket = f"qcs::cos:{cloud.region}:uid/{cloud.app_id}:{cos_bucket_name(config, cloud)}"
     return common.json_document(
         {
@@ -158,7 +175,7 @@ def model_read_policy(config: StackConfig, cloud: TencentConfig) -> pulumi.Outpu
                 {
                     "effect": "allow",
                     "action": ["name/cos:GetObject", "name/cos:HeadObject"],
-                    "resource": [f"{bucket}/{common.model_prefix(config)}/*"],
+                    "resource": [f"{bucket}/{prefix}/*" for prefix in common.model_prefixes(config)],
                 },
             ],
         }
@@ -192,8 +209,13 @@ def _api_user(
     )
 
 
-def _model_sync(config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions) -> ModelSync:
-    key = _api_user(config, "model-sync", model_read_policy(config, cloud), "reads the model weights", opts)
+def model_sync(
+    config: StackConfig, cloud: TencentConfig, cluster: Cluster, bucket: ModelBucket, context: CloudContext
+) -> ModelSync:
+    """TKE has no workload identity for COS here: a CAM user's key, read-only on the model's prefixes."""
+    key = _api_user(
+        config, "model-sync", model_read_policy(config, cloud), "reads the model weights", context.opts
+    )
     credentials = pulumi.Output.secret(
         pulumi.Output.format(
             "[default]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n",
@@ -203,10 +225,8 @@ def _model_sync(config: StackConfig, cloud: TencentConfig, opts: pulumi.Resource
     )
     return ModelSync(
         image=cloud.model_sync_image,
-        command=common.s3_sync_command(
-            f"s3://{cos_bucket_name(config, cloud)}/{common.model_prefix(config)}",
-            endpoint_url=f"https://cos.{cloud.region}.myqcloud.com",
-        ),
+        bucket=bucket.name,
+        copy_command=common.s3_sync(bucket.name, endpoint_url=f"https://cos.{cloud.region}.myqcloud.com"),
         env={
             "AWS_DEFAULT_REGION": cloud.region,
             "AWS_SHARED_CREDENTIALS_FILE": f"{ModelSync.SECRET_FILES_DIR}/{CREDENTIALS_FILE}",
@@ -215,9 +235,10 @@ def _model_sync(config: StackConfig, cloud: TencentConfig, opts: pulumi.Resource
     )
 
 
-def _log_sink(
-    config: StackConfig, cloud: TencentConfig, opts: pulumi.ResourceOptions
-) -> tuple[LogSink, tencentcloud.cls.Topic]:
+def log_sink(
+    config: StackConfig, cloud: TencentConfig, cluster: Cluster, context: CloudContext
+) -> tuple[LogSink, dict[str, pulumi.Input[str]]]:
+    opts = context.opts
     retention = common.require_retention_up_to(config, MAX_LOG_RETENTION_DAYS)
     logset = tencentcloud.cls.Logset(
         f"{config.name}-logs", logset_name=f"{config.name}-{config.stack}", opts=opts
@@ -261,7 +282,7 @@ def _log_sink(
         key_secret=key.secret_access_key,
         security_protocol="sasl_plaintext",
     )
-    return sink, topic
+    return sink, {"logTopic": topic.id}
 
 
 def load_balancer_annotations(cloud: TencentConfig) -> dict[str, str]:
@@ -270,27 +291,32 @@ def load_balancer_annotations(cloud: TencentConfig) -> dict[str, str]:
     return {INTERNAL_SUBNET_ANNOTATION: subnet} if subnet else {}
 
 
+def platform(
+    config: StackConfig, cloud: TencentConfig, cluster: Cluster, context: CloudContext
+) -> CloudPlatform:
+    """The device plugin comes from the platform layer; node autoscaling is the GPU pool's own
+    (`enable_auto_scale`), NetworkPolicy enforcement TKE's add-on (both with the cluster)."""
+    return CloudPlatform(needs_device_plugin=True, load_balancer_annotations=load_balancer_annotations(cloud))
+
+
+def _section(config: StackConfig) -> TencentConfig:
+    assert config.tencent is not None, "StackConfig checks that the tencent section is present"
+    return config.tencent
+
+
+TENCENT = common.ManagedCloud[TencentConfig](
+    section=_section,
+    provider=lambda config, cloud: tencentcloud.Provider(f"{config.name}-tencent", region=cloud.region),
+    storage=CBS_STORAGE_CLASS,
+    create_cluster=create_cluster,
+    existing_cluster=existing_cluster,
+    model_bucket=model_bucket,
+    model_sync=model_sync,
+    log_sink=log_sink,
+    load_balancer_annotations=load_balancer_annotations,
+    platform=platform,
+)
+
+
 def build_target(config: StackConfig) -> CloudTarget:
-    cloud = config.tencent
-    assert cloud is not None, "StackConfig checks that the tencent section is present"
-    provider = tencentcloud.Provider(f"{config.name}-tencent", region=cloud.region)
-    opts = pulumi.ResourceOptions(provider=provider)
-    if cloud.cluster is not None:
-        cluster = _create_cluster(config, cloud.cluster, opts)
-    else:
-        assert cloud.existing_cluster is not None
-        cluster = _existing_cluster(
-            config, cloud.existing_cluster.name, pulumi.InvokeOptions(provider=provider)
-        )
-    log_sink, topic = _log_sink(config, cloud, opts)
-    bucket = _model_bucket(config, cloud, opts)
-    model_sync = _model_sync(config, cloud, opts) if common.uses_bucket(config) else None
-    return common.managed_cluster_target(
-        config,
-        cluster,
-        CBS_STORAGE_CLASS,
-        service_annotations=load_balancer_annotations(cloud),
-        model_sync=model_sync,
-        log_sink=log_sink,
-        outputs={"clusterId": cluster.id, "modelBucket": bucket.bucket, "logTopic": topic.id},
-    )
+    return common.build_target(config, TENCENT)

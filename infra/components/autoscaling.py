@@ -8,7 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from inference.metrics import REQUESTS_WAITING
-from infra.components.naming import App, child_opts
+from infra.components.naming import App, Component, child_opts
 from infra.config import AutoscalingConfig, ScalingPolicy
 
 
@@ -26,6 +26,11 @@ def _utilization(resource: str, percent: int) -> k8s.autoscaling.v2.MetricSpecAr
             target=k8s.autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=percent),
         ),
     )
+
+
+# The server's own load signals the HPA scales on, served by a custom metrics adapter whose rules are
+# generated from this tuple (infra.monitoring.adapter).
+POD_METRICS = (REQUESTS_WAITING,)
 
 
 def _queue_length(per_pod: float) -> k8s.autoscaling.v2.MetricSpecArgs:
@@ -54,9 +59,9 @@ def _rules(policy: ScalingPolicy) -> k8s.autoscaling.v2.HPAScalingRulesArgs:
     )
 
 
-class Autoscaler(pulumi.ComponentResource):
+class Autoscaler(Component):
     def __init__(self, name: str, args: AutoscalerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("llm-serving:autoscaling:Autoscaler", name, None, opts)
+        super().__init__("llm-serving:autoscaling:Autoscaler", name, opts)
         app, scaling = args.app, args.scaling
         self.hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{app.name}-horizontalpodautoscaler",

@@ -17,7 +17,7 @@ import pulumi_kubernetes as k8s
 
 from infra.clouds.base import LogSink
 from infra.components.namespace import pod_security_labels
-from infra.components.naming import App, child_opts
+from infra.components.naming import App, Component, child_opts
 from infra.components.pod_access import grant_pod_read
 from infra.components.pod_security import hardened_container_context
 from infra.components.workload import CONTAINER_NAME, Placement, unpinned_digest_skips
@@ -136,9 +136,9 @@ class LoggingArgs:
     placement: Placement  # where the server's pods may run, so the agent runs beside them
 
 
-class LoggingAgent(pulumi.ComponentResource):
+class LoggingAgent(Component):
     def __init__(self, name: str, args: LoggingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("llm-serving:logging:LoggingAgent", name, None, opts)
+        super().__init__("llm-serving:logging:LoggingAgent", name, opts)
         app = args.app
         self.namespace = k8s.core.v1.Namespace(
             f"{args.namespace}-namespace",

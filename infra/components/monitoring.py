@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.naming import App, child_opts
+from infra.components.naming import App, Component, child_opts
 from infra.components.pod_access import grant_pod_read
 from infra.components.workload import PORT_NAME
 from infra.config import MonitoringConfig
@@ -46,9 +46,9 @@ def monitored_service(app: App, autoscaled: bool) -> MonitoredService:
     return MonitoredService(job=app.name, namespace=app.namespace, deployment=app.name, autoscaler=autoscaler)
 
 
-class Monitoring(pulumi.ComponentResource):
+class Monitoring(Component):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("llm-serving:monitoring:Monitoring", name, None, opts)
+        super().__init__("llm-serving:monitoring:Monitoring", name, opts)
         app, config = args.app, args.config
         service = monitored_service(app, args.autoscaled)
         if config.mode == "operator":

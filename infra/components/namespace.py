@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.naming import App, child_opts
+from infra.components.naming import App, Component, child_opts
 from infra.config import LimitRangeConfig, QuotaConfig
 
 # The oldest Kubernetes version we support: pinning the policy version keeps the rules stable when
@@ -34,9 +34,9 @@ class NamespaceArgs:
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
-class Namespace(pulumi.ComponentResource):
+class Namespace(Component):
     def __init__(self, name: str, args: NamespaceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("llm-serving:namespace:Namespace", name, None, opts)
+        super().__init__("llm-serving:namespace:Namespace", name, opts)
         app = args.app
         self.namespace = k8s.core.v1.Namespace(
             f"{app.namespace}-namespace",

@@ -2,7 +2,7 @@
 
 Conventions for a component (copy them):
 - `class XArgs` (a frozen dataclass) holds everything the component needs, already decided;
-  `class X(pulumi.ComponentResource)` with type token `llm-serving:<module>:<Type>`.
+  `class X(Component)` with type token `llm-serving:<module>:<Type>`.
 - Children are created with `opts=child_opts(self)`; Kubernetes objects get `metadata=app.metadata(...)`:
   an explicit name (no auto-naming suffix), the namespace and the standard labels.
 - The Pulumi logical name of a child is `<object name>-<kind>`, unique within the stack.
@@ -95,5 +95,22 @@ class App:
         )
 
 
-def child_opts(parent: pulumi.Resource, **kwargs: object) -> pulumi.ResourceOptions:
-    return pulumi.ResourceOptions(parent=parent, **kwargs)  # type: ignore[arg-type]
+class Component(pulumi.ComponentResource):
+    """A component whose children wait for what the component was told to wait for: Pulumi applies a
+    component's `depends_on` to the component alone, so a Deployment would not wait for its namespace."""
+
+    def __init__(self, type_token: str, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(type_token, name, None, opts)
+        depends_on = opts.depends_on if opts else None
+        self.waits_for: list[pulumi.Resource] = (
+            [depends_on] if isinstance(depends_on, pulumi.Resource) else list(depends_on or [])  # type: ignore[arg-type]
+        )
+
+
+def child_opts(
+    parent: pulumi.Resource, depends_on: list[pulumi.Resource] | None = None, **kwargs: object
+) -> pulumi.ResourceOptions:
+    inherited = list(getattr(parent, "waits_for", []))
+    return pulumi.ResourceOptions(  # type: ignore[arg-type]
+        parent=parent, depends_on=[*inherited, *(depends_on or [])] or None, **kwargs
+    )

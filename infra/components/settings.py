@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import PurePosixPath
 from typing import Any
 
-from inference.config import env_name
+from inference.config import ENV_PREFIX, ServerConfig, env_name
+from infra.components.storage import adapter_dir
 from infra.config import SERVER_PORT, StackConfig
 from infra.quantity import to_decimal
 
@@ -27,6 +29,24 @@ def torch_threads_within(cpu_limit: str) -> int:
     return max(1, math.floor(to_decimal(cpu_limit)) - 1)
 
 
+def contract_env_name(field: str) -> str:
+    """The variable of a server field the deployment derives from other stack keys, named by the flag/env
+    contract (`tensor_parallel_size` -> LLM_SERVING_TENSOR_PARALLEL_SIZE) even before the server has it."""
+    return env_name(field) if field in ServerConfig.model_fields else ENV_PREFIX + field.upper()
+
+
+def derived_settings(config: StackConfig) -> dict[str, str]:
+    """Server settings that follow from other keys: one replica shards over all of its pod's GPUs;
+    each LoRA adapter is served from where the model sync puts it."""
+    derived = {}
+    if config.gpu.count > 1:
+        derived[contract_env_name("tensor_parallel_size")] = str(config.gpu.count)
+    if config.model.lora_adapters:
+        modules = [f"{a.name}={adapter_dir(a.name)}" for a in config.model.lora_adapters]
+        derived[contract_env_name("lora_modules")] = json.dumps(modules)
+    return derived
+
+
 def server_environment(config: StackConfig, model_path: str | None) -> dict[str, str]:
     """Every variable of the server's ConfigMap, sorted by name."""
     settings = config.server.model_dump(exclude_none=True)
@@ -39,6 +59,7 @@ def server_environment(config: StackConfig, model_path: str | None) -> dict[str,
     if model_path is not None:
         settings["model_path"] = model_path
     environment = {env_name(field): _env_value(value) for field, value in settings.items()}
+    environment.update(derived_settings(config))
     # The root filesystem is read-only: every cache (and the demo model) goes to writable emptyDirs.
     environment.update(
         HOME=TMP_DIR,

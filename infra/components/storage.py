@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.clouds.base import ModelSync
-from infra.components.naming import App, child_opts
+from infra.components.naming import App, Component, child_opts
 from infra.components.pod_security import restricted_container_context
-from infra.config import MODEL_MOUNT_PATH
+from infra.config import ADAPTERS_DIR, MODEL_DIR, MODEL_MOUNT_PATH
 
 MODEL_VOLUME = "model"
 SYNC_TMP_VOLUME = "sync-tmp"
 SYNC_SECRET_VOLUME = "sync-credentials"
+
+
+@dataclass(frozen=True)
+class SyncSource:
+    """One prefix of the bucket, the directory it lands in, and the file that proves it arrived."""
+
+    prefix: str
+    directory: str
+    marker: str
+
+
+def model_sources(model_prefix: str, adapters: Sequence[tuple[str, str]]) -> list[SyncSource]:
+    """The base model and each LoRA adapter (name, prefix), as the server expects them on disk."""
+    return [
+        SyncSource(model_prefix.strip("/"), MODEL_DIR, "config.json"),
+        *(
+            SyncSource(prefix.strip("/"), adapter_dir(name), "adapter_config.json")
+            for name, prefix in adapters
+        ),
+    ]
+
+
+def adapter_dir(name: str) -> str:
+    return f"{ADAPTERS_DIR}/{name}"
 
 
 @dataclass(frozen=True)
@@ -24,15 +50,36 @@ class ModelStorageArgs:
     access_mode: str
     storage_class: str | None
     model_sync: ModelSync | None
+    sources: Sequence[SyncSource] = ()  # with model_sync: what to copy
 
 
-def sync_init_container(sync: ModelSync) -> k8s.core.v1.ContainerArgs:
+def sync_script(sync: ModelSync, sources: Sequence[SyncSource]) -> str:
+    """Copy each source, then fail naming the bucket and prefix where nothing arrived: an empty or wrong
+    prefix stops here, with its cause in the pod's status, instead of crash-looping the server."""
+    lines = ["set -eu"]
+    for source in sources:
+        missing = (
+            f"model sync: nothing usable at bucket {sync.bucket!r} prefix {source.prefix!r}: "
+            f"{source.marker} did not arrive in {source.directory}; upload it there first (see the README)"
+        )
+        lines += [
+            f"mkdir -p {shlex.quote(source.directory)}",
+            shlex.join(sync.copy_command(source.prefix, source.directory)),
+            f"if [ ! -s {shlex.quote(f'{source.directory}/{source.marker}')} ]; then "
+            f"echo {shlex.quote(missing)} >&2; exit 1; fi",
+        ]
+    return "\n".join(lines)
+
+
+def sync_init_container(sync: ModelSync, sources: Sequence[SyncSource]) -> k8s.core.v1.ContainerArgs:
     """Copies the weights from the bucket into the volume before the server starts."""
     return k8s.core.v1.ContainerArgs(
         name="model-sync",
         image=sync.image,
         image_pull_policy="Always",
-        command=list(sync.command),
+        command=["/bin/sh", "-c", sync_script(sync, sources)],
+        # The failure message above becomes the container's termination message (kubectl describe).
+        termination_message_policy="FallbackToLogsOnError",
         # Tools that cache credentials or temp files under $HOME need a writable one.
         env=[k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
         + [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in sorted(sync.env.items())],
@@ -55,7 +102,7 @@ def sync_init_container(sync: ModelSync) -> k8s.core.v1.ContainerArgs:
     )
 
 
-class ModelStorage(pulumi.ComponentResource):
+class ModelStorage(Component):
     """The model volume, and what the workload takes from it: `volumes`, `init_containers`, `server_mounts`.
 
     Weights synced from a bucket go into a volume of each pod's own (a generic ephemeral volume on the
@@ -64,7 +111,7 @@ class ModelStorage(pulumi.ComponentResource):
     """
 
     def __init__(self, name: str, args: ModelStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("llm-serving:storage:ModelStorage", name, None, opts)
+        super().__init__("llm-serving:storage:ModelStorage", name, opts)
         app = args.app
         claim_spec = k8s.core.v1.PersistentVolumeClaimSpecArgs(
             access_modes=[args.access_mode],
@@ -81,7 +128,7 @@ class ModelStorage(pulumi.ComponentResource):
             self.volumes = [self._per_pod_volume(app, claim_spec), k8s.core.v1.VolumeArgs(
                 name=SYNC_TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")
             )]
-            self.init_containers.append(sync_init_container(args.model_sync))
+            self.init_containers.append(sync_init_container(args.model_sync, args.sources))
             if args.model_sync.secret_files:
                 self.volumes.append(self._credentials_volume(app, args.model_sync))
         self.register_outputs({})

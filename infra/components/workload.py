@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.naming import App, child_opts
+from infra.components.naming import App, Component, child_opts
 from infra.components.pod_security import restricted_container_context, restricted_pod_context
 from infra.components.settings import API_KEY_DIR, API_KEY_FILE_NAME, CACHE_DIR, TMP_DIR
 from infra.config import SERVER_PORT, RegistryConfig
@@ -57,6 +57,9 @@ class InferenceWorkloadArgs:
     max_replicas: int  # the most pods a rollout has to replace
     load_timeout_seconds: int
     drain_timeout_seconds: float
+    max_surge: int
+    max_unavailable: int
+    pre_stop_seconds: int
     volumes: Sequence[k8s.core.v1.VolumeArgs] = ()
     volume_mounts: Sequence[k8s.core.v1.VolumeMountArgs] = ()
     init_containers: Sequence[k8s.core.v1.ContainerArgs] = ()
@@ -66,13 +69,14 @@ class InferenceWorkloadArgs:
     registry_password: pulumi.Input[str] | None = None
 
 
-def termination_grace_seconds(drain_timeout_seconds: float) -> int:
-    return math.ceil(drain_timeout_seconds) + DRAIN_MARGIN_SECONDS
+def termination_grace_seconds(drain_timeout_seconds: float, pre_stop_seconds: int) -> int:
+    """The preStop wait, then the server's own drain, then a margin."""
+    return pre_stop_seconds + math.ceil(drain_timeout_seconds) + DRAIN_MARGIN_SECONDS
 
 
-def rollout_timeout_seconds(load_timeout_seconds: int, max_replicas: int) -> int:
-    """How long `pulumi up` waits for the Deployment: a rollout replaces pods one at a time."""
-    return (load_timeout_seconds + ROLLOUT_MARGIN_SECONDS) * max_replicas
+def rollout_timeout_seconds(load_timeout_seconds: int, max_replicas: int, pods_at_once: int) -> int:
+    """How long `pulumi up` waits for the Deployment: a rollout replaces `pods_at_once` at a time."""
+    return (load_timeout_seconds + ROLLOUT_MARGIN_SECONDS) * math.ceil(max_replicas / pods_at_once)
 
 
 def unpinned_digest_skips(images: Sequence[str]) -> dict[str, str]:
@@ -116,11 +120,11 @@ def _spread(app: App, topology_key: str) -> k8s.core.v1.TopologySpreadConstraint
     )
 
 
-class InferenceWorkload(pulumi.ComponentResource):
+class InferenceWorkload(Component):
     def __init__(
         self, name: str, args: InferenceWorkloadArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("llm-serving:workload:InferenceWorkload", name, None, opts)
+        super().__init__("llm-serving:workload:InferenceWorkload", name, opts)
         app = args.app
 
         self.settings = k8s.core.v1.ConfigMap(
@@ -203,6 +207,13 @@ class InferenceWorkload(pulumi.ComponentResource):
                 math.ceil(args.load_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
             ),
             liveness_probe=_probe(LIVE_PATH, 10, 5, 3),
+            # Endpoint removal reaches the proxies a few seconds after the pod is told to stop: until
+            # then new requests still arrive, so the server keeps accepting them this long.
+            lifecycle=k8s.core.v1.LifecycleArgs(
+                pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                    exec_=k8s.core.v1.ExecActionArgs(command=["sleep", str(args.pre_stop_seconds)])
+                )
+            ) if args.pre_stop_seconds else None,
             readiness_probe=_probe(READY_PATH, 5, 3, 3),
             security_context=restricted_container_context(),
             volume_mounts=[
@@ -224,7 +235,9 @@ class InferenceWorkload(pulumi.ComponentResource):
         images = [args.image, *(str(c.image) for c in args.init_containers)]
         annotations = {
             "pulumi.com/timeoutSeconds": str(
-                rollout_timeout_seconds(args.load_timeout_seconds, args.max_replicas)
+                rollout_timeout_seconds(
+                    args.load_timeout_seconds, args.max_replicas, max(args.max_surge, args.max_unavailable)
+                )
             ),
             **unpinned_digest_skips(images),
         }
@@ -233,7 +246,9 @@ class InferenceWorkload(pulumi.ComponentResource):
             automount_service_account_token=False,
             enable_service_links=False,
             security_context=restricted_pod_context(),
-            termination_grace_period_seconds=termination_grace_seconds(args.drain_timeout_seconds),
+            termination_grace_period_seconds=termination_grace_seconds(
+                args.drain_timeout_seconds, args.pre_stop_seconds
+            ),
             node_selector=dict(args.placement.node_selector) or None,
             tolerations=[k8s.core.v1.TolerationArgs(**t) for t in args.placement.tolerations] or None,
             topology_spread_constraints=[
@@ -263,10 +278,12 @@ class InferenceWorkload(pulumi.ComponentResource):
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=args.replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=app.selector()),
-                # Never below capacity: a new pod must be ready before an old one goes.
+                # From the stack's rollout keys: on a full GPU pool a surge pod would wait for a node forever.
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(
                     type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                        max_unavailable=args.max_unavailable, max_surge=args.max_surge
+                    ),
                 ),
                 # The deadline restarts with each pod that becomes ready; one model load must fit in it.
                 progress_deadline_seconds=args.load_timeout_seconds + ROLLOUT_MARGIN_SECONDS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from infra.charts import CHARTS
 from infra.config.base import PROJECT
 from infra.config.stack import StackConfig
 from infra.quantity import to_decimal
@@ -37,7 +38,64 @@ def cross_checks(config: StackConfig) -> list[tuple[str, str]]:
                              f"{requested} is above resources.limits.{resource} ({limit}); "
                              "allowed: requests <= limits"))
     problems += _quota_checks(config)
+    problems += _gpu_pool_checks(config)
+    problems += _platform_checks(config)
+    shm, memory = config.resources.shm_size, config.resources.limits.memory
+    if to_decimal(shm) >= to_decimal(memory):
+        problems.append((config_key("resources", "shmSize"),
+                         f"{shm} is not below resources.limits.memory ({memory}); a memory-backed /dev/shm "
+                         "counts against the memory limit; allowed: a smaller shmSize or a larger limit"))
+    if config.rollout_strategy == (0, 0):
+        problems.append((config_key("rollout", "maxUnavailable"),
+                         "0 with rollout.maxSurge 0 can never replace a pod; allowed: one of them above 0"))
+    if config.model.lora_adapters and config.model.source != "bucket":
+        problems.append((config_key("model", "loraAdapters"),
+                         "adapters are synced from the bucket; allowed: with model.source 'bucket' only"))
+    names = [adapter.name for adapter in config.model.lora_adapters]
+    if len(set(names)) != len(names):
+        problems.append((config_key("model", "loraAdapters"),
+                         f"names repeat ({names}); allowed: unique names"))
     return problems
+
+
+def _platform_checks(config: StackConfig) -> list[tuple[str, str]]:
+    platform, tls = config.platform, config.ingress.tls
+    unknown = sorted(set(platform.chart_values) - set(CHARTS))
+    if unknown:
+        return [(config_key("platform", "chartValues"),
+                 f"unknown charts {unknown}; allowed: {', '.join(sorted(CHARTS))}")]
+    issuer = platform.installs("cert_manager", config.creates_cluster, config.ingress.enabled and tls.enabled)
+    if issuer and platform.acme_email is None:
+        return [(config_key("platform", "acmeEmail"),
+                 "required: the stack installs cert-manager and creates the ClusterIssuer "
+                 f"{tls.cluster_issuer!r}, whose ACME account needs an e-mail address")]
+    return []
+
+
+def _gpu_pool_checks(config: StackConfig) -> list[tuple[str, str]]:
+    """A created GPU pool must have the GPUs one pod asks for on one node, and room for every pod."""
+    section = getattr(config, config.cloud, None) if config.cloud != "local" else None
+    cluster = getattr(section, "cluster", None)
+    if cluster is None or config.gpu.count == 0:
+        return []
+    pool, pool_key = cluster.node_pool, (config.cloud, "cluster", "nodePool")
+    gpus = pool.gpus
+    if gpus is None:
+        return [(config_key(*pool_key, "gpusPerNode"),
+                 f"required: the GPUs of {pool.instance_type} are not in the table of known instance types")]
+    if config.gpu.count > gpus:
+        return [(config_key("gpu", "count"),
+                 f"{config.gpu.count} GPUs per pod, but {pool.instance_type} has {gpus}; all GPUs of a pod "
+                 f"are on one node; allowed: at most {gpus}, or a larger instance type")]
+    per_node = gpus // config.gpu.count
+    capacity, surge = pool.max_size * per_node, config.rollout_strategy[0]
+    if config.max_pods > capacity:
+        key = ("autoscaling", "maxReplicas") if config.autoscaling.enabled else ("replicas",)
+        return [(config_key(*key),
+                 f"{config.max_replicas} replicas (+{surge} surge) need {config.max_pods} pods, but the GPU "
+                 f"pool holds at most {capacity} ({pool.max_size} nodes x {per_node} pods); allowed: at most "
+                 f"{capacity - surge}, or a larger {'.'.join(pool_key)}.maxSize")]
+    return []
 
 
 SHARED_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany")

@@ -20,6 +20,22 @@ ALICLOUD_GPU_FAMILIES = (
 TENCENT_GPU_FAMILIES = ("GN6S", "GN7", "GN7vw", "GN8", "GN10X", "GN10Xp", "GT4", "PNV4")
 
 
+# GPUs per node of the instance types the example stacks and the README use. A type missing here needs
+# `nodePool.gpusPerNode`, so that the pods-per-node arithmetic below never guesses.
+GPUS_PER_INSTANCE: dict[str, int] = {
+    **{f"g5.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
+    **{f"g6.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8,
+    **{f"g6e.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "g6e.12xlarge": 4, "g6e.24xlarge": 4, "g6e.48xlarge": 8,
+    "p4d.24xlarge": 8, "p4de.24xlarge": 8, "p5.48xlarge": 8, "p5e.48xlarge": 8, "p5en.48xlarge": 8,
+    "ecs.gn7i-c8g1.2xlarge": 1, "ecs.gn7i-c16g1.4xlarge": 1, "ecs.gn7i-c32g1.8xlarge": 1,
+    "ecs.gn7i-c32g1.16xlarge": 2, "ecs.gn7i-c32g1.32xlarge": 4,
+    "GN7.2XLARGE32": 1, "GN7.5XLARGE80": 1, "GN7.10XLARGE160": 2, "GN7.20XLARGE320": 4,
+}
+
+
 def _family_check(families: tuple[str, ...], separator: str) -> AfterValidator:
     """Validator: the instance type's family (text before `separator`) is one of `families`."""
 
@@ -61,6 +77,13 @@ class NodePoolConfig(Section):
     max_size: int = Field(3, ge=1)
     desired_size: int = Field(1, ge=0)
     disk_size_gb: int = Field(200, ge=20)
+    gpus_per_node: int | None = Field(
+        None, ge=1, description="GPUs of one node; none: from the table of known instance types."
+    )
+
+    @property
+    def gpus(self) -> int | None:
+        return self.gpus_per_node or GPUS_PER_INSTANCE.get(self.instance_type)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> NodePoolConfig:
@@ -82,6 +105,10 @@ class AlicloudNodePool(NodePoolConfig):
 
 class TencentNodePool(NodePoolConfig):
     instance_type: TencentGpuInstanceType
+    gpu_driver: dict[str, str] | None = Field(
+        None, description="TKE's GPU driver for the pool, e.g. {name: NVIDIA-Linux-x86_64-535.161.08, "
+        "version: 535.161.08}; none: the image's driver.",
+    )
 
 
 class SystemNodePoolConfig(Section):
@@ -115,7 +142,10 @@ class AlicloudClusterCreate(ClusterCreate):
     node_pool: AlicloudNodePool
     system_node_pool: SystemNodePoolConfig = SystemNodePoolConfig(instance_type="ecs.g7.xlarge")
     cluster_spec: Literal["ack.pro.small", "ack.standard"] = "ack.pro.small"
-    pod_cidr: str = "172.20.0.0/16"
+    pod_vswitch_ids: list[str] = Field(
+        default_factory=list,
+        description="vSwitches Terway gives pod addresses from; empty: the nodes' (subnetIds).",
+    )
     service_cidr: str = "172.21.0.0/20"
     api_public: bool = Field(False, description="Expose the API server on an internet-facing load balancer.")
 

@@ -30,9 +30,9 @@ class MonitoringConfig(Section):
     scrape_interval_seconds: int = Field(15, ge=1, le=300)
     alerts: AlertThresholds = AlertThresholds()
     operator_labels: dict[str, str] = Field(
-        default_factory=dict,
-        description="Labels the Prometheus resource selects ServiceMonitors and PrometheusRules by, "
-        "e.g. {release: kube-prometheus-stack}.",
+        default_factory=lambda: {"release": "kube-prometheus-stack"},
+        description="Labels the Prometheus resource selects ServiceMonitors and PrometheusRules by; the "
+        "Prometheus the platform layer installs selects exactly these.",
     )
     dashboard_namespace: DnsLabel | None = Field(
         None, description="Namespace Grafana's dashboard sidecar watches; none: the app's namespace."

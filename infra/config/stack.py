@@ -15,6 +15,7 @@ from infra.config.base import DnsLabel, PinnedImage, Section
 from infra.config.clouds import AlicloudConfig, AwsConfig, TencentConfig
 from infra.config.namespace import LimitRangeConfig, QuotaConfig
 from infra.config.observability import LoggingConfig, MonitoringConfig
+from infra.config.platform import PlatformConfig
 from infra.config.traffic import IngressConfig, NetworkConfig
 from infra.config.workload import (
     AutoscalingConfig,
@@ -22,6 +23,7 @@ from infra.config.workload import (
     ModelConfig,
     RegistryConfig,
     ResourcesConfig,
+    RolloutConfig,
     ServerSettings,
 )
 
@@ -39,6 +41,9 @@ SECRET_KEYS: dict[str, SecretKey] = {
     "apiKey": SecretKey("bearer token clients send to the API", required=True),
     "registryPassword": SecretKey("password of the private image registry (with `registry`)"),
     "kubeconfig": SecretKey("kubeconfig of an existing cluster"),
+    "grafanaAdminPassword": SecretKey(
+        "Grafana's admin password (platform Grafana); unset, the chart generates a random one"
+    ),
 }
 
 
@@ -65,6 +70,7 @@ class StackConfig(Section):
     resources: ResourcesConfig = ResourcesConfig()
     replicas: int = Field(2, ge=1, description="Pods when autoscaling is off.")
     autoscaling: AutoscalingConfig = AutoscalingConfig()
+    rollout: RolloutConfig = RolloutConfig()
     ingress: IngressConfig = IngressConfig()
     network: NetworkConfig = NetworkConfig()
     quota: QuotaConfig = QuotaConfig()
@@ -72,6 +78,7 @@ class StackConfig(Section):
     server: ServerSettings = ServerSettings()  # type: ignore[valid-type]
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()
+    platform: PlatformConfig = PlatformConfig()
     aws: AwsConfig | None = None
     alicloud: AlicloudConfig | None = None
     tencent: TencentConfig | None = None
@@ -92,9 +99,23 @@ class StackConfig(Section):
         return self._secrets.values["apiKey"]
 
     @property
+    def creates_cluster(self) -> bool:
+        section = getattr(self, self.cloud, None) if self.cloud != "local" else None
+        return getattr(section, "cluster", None) is not None
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling.enabled else self.replicas
+
+    @property
+    def rollout_strategy(self) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) of the Deployment."""
+        return self.rollout.resolved(gpus=self.gpu.count > 0)
+
+    @property
     def max_pods(self) -> int:
-        """Pods of the workload at most: the autoscaling ceiling (or replicas) plus a rolling-update surge."""
-        return (self.autoscaling.max_replicas if self.autoscaling.enabled else self.replicas) + 1
+        """Pods of the workload at most: the autoscaling ceiling (or replicas) plus the rollout's surge."""
+        return self.max_replicas + self.rollout_strategy[0]
 
 
 def secret_env_name(key: str) -> str:

@@ -18,6 +18,13 @@ class RegistryConfig(Section):
     username: str
 
 
+class LoraAdapter(Section):
+    """A LoRA adapter synced from the bucket beside the base model and served under its own model id."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="Model id clients ask for.")
+    bucket_prefix: str = Field(min_length=1, description="Path of the adapter inside the model bucket.")
+
+
 class ModelConfig(Section):
     source: Literal["demo", "bucket", "volume"] = Field(
         "bucket",
@@ -30,7 +37,14 @@ class ModelConfig(Section):
         "ReadWriteOnce"
     )
     load_timeout_seconds: int = Field(
-        1800, ge=60, le=86400, description="How long a pod may take to load the model before it is ready."
+        1800, ge=60, le=86400,
+        description="Startup budget: how long a pod may take to load the model, compile and capture CUDA "
+        "graphs before it is ready (the startupProbe allows this long).",
+    )
+    lora_adapters: list[LoraAdapter] = Field(
+        default_factory=list,
+        description="LoRA adapters synced with the base model (model.source bucket); the server gets them "
+        "as LLM_SERVING_LORA_MODULES.",
     )
 
 
@@ -72,9 +86,34 @@ class AutoscalingConfig(Section):
     scale_down: ScalingPolicy = ScalingPolicy(stabilization_window_seconds=600, pods=1, period_seconds=300)
 
 
+class RolloutConfig(Section):
+    """How a rollout replaces pods. Unset, it depends on the pods: a GPU pod replaces an old one in place
+    (maxSurge 0, maxUnavailable 1), because a surge pod needs a free GPU node that a full pool does not
+    have and the rollout would wait forever; a CPU pod surges (maxSurge 1, maxUnavailable 0)."""
+
+    max_surge: int | None = Field(None, ge=0, description="Extra pods during a rollout.")
+    max_unavailable: int | None = Field(None, ge=0, description="Pods missing during a rollout.")
+    pre_stop_seconds: int = Field(
+        10, ge=0, le=120,
+        description="How long a stopping pod keeps serving before it drains, so that every proxy has "
+        "dropped its endpoint first (no 503s on scale-down).",
+    )
+
+    def resolved(self, gpus: bool) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable)."""
+        surge, unavailable = (0, 1) if gpus else (1, 0)
+        return (
+            surge if self.max_surge is None else self.max_surge,
+            unavailable if self.max_unavailable is None else self.max_unavailable,
+        )
+
+
 # Server settings the stack may set. The rest are owned by the deployment: where it listens, where
 # the model and the API key are mounted.
-DEPLOYMENT_OWNED_SERVER_FIELDS = frozenset({"host", "port", "model_path", "api_key", "api_key_file"})
+# `tensor_parallel_size` follows gpu.count and `lora_modules` follows model.loraAdapters.
+DEPLOYMENT_OWNED_SERVER_FIELDS = frozenset({
+    "host", "port", "model_path", "api_key", "api_key_file", "tensor_parallel_size", "lora_modules",
+})
 
 ServerSettings: type[Section] = create_model(  # type: ignore[call-overload]
     "ServerSettings",

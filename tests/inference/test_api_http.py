@@ -184,7 +184,14 @@ def test_streamed_n_choices_each_finish(client: httpx.Client) -> None:
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
         ("/v1/completions", {"prompt": {"text": "hi"}}, "prompt"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
-        ("/v1/completions", {"prompt": "hi", "echo": True}, "echo"),
+        ("/v1/completions", {"prompt": "hi", "suffix": "!"}, "suffix"),
+        ("/v1/completions", {"prompt": "hi", "logprobs": 6}, "logprobs"),
+        ("/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("/v1/chat/completions", {**CHAT, "presence_penalty": 2.5}, "presence_penalty"),
+        ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": 101}}, "logit_bias"),
+        ("/v1/chat/completions", {**CHAT, "audio": {"voice": "alloy"}}, "audio"),
+        ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
+        ("/v1/chat/completions", {**CHAT, "structured_outputs": {"regex": "(["}}, "structured_outputs.regex"),
     ],
 )
 def test_invalid_values_are_400_naming_the_field(

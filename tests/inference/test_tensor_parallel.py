@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, Phi3Config
 
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
-from inference.engine.request import GenerationRequest, SamplingParams
+from inference.engine.request import EngineNotReadyError, GenerationRequest, SamplingParams
 from inference.model_loading import load_model
 from inference.parallel.loading import checkpoint_files, empty_model, load_shard
 from inference.parallel.sharding import (
@@ -192,3 +193,29 @@ def test_a_layer_the_plan_does_not_know_is_refused():
         model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(TensorParallelError, match="qkv_proj"):
         plan_splits(model, RANKS)
+
+
+def test_a_killed_worker_fails_the_request_in_flight_and_takes_readiness_down(llama_dir):
+    loaded = load_model(ServerConfig(model_path=llama_dir, tensor_parallel_size=RANKS))
+    long_request = GenerationRequest(
+        "long", [1, 2, 3], SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    )
+
+    async def consume(stream: AsyncIterator[object]) -> None:
+        async for _ in stream:
+            pass
+
+    async def body(engine: AsyncEngine, registry: CollectorRegistry) -> tuple[bool, bool, float | None]:
+        ready_before = engine.ready
+        stream = engine.generate(long_request)
+        await anext(stream)
+        loaded.workers.processes[0].kill()
+        with pytest.raises(EngineNotReadyError):
+            await asyncio.wait_for(consume(stream), timeout=60)
+        return ready_before, engine.ready, registry.get_sample_value("llm_tensor_parallel_ranks_up")
+
+    try:
+        ready_before, ready_after, ranks_up = run_with_engine(loaded, body, tensor_parallel_size=RANKS)
+    finally:
+        loaded.close()
+    assert (ready_before, ready_after, ranks_up) == (True, False, RANKS - 1)

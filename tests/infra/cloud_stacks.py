@@ -14,7 +14,7 @@ import yaml
 from infra.config import PROJECT, ConfigError, StackConfig, load_stack_config, stack_file
 from infra.program import run
 from infra.render import Recorded, RecordingMocks, run_program
-from tests.infra.conftest import API_KEY, REPO, merged, runtime_config
+from tests.infra.conftest import API_KEY, GRAFANA_PASSWORD, REPO, merged, runtime_config
 
 KUBECONFIG = json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": [], "users": []})
 
@@ -40,7 +40,7 @@ def with_changes(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[
 def _runtime_config(
     values: Mapping[str, Any], secrets: Mapping[str, str]
 ) -> tuple[dict[str, str], list[str]]:
-    return runtime_config(values, {"apiKey": API_KEY, **secrets})
+    return runtime_config(values, {"apiKey": API_KEY, "grafanaAdminPassword": GRAFANA_PASSWORD, **secrets})
 
 
 def run_stack(

@@ -24,6 +24,7 @@ from infra.render import RecordingMocks, config_value, run_program
 REPO = Path(__file__).resolve().parents[2]
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in REPO.glob("Pulumi.*.yaml"))
 API_KEY = "test-api-key-0123456789"
+GRAFANA_PASSWORD = "test-grafana-password-0123"
 
 # A small valid stack: local cloud, CPU, model on a pre-filled volume. Tests change what they exercise.
 BASE_CONFIG: dict[str, Any] = {
@@ -34,10 +35,15 @@ BASE_CONFIG: dict[str, Any] = {
         "source": "volume", "accessMode": "ReadWriteMany", "storageSize": "50Gi", "loadTimeoutSeconds": 900
     },
     "gpu": {"count": 0},
-    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+    "resources": {
+        "requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}, "shmSize": "1Gi"
+    },
     "replicas": 2,
     "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4},
-    "ingress": {"enabled": True, "host": "llm.test.example", "tls": {"clusterIssuer": "test-issuer"}},
+    "ingress": {
+        "enabled": True, "kind": "ingress", "host": "llm.test.example",
+        "tls": {"clusterIssuer": "test-issuer"},
+    },
     "server": {"drainTimeoutSeconds": 45},
     # Observability has tests of its own; here the core objects stand alone.
     "monitoring": {"enabled": False},
@@ -141,7 +147,8 @@ def gpu_target(**changes: Any) -> CloudTarget:
         ],
         model_sync=ModelSync(
             image="registry.example.com/sync:2.0.0",
-            command=["sync", "bucket://models/current", "/models/model"],
+            bucket="models",
+            copy_command=lambda prefix, directory: ["sync", f"bucket://models/{prefix}", directory],
             env={"REGION": "test-1"},
             service_account_annotations={"example.com/role": "model-reader"},
             service_account_labels={"example.com/pod-identity": "enabled"},
@@ -172,7 +179,11 @@ def render_cli(
 def rendered_stacks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every stack file rendered by `python -m infra render` once per session, one directory per stack."""
     root = tmp_path_factory.mktemp("rendered")
-    env = {**os.environ, "LLM_SERVING_SECRET_API_KEY": API_KEY}
+    env = {
+        **os.environ,
+        "LLM_SERVING_SECRET_API_KEY": API_KEY,
+        "LLM_SERVING_SECRET_GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD,
+    }
     for stack in STACKS:
         result = render_cli(stack, root / stack, env, timeout=300)
         assert result.returncode == 0, f"render of {stack} failed:\n{result.stderr}"

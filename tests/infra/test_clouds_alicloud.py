@@ -3,17 +3,11 @@ cluster) and the same stack on an existing cluster."""
 
 from __future__ import annotations
 
-from infra.clouds.alicloud import LB_ANNOTATION
 from infra.config import StackConfig
 from infra.render import RecordingMocks
 from tests.infra.cloud_stacks import (
     KUBECONFIG,
-    assert_retention_rejected,
-    assert_workload_fits_gpu_pool,
     kubernetes_object,
-    model_volume_storage_class,
-    only_kubernetes_object,
-    only_resource,
     pod_spec,
     policy,
     resource,
@@ -46,10 +40,6 @@ def test_created_cluster_enables_rrsa(created: RecordingMocks) -> None:
     assert cluster.inputs["enableRrsa"] is True
 
 
-def test_existing_cluster_declares_no_cluster_or_node_pool(existing: RecordingMocks) -> None:
-    assert resources(existing, "alicloud:cs/managedKubernetes:ManagedKubernetes") == []
-    assert resources(existing, "alicloud:cs/nodePool:NodePool") == []
-
 
 def test_existing_cluster_role_trusts_the_configured_rrsa_provider(
     existing: RecordingMocks, config: StackConfig
@@ -59,11 +49,6 @@ def test_existing_cluster_role_trusts_the_configured_rrsa_provider(
     assert statement["Principal"]["Federated"] == [cluster["rrsaOidcProviderArn"]]
     assert statement["Condition"]["StringEquals"]["oidc:iss"] == cluster["rrsaOidcIssuerUrl"]
 
-
-def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
-    pool = resource(created, "alicloud:cs/nodePool:NodePool", f"{config.name}-gpu")
-    labels = {label["key"]: label["value"] for label in pool["labels"]}
-    assert_workload_fits_gpu_pool(created, config, pool["taints"], labels)
 
 
 def test_model_bucket_is_private_encrypted_and_versioned(
@@ -110,26 +95,7 @@ def test_service_account_names_the_model_sync_role(created: RecordingMocks, conf
     assert account["metadata"]["annotations"]["pod-identity.alibabacloud.com/role-name"] == role_name
 
 
-def test_service_uses_current_annotation_prefix_and_configured_address_type(
-    created: RecordingMocks, config: StackConfig
-) -> None:
-    service = only_kubernetes_object(created, "Service")
-    annotations = service["metadata"]["annotations"]
-    assert config.alicloud is not None
-    assert annotations[f"{LB_ANNOTATION}address-type"] == config.alicloud.load_balancer_address_type
-    assert not [key for key in annotations if "alicloud-loadbalancer" in key]
 
-
-def test_model_volume_uses_encrypted_essd(created: RecordingMocks) -> None:
-    parameters = model_volume_storage_class(created)["parameters"]
-    assert {"type": "cloud_essd", "encrypted": "true"}.items() <= parameters.items()
-
-
-def test_logstore_keeps_logs_for_the_configured_retention(
-    created: RecordingMocks, config: StackConfig
-) -> None:
-    store = only_resource(created, "alicloud:log/store:Store")
-    assert store["retentionPeriod"] == config.logging.retention_days
 
 
 def test_log_writer_may_post_only_to_the_logstore(created: RecordingMocks, config: StackConfig) -> None:
@@ -143,7 +109,3 @@ def test_log_writer_may_post_only_to_the_logstore(created: RecordingMocks, confi
         r.endswith(f"project/{store['projectName']}/logstore/{store['logstoreName']}")
         for r in statement["Resource"]
     ] == [True]
-
-
-def test_retention_sls_does_not_offer_stops_naming_the_key(values: dict) -> None:
-    assert_retention_rejected(STACK, values, 3650 + 1)

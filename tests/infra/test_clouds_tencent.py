@@ -4,16 +4,11 @@ cluster) and the same stack on an existing cluster."""
 from __future__ import annotations
 
 from infra.clouds.base import ModelSync
-from infra.clouds.tencent import CREDENTIALS_FILE, INTERNAL_SUBNET_ANNOTATION, build_target
+from infra.clouds.tencent import CREDENTIALS_FILE, build_target
 from infra.config import StackConfig
 from infra.render import RecordingMocks, run_program
 from tests.infra.cloud_stacks import (
     KUBECONFIG,
-    assert_retention_rejected,
-    assert_workload_fits_gpu_pool,
-    model_volume_storage_class,
-    only_kubernetes_object,
-    only_resource,
     policy,
     resource,
     resources,
@@ -35,15 +30,6 @@ def test_created_cluster_is_managed(created: RecordingMocks) -> None:
     assert cluster.inputs["clusterDeployType"] == "MANAGED_CLUSTER"
 
 
-def test_existing_cluster_declares_no_cluster_or_node_pool(existing: RecordingMocks) -> None:
-    assert resources(existing, "tencentcloud:Kubernetes/cluster:Cluster") == []
-    assert resources(existing, "tencentcloud:Kubernetes/nodePool:NodePool") == []
-    assert resources(existing, "pulumi:providers:kubernetes")
-
-
-def test_gpu_pool_taint_and_labels_match_the_workload(created: RecordingMocks, config: StackConfig) -> None:
-    pool = resource(created, "tencentcloud:Kubernetes/nodePool:NodePool", f"{config.name}-gpu")
-    assert_workload_fits_gpu_pool(created, config, pool["taints"], pool["labels"])
 
 
 def test_model_bucket_is_private_encrypted_and_versioned(
@@ -77,33 +63,10 @@ def test_model_sync_key_is_a_secret_file_not_an_env_value(config: StackConfig) -
     assert all(isinstance(value, str) for value in sync.env.values())
 
 
-def test_internal_load_balancer_lands_in_the_configured_subnet(
-    created: RecordingMocks, config: StackConfig
-) -> None:
-    service = only_kubernetes_object(created, "Service")
-    assert config.tencent is not None
-    assert service["metadata"]["annotations"][INTERNAL_SUBNET_ANNOTATION] == (
-        config.tencent.load_balancer_internal_subnet_id
-    )
 
-
-def test_model_volume_uses_premium_cbs(created: RecordingMocks) -> None:
-    storage_class = model_volume_storage_class(created)
-    assert storage_class["provisioner"] == "com.tencent.cloud.csi.cbs"
-
-
-def test_cls_topic_keeps_logs_for_the_configured_retention(
-    created: RecordingMocks, config: StackConfig
-) -> None:
-    topic = only_resource(created, "tencentcloud:Cls/topic:Topic")
-    assert topic["period"] == config.logging.retention_days
 
 
 def test_log_writer_may_write_only_to_the_topic(created: RecordingMocks, config: StackConfig) -> None:
     topic_id = f"{config.name}-logs-id"
     (statement,) = _policy_of(created, f"{config.name}-log-agent")["statement"]
     assert [r.endswith(f":topic/{topic_id}") for r in statement["resource"]] == [True]
-
-
-def test_retention_cls_does_not_offer_stops_naming_the_key(values: dict) -> None:
-    assert_retention_rejected(STACK, values, 3650)

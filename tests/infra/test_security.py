@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from infra.config import SERVER_PORT
@@ -35,11 +36,32 @@ def test_ingress_controller_and_prometheus_may_connect() -> None:
     assert rule["ports"] == [{"port": SERVER_PORT, "protocol": "TCP"}]
 
 
+def _dns_rule(declared: Declared) -> dict[str, Any]:
+    (dns,) = [r for r in server_policy(declared)["egress"] if {"port": 53, "protocol": "UDP"} in r["ports"]]
+    assert {"port": 53, "protocol": "TCP"} in dns["ports"]
+    return dns
+
+
 def test_dns_allowed_to_kube_system(declared: Declared) -> None:
-    dns = [r for r in server_policy(declared)["egress"] if {"port": 53, "protocol": "UDP"} in r["ports"]]
-    assert len(dns) == 1
-    assert namespaces(dns[0]["to"]) == {"kube-system"}
-    assert {"port": 53, "protocol": "TCP"} in dns[0]["ports"]
+    assert namespaces([p for p in _dns_rule(declared)["to"] if "namespaceSelector" in p]) == {"kube-system"}
+
+
+def test_dns_allowed_to_node_local_dns_cache(declared: Declared) -> None:
+    blocks = [p["ipBlock"]["cidr"] for p in _dns_rule(declared)["to"] if "ipBlock" in p]
+    assert blocks == ["169.254.20.10/32"]
+    off = declare({"network": {"nodeLocalDns": False}})
+    assert [p for p in _dns_rule(off)["to"] if "ipBlock" in p] == []
+
+
+def test_acme_http01_solver_admitted_from_the_gateway_namespace() -> None:
+    declared = declare({"ingress": {"kind": "gateway"}})
+    spec = declared.one("NetworkPolicy", "llm-serving-acme-solver")["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"acme.cert-manager.io/http01-solver": "true"}
+    (rule,) = spec["ingress"]
+    assert namespaces(rule["from"]) == {"envoy-gateway-system"}
+    assert rule["ports"] == [{"port": 8089, "protocol": "TCP"}]
+    without_tls = declare({"ingress": {"tls": {"enabled": False}}}).all("NetworkPolicy")
+    assert "llm-serving-acme-solver" not in [p["metadata"]["name"] for p in without_tls]
 
 
 def test_no_other_egress_without_model_download(declared: Declared) -> None:
@@ -55,7 +77,7 @@ def test_model_download_allowed_to_the_buckets_addresses() -> None:
 
 def test_model_download_to_unknown_addresses_opens_only_https() -> None:
     base = gpu_target()
-    target = gpu_target(model_sync=type(base.model_sync)(image=base.model_sync.image, command=["sync"]))
+    target = gpu_target(model_sync=replace(base.model_sync, egress_cidrs=()))
     egress = server_policy(declare(target=target, sync_from_bucket=True))["egress"]
     (download,) = [r for r in egress if r["to"][0].get("ipBlock")]
     assert download["ports"] == [{"port": 443, "protocol": "TCP"}]

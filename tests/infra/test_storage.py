@@ -50,7 +50,9 @@ def test_bucket_sync_runs_as_init_container() -> None:
     target = gpu_target()
     init = declare(target=target, sync_from_bucket=True).pod_spec["initContainers"]
     assert [c["image"] for c in init] == [target.model_sync.image]
-    assert init[0]["command"] == list(target.model_sync.command)
+    shell, flag, script = init[0]["command"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    assert "sync bucket://models/models/current /models/model" in script
 
 
 def test_bucket_sync_gives_each_pod_a_volume_of_its_own() -> None:

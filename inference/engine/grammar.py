@@ -1,0 +1,236 @@
+"""Constrained decoding on llguidance: grammars compiled once and cached, token masks for the batch.
+
+A request's grammar (a JSON schema, a regex, a choice of strings, a Lark grammar) is compiled when
+the request arrives, so that a bad one is a 400 and not a failure mid-generation; compiled grammars
+are cached by their text. Each sequence gets its own matcher, a copy of the compiled one. Every
+step the sampler asks for the allowed tokens of every constrained sequence at once, as one bitmask.
+
+A grammar alone does not make a model stop: a random model can open strings and arrays forever.
+So when a sequence's token budget gets close to the shortest way to finish what it has opened, the
+mask narrows to that way (closing quotes and brackets, then end of sequence), and the output is
+complete and valid rather than cut off. Only if even that does not fit does it end with `length`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import llguidance
+import llguidance.hf
+import llguidance.torch
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from inference.engine.request import InvalidGrammarError
+
+logger = logging.getLogger(__name__)
+
+GrammarKind = Literal["json_schema", "regex", "choice", "lark"]
+
+# Compact JSON: a model (especially a random one) is not invited to pad its output with whitespace.
+_JSON_OPTIONS = {"whitespace_flexible": False}
+_CACHE_SIZE = 256
+# Text that closes what JSON (and most grammars) leave open, most preferred first: inside a string a
+# bracket is just text, at the start of an object a quote opens a key, so both orders are tried.
+_CLOSER_ORDERS = (('"', "}", "]", "0", ","), ("}", "]", '"', "0", ","))
+# Tokens that open something new are never taken on the way to the end.
+_OPENERS = frozenset(("{", "[", '"'))
+# How far ahead of the end of the budget the closing distance is looked at; see GrammarState.
+_CLOSING_MARGIN = 32
+_RECHECK_EVERY = 16
+# One token the model picks can lengthen the way to the end by a few tokens (a `{`, the first byte of
+# a four-byte character), so closing starts this many tokens before the budget strictly needs it.
+_GROWTH_MARGIN = 8
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a request asks its output to match; `source` is the schema (JSON text), regex, or grammar."""
+
+    kind: GrammarKind
+    source: str
+
+    @classmethod
+    def json_schema(cls, schema: object) -> GrammarSpec:
+        return cls("json_schema", json.dumps(schema))
+
+    @classmethod
+    def choice(cls, options: Sequence[str]) -> GrammarSpec:
+        return cls("choice", json.dumps(list(options)))
+
+
+@dataclass(frozen=True)
+class CompiledGrammar:
+    spec: GrammarSpec
+    matcher: llguidance.LLMatcher  # in its start state; never advanced, only copied
+    compile_seconds: float
+
+
+def grammar_compiler(
+    tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_token_ids: Iterable[int]
+) -> GrammarCompiler | None:
+    """The compiler for a model's tokenizer, or None (logged) if llguidance cannot read the tokenizer."""
+    try:
+        return GrammarCompiler(tokenizer, vocab_size, eos_token_ids)
+    except (ValueError, TypeError) as error:
+        logger.warning("structured outputs are unavailable for this tokenizer: %s", error)
+        return None
+
+
+def grammar_text(spec: GrammarSpec) -> str:
+    """The llguidance grammar of `spec` (its own JSON form), not yet checked."""
+    if spec.kind == "json_schema":
+        return llguidance.LLMatcher.grammar_from_json_schema(spec.source, defaults=_JSON_OPTIONS)
+    if spec.kind == "regex":
+        return llguidance.LLMatcher.grammar_from_regex(spec.source)
+    if spec.kind == "choice":
+        options = json.loads(spec.source)
+        return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(o) for o in options))
+    if "::=" in spec.source:  # GBNF, as llama.cpp and vLLM's examples write grammars
+        return llguidance.LLMatcher.grammar_from_lark(llguidance.gbnf_to_lark(spec.source))
+    return llguidance.LLMatcher.grammar_from_lark(spec.source)
+
+
+class GrammarCompiler:
+    """Compiles grammars for one tokenizer, keeping the most recent ones."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_token_ids: Iterable[int]
+    ) -> None:
+        # Models often pad their vocabulary past the tokenizer's; a mask covers whichever is larger.
+        self.vocab_size = max(vocab_size, len(tokenizer))
+        self.tokenizer = llguidance.hf.from_tokenizer(
+            tokenizer, n_vocab=self.vocab_size, eos_token=sorted(eos_token_ids) or None
+        )
+        self.eos_token_ids = frozenset(self.tokenizer.eos_tokens)
+        self._closer_orders = [
+            [ids[0] for text in order if len(ids := self.tokenizer.tokenize_str(text)) == 1]
+            for order in _CLOSER_ORDERS
+        ]
+        self._openers = frozenset(
+            ids[0] for text in _OPENERS if len(ids := self.tokenizer.tokenize_str(text)) == 1
+        )
+        self._cache: OrderedDict[GrammarSpec, CompiledGrammar] = OrderedDict()
+        self._lock = threading.Lock()
+        self.executor = llguidance.LLExecutor()
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one compiler per engine, for the process's life
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.tokenizer.decode_bytes([token_id])
+
+    def compile(self, spec: GrammarSpec) -> CompiledGrammar:
+        with self._lock:
+            if (cached := self._cache.get(spec)) is not None:
+                self._cache.move_to_end(spec)
+                return cached
+        started = time.perf_counter()
+        try:
+            text = grammar_text(spec)
+        except (ValueError, TypeError, json.JSONDecodeError) as error:
+            raise InvalidGrammarError(f"the {spec.kind} does not compile: {error}") from error
+        problem = llguidance.LLMatcher.validate_grammar(text, self.tokenizer)
+        if problem:
+            raise InvalidGrammarError(f"the {spec.kind} does not compile: {problem.strip()}")
+        matcher = llguidance.LLMatcher(self.tokenizer, text, log_level=0)
+        if matcher.is_error():
+            raise InvalidGrammarError(f"the {spec.kind} does not compile: {matcher.get_error()}")
+        compiled = CompiledGrammar(spec, matcher, time.perf_counter() - started)
+        with self._lock:
+            self._cache[spec] = compiled
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def closing_path(self, matcher: llguidance.LLMatcher, limit: int) -> list[int] | None:
+        """The tokens that take `matcher` to the end soonest, as far as two greedy walks tell (one that
+        prefers closing strings, one that prefers closing brackets), or None if both take more than
+        `limit` tokens. An end is a stopped grammar, or an accepting one plus end of sequence."""
+        walks = [self._walk(matcher, limit, closers) for closers in self._closer_orders]
+        found = [path for path in walks if path is not None]
+        return min(found, key=len) if found else None
+
+    def _walk(self, matcher: llguidance.LLMatcher, limit: int, closers: Sequence[int]) -> list[int] | None:
+        walker = matcher.deep_copy()
+        path: list[int] = []
+        while len(path) <= limit:
+            if walker.is_stopped():
+                return path
+            if walker.is_accepting():
+                return [*path, min(self.eos_token_ids)] if len(path) < limit else None
+            step = walker.compute_ff_tokens() or self._next_closer(walker, closers)
+            if not step or walker.try_consume_tokens(step) != len(step):
+                return None
+            path.extend(step)
+        return None
+
+    def _next_closer(self, walker: llguidance.LLMatcher, closers: Sequence[int]) -> list[int]:
+        for token in closers:
+            if walker.validate_tokens([token]) == 1:
+                return [token]
+        allowed = llguidance.torch.allocate_token_bitmask(1, self.vocab_size)
+        llguidance.torch.fill_next_token_bitmask(walker, allowed)
+        for token in unpack_bitmask(allowed, self.vocab_size)[0].nonzero()[:, 0].tolist():
+            if token not in self._openers and token not in self.eos_token_ids:
+                return [token]
+        return []
+
+
+class GrammarState:
+    """One sequence's progress through its grammar."""
+
+    def __init__(self, compiler: GrammarCompiler, compiled: CompiledGrammar) -> None:
+        self.compiler = compiler
+        self.matcher = compiled.matcher.deep_copy()
+        self._closing_estimate = 0
+        self._steps_since_check = _RECHECK_EVERY
+
+    def forced_token(self, remaining: int) -> int | None:
+        """The token to take now so that the output can still end within `remaining` tokens, if the
+        budget is that tight. The closing distance grows by a few tokens at most per step, so it is
+        recomputed every step only near the end of the budget and now and then before."""
+        self._steps_since_check += 1
+        near_end = remaining <= 2 * self._closing_estimate + _CLOSING_MARGIN
+        if not near_end and self._steps_since_check < _RECHECK_EVERY:
+            return None
+        self._steps_since_check = 0
+        path = self.compiler.closing_path(self.matcher, remaining)
+        if path is None:
+            return None
+        self._closing_estimate = len(path)
+        return path[0] if path and len(path) + _GROWTH_MARGIN >= remaining else None
+
+    def accept(self, token_id: int) -> bool:
+        """Advance past `token_id`; True when the grammar is complete (or broken) and the output ends."""
+        self.matcher.consume_token(token_id)
+        return self.matcher.is_stopped()
+
+
+def fill_bitmask(
+    compiler: GrammarCompiler, rows: Sequence[tuple[int, GrammarState, int]], batch: int
+) -> torch.Tensor:
+    """The allowed tokens of every row as a bitmask `[batch, ceil(vocab/32)]` (int32, on the host);
+    `rows` are (row, state, tokens left in its budget); rows not listed allow everything."""
+    bitmask = llguidance.torch.allocate_token_bitmask(batch, compiler.vocab_size)
+    llguidance.torch.fill_next_token_bitmask_par(
+        compiler.executor, [(state.matcher, row) for row, state, _ in rows], bitmask
+    )
+    for row, state, remaining in rows:
+        token = state.forced_token(remaining)
+        if token is not None:
+            bitmask[row] = 0
+            bitmask[row, token // 32] = 1 << (token % 32) if token % 32 != 31 else -(2**31)
+    return bitmask
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A packed int32 bitmask `[rows, words]` as booleans `[rows, vocab_size]`."""
+    bits = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    return ((bitmask[:, :, None] >> bits) & 1).flatten(1)[:, :vocab_size].bool()

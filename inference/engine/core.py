@@ -80,9 +80,10 @@ def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, list) else [eos])
 
 
-def _runner_for(loaded: LoadedModel, block_size: int) -> ModelRunner:
+def _runner_for(loaded: LoadedModel, config: ServerConfig) -> ModelRunner:
+    block_size = config.kv_cache_block_size
     if loaded.workers is None:
-        return ModelRunner(loaded.model, loaded.device, block_size)
+        return ModelRunner(loaded.model, loaded.device, block_size, config.attention_backend)
     from inference.parallel.workers import TensorParallelRunner
 
     return TensorParallelRunner(loaded.model, loaded.device, block_size, loaded.workers)
@@ -97,7 +98,7 @@ class EngineCore:
         check_supported(loaded.model.config, loaded.max_model_len)
         self.tokenizer = loaded.tokenizer
         self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
-        self.runner = _runner_for(loaded, config.kv_cache_block_size)
+        self.runner = _runner_for(loaded, config)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
         self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)

@@ -8,7 +8,9 @@ prepare the next step while the device still runs this one.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -19,6 +21,7 @@ from transformers import PreTrainedModel
 from inference.engine.architectures import check_attention_layers
 from inference.engine.attention import (
     ATTENTION_NAME,
+    DecodeKernel,
     LayerCache,
     LayerSpec,
     PrefillSpan,
@@ -52,10 +55,13 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, device: torch.device, block_size: int) -> None:
+    def __init__(
+        self, model: PreTrainedModel, device: torch.device, block_size: int, attention_backend: str = "auto"
+    ) -> None:
         self.model = model
         self.device = device
         self.block_size = block_size
+        self.decode_kernel = pick_decode_kernel(attention_backend, device, block_size)
         model.set_attn_implementation(ATTENTION_NAME)
         self.layer_specs = self._probe()
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
@@ -150,9 +156,11 @@ class ModelRunner:
             prefills=prefills,
             decode_rows=decode_rows,
             decode_blocks=decode_blocks,
+            decode_ends=ends,
             decode_masks=self._decode_masks(decode_blocks.shape[1], ends),
         )
-        with step_context(StepContext(layout, self.caches, observed={}, workspace=self.workspace)):
+        context = StepContext(layout, self.caches, {}, self.workspace, self.decode_kernel)
+        with step_context(context):
             output = self.model(
                 input_ids=token_ids[None],
                 position_ids=positions[None],
@@ -175,6 +183,23 @@ class ModelRunner:
             bias = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device)
             masks[window] = bias.masked_fill_(~allowed, float("-inf"))[None, :, None, :]  # [1, B, 1, L]
         return masks
+
+
+def pick_decode_kernel(backend: str, device: torch.device, block_size: int) -> DecodeKernel | None:
+    """The paged decode kernel for `attention_backend`, or None for attention over gathered blocks."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    usable = importlib.util.find_spec("triton") is not None and (device.type == "cuda" or interpreted)
+    power_of_two = block_size & (block_size - 1) == 0
+    if backend == "triton" and not (usable and power_of_two):
+        raise ValueError(
+            "attention_backend=triton needs triton (the gpu extra), a CUDA device and a power-of-two "
+            f"kv_cache_block_size (got device {device.type}, block size {block_size})"
+        )
+    if backend == "triton" or (backend == "auto" and device.type == "cuda" and usable and power_of_two):
+        from inference.engine.paged_decode import paged_decode_attention
+
+        return paged_decode_attention
+    return None
 
 
 class _HostStep:

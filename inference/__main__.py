@@ -1,4 +1,4 @@
-"""`python -m inference serve | make-tiny-model | bench | quantize`.
+"""`python -m inference serve | make-tiny-model | bench | quantize | merge-lora`.
 
 Every `serve` flag is generated from a ServerConfig field and is also its `LLM_SERVING_*` variable;
 a flag given on the command line wins over the environment.
@@ -11,13 +11,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_origin
 
 from pydantic import ValidationError
 
 from inference.config import ServerConfig, env_name
 
 # Subcommands owned by their own modules, each exposing `main(argv) -> int`.
-_DELEGATED = {"bench": "inference.bench.cli", "quantize": "inference.quantize"}
+_DELEGATED = {
+    "bench": "inference.bench.cli",
+    "quantize": "inference.quantize",
+    "merge-lora": "inference.lora.merge",
+}
 
 
 def flag_name(field: str) -> str:
@@ -27,16 +32,19 @@ def flag_name(field: str) -> str:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field, info in ServerConfig.model_fields.items():
         description = info.description or field.replace("_", " ")
-        # Switches come in pairs, as vLLM's do: --enable-prefix-caching / --no-enable-prefix-caching.
-        switch = info.annotation is bool
-        takes: dict[str, object] = (
-            {"action": argparse.BooleanOptionalAction} if switch else {"metavar": field.upper()}
-        )
+        # Switches come in pairs, as vLLM's do: --enable-prefix-caching / --no-enable-prefix-caching;
+        # lists take several values: --lora-modules a=DIR b=DIR.
+        takes: dict[str, object] = {"metavar": field.upper()}
+        if info.annotation is bool:
+            takes = {"action": argparse.BooleanOptionalAction}
+        elif get_origin(info.annotation) is list:
+            takes["nargs"] = "+"
+        default = info.get_default(call_default_factory=True)
         parser.add_argument(
             flag_name(field),
             dest=field,
             default=argparse.SUPPRESS,  # absent flags leave the field to the environment or default
-            help=f"{description} [env {env_name(field)}; default {info.default!r}]",
+            help=f"{description} [env {env_name(field)}; default {default!r}]",
             **takes,
         )
 
@@ -60,6 +68,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
+    if args.lora is not None:
+        from inference.lora.random_adapter import make_tiny_lora
+
+        print(make_tiny_lora(args.lora, args.out))
+        return 0
     from inference.tiny_model import make_tiny_model
 
     print(make_tiny_model(args.out))
@@ -77,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.set_defaults(handler=_serve)
     tiny_parser = commands.add_parser("make-tiny-model", help="write the random-weight demo model")
     tiny_parser.add_argument("--out", type=Path, required=True, help="directory to write it to")
+    tiny_parser.add_argument(
+        "--lora", metavar="NAME", help="write a random LoRA adapter (seeded by NAME) for the demo model"
+    )
     tiny_parser.set_defaults(handler=_make_tiny_model)
     for name, module in _DELEGATED.items():
         commands.add_parser(name, help=f"see `{name} --help` ({module})", add_help=False)

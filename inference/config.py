@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LLM_SERVING_"
@@ -19,6 +19,29 @@ Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["none", "int8", "int8-weight-only", "int8-dynamic"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class LoraModule(BaseModel):
+    """One adapter to serve: its model id in the API and its directory (`adapter_config.json` + weights)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^\S+$")
+    path: Path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name_equals_path(cls, value: object) -> object:
+        # vLLM's form on the command line and in the environment's JSON list: "NAME=PATH".
+        if isinstance(value, str):
+            name, separator, path = value.partition("=")
+            if not separator or not name or not path:
+                raise ValueError(f"expected NAME=PATH, got {value!r}")
+            return {"name": name, "path": path}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.path}"
 
 
 class ServerConfig(BaseSettings):
@@ -79,10 +102,38 @@ class ServerConfig(BaseSettings):
     )
     drain_timeout_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM.")
 
+    lora_modules: list[LoraModule] = Field(
+        default_factory=list,
+        description="LoRA adapters served beside the base model, each its own model id: NAME=PATH ... "
+        '(environment: a JSON list, ["NAME=PATH", ...]).',
+    )
+    max_loras: int = Field(8, ge=1, description="LoRA adapters loaded at once at most.")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have.")
+    allow_runtime_lora_updating: bool = Field(
+        False,
+        description="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs an API key).",
+    )
+
     @model_validator(mode="after")
     def _one_key_source(self) -> ServerConfig:
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("set api_key or api_key_file, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_settings(self) -> ServerConfig:
+        names = [module.name for module in self.lora_modules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"lora_modules names each adapter once; repeated: {', '.join(duplicates)}")
+        if len(names) > self.max_loras:
+            raise ValueError(f"lora_modules lists {len(names)} adapters but max_loras is {self.max_loras}")
+        if (names or self.allow_runtime_lora_updating) and self.tensor_parallel_size > 1:
+            # The adapters' A and B would have to be split like the layers they wrap; they are not.
+            raise ValueError("LoRA adapters are not supported with tensor_parallel_size > 1")
+        if self.allow_runtime_lora_updating and self.api_key is None and self.api_key_file is None:
+            # Loading reads any path the server can see: never open to callers without the key.
+            raise ValueError("allow_runtime_lora_updating needs api_key or api_key_file")
         return self
 
 

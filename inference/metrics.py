@@ -56,23 +56,24 @@ REQUESTS_WAITING = MetricSpec(
 KV_CACHE_USAGE = MetricSpec(
     "llm_kv_cache_usage_ratio", Kind.GAUGE, "Fraction of KV cache blocks in use, 0 to 1."
 )
+# `model` is the served model id a request named: the base model's or one of its LoRA adapters'.
 TIME_TO_FIRST_TOKEN = MetricSpec(
     "llm_time_to_first_token_seconds", Kind.HISTOGRAM, "Time from arrival to the first generated token.",
-    (), _LATENCY_BUCKETS,
+    ("model",), _LATENCY_BUCKETS,
 )
 INTER_TOKEN_LATENCY = MetricSpec(
     "llm_inter_token_latency_seconds", Kind.HISTOGRAM, "Time between consecutive generated tokens.",
-    (), _TOKEN_LATENCY_BUCKETS,
+    ("model",), _TOKEN_LATENCY_BUCKETS,
 )
 REQUEST_LATENCY = MetricSpec(
     "llm_request_duration_seconds", Kind.HISTOGRAM, "End-to-end generation latency, arrival to finish.",
-    ("finish_reason",), _LATENCY_BUCKETS,
+    ("model", "finish_reason"), _LATENCY_BUCKETS,
 )
 PROMPT_TOKENS = MetricSpec(
-    "llm_prompt_tokens_total", Kind.COUNTER, "Prompt tokens processed (prefill)."
+    "llm_prompt_tokens_total", Kind.COUNTER, "Prompt tokens processed (prefill).", ("model",)
 )
 GENERATION_TOKENS = MetricSpec(
-    "llm_generation_tokens_total", Kind.COUNTER, "Tokens generated (decode)."
+    "llm_generation_tokens_total", Kind.COUNTER, "Tokens generated (decode).", ("model",)
 )
 REQUESTS_REJECTED = MetricSpec(
     "llm_requests_rejected_total", Kind.COUNTER, "Requests refused before admission, by reason.",

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from inference.config import ServerConfig
+from inference.lora import LoraRegistry, read_lora_adapter
 from inference.parallel.group import rank_device
 from inference.parallel.sharding import TensorParallelError
 from inference.quantize import (
@@ -43,6 +44,7 @@ class LoadedModel:
     name: str
     max_model_len: int
     quantization: str
+    adapters: LoraRegistry  # the LoRA adapters served on this model, each under its own model id
     # The other ranks when the model is split over several processes (tensor_parallel_size > 1).
     workers: WorkerPool | None = None
 
@@ -127,7 +129,9 @@ def load_quantized(
     return model, record.scheme
 
 
-def load_model(config: ServerConfig) -> LoadedModel:
+def load_model(config: ServerConfig, *, split_vocabulary: bool = True) -> LoadedModel:
+    """`split_vocabulary` (tensor parallelism only): embedding and LM head split by vocabulary, or
+    replicated on every rank (what `bench --tensor-parallel-size` compares)."""
     model_dir = config.model_path if config.model_path is not None else ensure_tiny_demo_model()
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
@@ -140,7 +144,9 @@ def load_model(config: ServerConfig) -> LoadedModel:
             from inference.parallel.workers import start_tensor_parallel
 
             device = rank_device(device, 0)
-            model, quantization, workers = start_tensor_parallel(model_dir, config, device, dtype)
+            model, quantization, workers = start_tensor_parallel(
+                model_dir, config, device, dtype, split_vocabulary
+            )
         elif is_quantized_checkpoint(model_dir):
             model, quantization = load_quantized(model_dir, device, dtype, config)
         else:
@@ -160,6 +166,10 @@ def load_model(config: ServerConfig) -> LoadedModel:
         if workers is not None:
             workers.close()
         raise
+    adapters = LoraRegistry(model, name, config.max_loras, config.max_lora_rank)
+    for module in config.lora_modules:
+        # LoraAdapterError (UnsupportedLoraError for DoRA and the like) stops the start-up by name.
+        adapters.add(read_lora_adapter(module.name, module.path, device, dtype))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -168,5 +178,6 @@ def load_model(config: ServerConfig) -> LoadedModel:
         name=name,
         max_model_len=max_model_len,
         quantization=quantization,
+        adapters=adapters,
         workers=workers,
     )

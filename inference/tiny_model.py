@@ -87,6 +87,11 @@ def save_random_model(
     return out_dir
 
 
+def llama_config(dimensions: Mapping[str, int], **config: Any) -> LlamaConfig:
+    """A Llama config of `dimensions` that matches the byte-level tokenizer."""
+    return LlamaConfig(**{**byte_level_token_ids(), **dimensions}, tie_word_embeddings=False, **config)
+
+
 def write_random_llama(
     out_dir: Path,
     dimensions: Mapping[str, int],
@@ -96,18 +101,19 @@ def write_random_llama(
     **config: Any,
 ) -> Path:
     """A random-weight Llama with the byte-level tokenizer, saved to `out_dir` in Hugging Face format."""
-    llama = LlamaConfig(**{**byte_level_token_ids(), **dimensions}, tie_word_embeddings=False, **config)
-    return save_random_model(llama, out_dir, seed=seed, dtype=dtype)
+    return save_random_model(llama_config(dimensions, **config), out_dir, seed=seed, dtype=dtype)
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0, context_length: int = 512) -> Path:
-    """Write the demo model to `out_dir` (created if needed) and return it."""
-    return write_random_llama(
-        out_dir,
+def tiny_model_config(context_length: int = 512) -> LlamaConfig:
+    return llama_config(
         TINY_DIMENSIONS,
-        seed=seed,
         max_position_embeddings=context_length,
         # A wide init makes the logits peaked, so greedy decoding has no near-ties that rounding
         # differences between batched and single-request kernels could flip.
         initializer_range=0.3,
     )
+
+
+def make_tiny_model(out_dir: Path, seed: int = 0, context_length: int = 512) -> Path:
+    """Write the demo model to `out_dir` (created if needed) and return it."""
+    return save_random_model(tiny_model_config(context_length), out_dir, seed=seed)

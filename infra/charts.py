@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class Chart:
     chart: str  # the chart's name in `repository`, or a full oci:// reference
     version: str
-    namespace: str
+    namespace: str  # the monitoring charts go to network.prometheusNamespace instead
     repository: str | None = None  # None: `chart` is an OCI reference
 
 

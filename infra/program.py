@@ -126,6 +126,7 @@ def build_platform(config: StackConfig, target: CloudTarget) -> PlatformReady:
             selector_labels=config.monitoring.operator_labels,
             dashboard_label=next(iter(DASHBOARD_LABEL.items())),
             grafana=config.platform.grafana,
+            full=config.platform.prometheus_stack == "full",
             grafana_admin_password=config.secrets.get("grafanaAdminPassword"),
         ),
         gpu_node_selector=placement.node_selector,

@@ -56,7 +56,13 @@ _KIND_RANK = {
     "DaemonSet": 50,
     "PodDisruptionBudget": 60,
     "HorizontalPodAutoscaler": 60,
+    "ClusterIssuer": 45,
+    "EnvoyProxy": 45,
+    "GatewayClass": 46,
+    "Gateway": 65,
     "Ingress": 70,
+    "HTTPRoute": 70,
+    "BackendTrafficPolicy": 75,
     "NetworkPolicy": 80,
 }
 _OTHER_RANK = 90
@@ -71,12 +77,18 @@ class Recorded:
     name: str
     inputs: dict[str, Any]
     depends_on: tuple[str, ...] = ()  # `type name` of each resource it waits for (explicit and by input)
+    provider: str = ""  # `type name` of its provider, which waits for what the provider depends on
 
 
 def _urn_key(urn: str) -> str:
     """`type name` from a URN (urn:pulumi:stack::project::parent$type::name)."""
     qualified_type, name = urn.split("::")[-2:]
     return f"{qualified_type.split('$')[-1]} {name}"
+
+
+def _provider_key(reference: str) -> str:
+    """`type name` of a provider reference (its URN, `::`, its id); empty for a default provider."""
+    return _urn_key(reference.rsplit("::", 1)[0]) if reference else ""
 
 
 class RecordingMonitor(MockMonitor):
@@ -90,7 +102,8 @@ class RecordingMonitor(MockMonitor):
     def RegisterResource(self, request: Any) -> Any:
         if request.custom:
             keys = sorted({_urn_key(urn) for urn in request.dependencies})
-            self.recorder.dependencies[(request.type, request.name)] = tuple(keys)
+            provider = _provider_key(request.provider)
+            self.recorder.dependencies[(request.type, request.name)] = (tuple(keys), provider)
         return super().RegisterResource(request)
 
 
@@ -101,12 +114,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
         # Filled by RecordingMonitor just before each registration reaches `new_resource`.
-        self.dependencies: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.dependencies: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {}
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if args.custom:
-            depends_on = self.dependencies.get((args.typ, args.name), ())
-            self.resources.append(Recorded(args.typ, args.name, args.inputs, depends_on))
+            depends_on, provider = self.dependencies.get((args.typ, args.name), ((), ""))
+            self.resources.append(Recorded(args.typ, args.name, args.inputs, depends_on, provider))
         outputs = {**args.inputs, **cloud_mocks.MOCK_OUTPUTS.get(args.typ, lambda _: {})(args)}
         return f"{args.name}-id", outputs
 
@@ -239,6 +252,7 @@ def _write(directory: Path, mocks: RecordingMocks) -> None:
                 "name": r.name,
                 "inputs": _clean(r.inputs, reveal_secrets=False),
                 "dependsOn": list(r.depends_on),
+                "provider": r.provider,
             }
             for r in mocks.cloud_resources()
         ),

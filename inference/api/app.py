@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from inference.api import probes, v1
+from inference.api import lora_adapters, probes, v1
 from inference.api.auth import ApiKeyMiddleware
 from inference.api.errors import install_error_handlers
 from inference.api.middleware import RequestObserver
@@ -65,6 +65,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(v1.router)
+    if config.allow_runtime_lora_updating:
+        app.include_router(lora_adapters.router)
     # Added last, so it runs first: every request is counted and logged, refused ones included.
     app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
     app.add_middleware(RequestObserver, collectors=state.collectors)

@@ -16,6 +16,7 @@ from inference.engine.request import (
     InvalidRequestError,
     PromptTooLongError,
     QueueFullError,
+    UnknownModelError,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def from_engine_error(error: Exception, prompt_param: str | None = None) -> APIE
         )
     if isinstance(error, EngineNotReadyError):
         return APIError(503, str(error) or "the server is not ready", code="not_ready")
+    if isinstance(error, UnknownModelError):
+        return APIError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, PromptTooLongError):
         return APIError(400, f"{prompt_param}: {error}", param=prompt_param, code="context_length_exceeded")
     if isinstance(error, InvalidRequestError):

@@ -443,8 +443,23 @@ class ModelCard(BaseModel):
     owned_by: str = "llm-serving"
     max_model_len: int
     quantization: str = "none"  # the int8 scheme the weights are served with, if any
+    parent: str | None = None  # for a LoRA adapter, the base model it runs on
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class LoadLoraAdapterRequest(BaseModel):
+    """vLLM's body for POST /v1/load_lora_adapter."""
+
+    lora_name: str = Field(min_length=1, pattern=r"^\S+$")
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    """vLLM's body for POST /v1/unload_lora_adapter (its `lora_int_id` is accepted and not needed)."""
+
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None

@@ -70,6 +70,7 @@ class Job:
     prompt_param: str  # the request field that holds the prompt, for errors about it
     token_limit: int | None  # as the client gave it
     max_model_len: int
+    lora_name: str | None = None  # the adapter the request's `model` names; None: the base model
 
     def tally(self) -> UsageTally:
         return UsageTally([len(prompt) for prompt in self.prompts], self.body.n)
@@ -82,7 +83,8 @@ class Job:
                 seed = None if self.sampling.seed is None else self.sampling.seed + choice
                 index = prompt_index * self.body.n + choice
                 sampling = replace(self.sampling, seed=seed, max_tokens=self._token_limit(prompt))
-                requests.append(GenerationRequest(f"{self.request_id}-{index}", prompt, sampling))
+                request_id = f"{self.request_id}-{index}"
+                requests.append(GenerationRequest(request_id, prompt, sampling, lora_name=self.lora_name))
         return requests
 
     def _token_limit(self, prompt: list[int]) -> int:
@@ -99,10 +101,15 @@ class Job:
                 )
 
 
-def _check_model_name(requested: str | None, served: str) -> None:
-    if requested is not None and requested != served:
-        raise APIError(404, f"the model '{requested}' does not exist; this server serves '{served}'",
-                       param="model", code="model_not_found")
+def lora_name_for(requested: str | None, model: LoadedModel) -> str | None:
+    """The LoRA adapter a request's `model` names; None for the base model (or no `model` at all)."""
+    if requested is None or requested == model.name:
+        return None
+    if requested in model.adapters:
+        return requested
+    served = ", ".join(repr(name) for name in [model.name, *(a.name for a in model.adapters.adapters)])
+    raise APIError(404, f"the model '{requested}' does not exist; this server serves {served}",
+                   param="model", code="model_not_found")
 
 
 def _warn_unknown_fields(body: SamplingFields) -> None:
@@ -244,10 +251,14 @@ async def _generate(
 @router.get("/models")
 async def list_models(request: Request) -> ModelList:
     model, _ = serving_state_of(request.app).serving_engine()
-    card = ModelCard(
+    base = ModelCard(
         id=model.name, created=0, max_model_len=model.max_model_len, quantization=model.quantization
     )
-    return ModelList(data=[card])
+    adapters = [
+        base.model_copy(update={"id": adapter.name, "parent": model.name})
+        for adapter in model.adapters.adapters
+    ]
+    return ModelList(data=[base, *adapters])
 
 
 def _tool_plan(body: ChatCompletionRequest, parser: ToolCallParserName | None, auto_enabled: bool) -> tuple[
@@ -274,17 +285,19 @@ def _tool_plan(body: ChatCompletionRequest, parser: ToolCallParserName | None, a
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = serving_state_of(request.app)
     model, engine = state.serving_engine()
-    _check_model_name(body.model, model.name)
+    lora_name = lora_name_for(body.model, model)
     _warn_unknown_fields(body)
     parser, forced = _tool_plan(body, state.config.tool_call_parser, state.config.enable_auto_tool_choice)
     prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages, body.tools)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     sampling = await _sampling_params(engine, body, logprobs, forced or _output_grammar(body))
     request_id = request_state(request.scope)["request_id"]
-    job = Job(request_id, [prompt], body, sampling, "messages", body.token_limit, model.max_model_len)
+    job = Job(
+        request_id, [prompt], body, sampling, "messages", body.token_limit, model.max_model_len, lora_name
+    )
     formatter = ChatFormatter(
         id=f"chatcmpl-{request_id}",
-        model=model.name,
+        model=lora_name or model.name,
         token_bytes=engine.token_bytes,
         top_logprobs=logprobs,
         tool_parser=parser,
@@ -295,19 +308,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model, engine = serving_state_of(request.app).serving_engine()
-    _check_model_name(body.model, model.name)
+    lora_name = lora_name_for(body.model, model)
     _warn_unknown_fields(body)
     prompts = await asyncio.to_thread(completion_prompt_ids, model.tokenizer, body.prompt)
     sampling = await _sampling_params(engine, body, body.logprobs, _output_grammar(body))
     request_id = request_state(request.scope)["request_id"]
-    job = Job(request_id, prompts, body, sampling, "prompt", body.max_tokens, model.max_model_len)
+    job = Job(request_id, prompts, body, sampling, "prompt", body.max_tokens, model.max_model_len, lora_name)
     echoed = None
     if body.echo:
         texts = [model.tokenizer.decode(prompt, skip_special_tokens=True) for prompt in prompts]
         echoed = [text for text in texts for _ in range(body.n)]
     formatter = CompletionFormatter(
         id=f"cmpl-{request_id}",
-        model=model.name,
+        model=lora_name or model.name,
         token_bytes=engine.token_bytes,
         top_logprobs=body.logprobs,
         echoed=echoed,

@@ -4,7 +4,10 @@
   own batching, on the same requests in one run (`serving`);
 - `--quantization int8`: the unquantized model beside its int8 versions (`quantization`);
 - `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
-- `--step-profile`: the host time of a decode step beside the model's (`step_profile`).
+- `--lora N`: a workload spread over N LoRA adapters against the base model alone (`lora`);
+- `--step-profile`: the host time of a decode step beside the model's (`step_profile`);
+- `--tensor-parallel-size N`: the model whole against split over N ranks (`tensor_parallel`);
+- `--structured-output`: the default workload with a JSON schema on against off (`structured`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import sys
 
 # The flag that selects each comparison other than the default one, and the module that runs it.
 _SELECTED_BY_FLAG = {
+    "--lora": "lora",
     "--quantization": "quantization",
     "--step-profile": "step_profile",
+    "--tensor-parallel-size": "tensor_parallel",
+    "--structured-output": "structured",
     "--workload": "prefix_cache",
 }
 

@@ -26,6 +26,7 @@ from inference.bench.shapes import add_model_arguments, loaded_model
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
+from inference.engine.grammar import CompiledGrammar
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.model_loading import LoadedModel
 
@@ -63,18 +64,27 @@ class BenchSettings:
     static_batch_size: int = 32
 
 
-async def drive_engine(engine: AsyncEngine, workload: list[WorkItem]) -> list[RequestTiming]:
-    """Submit each item greedily at its arrival offset; when each of its tokens came back."""
+async def drive_engine(
+    engine: AsyncEngine,
+    workload: list[WorkItem],
+    grammar: CompiledGrammar | None = None,
+    lora_names: list[str | None] | None = None,
+) -> list[RequestTiming]:
+    """Submit each item greedily at its arrival offset (its output constrained by `grammar`, and to the
+    LoRA adapter `lora_names` gives it, if given); when each of its tokens came back."""
     start = time.monotonic()
 
-    async def one(item: WorkItem) -> RequestTiming:
+    async def one(item: WorkItem, lora_name: str | None) -> RequestTiming:
         await asyncio.sleep(max(0.0, start + item.arrival_offset - time.monotonic()))
         arrival = time.monotonic()
-        sampling = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True)
-        stream = engine.generate(GenerationRequest(item.request_id, item.prompt_token_ids, sampling))
-        return RequestTiming(arrival, [time.monotonic() async for _ in stream])
+        sampling = SamplingParams(
+            max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True, grammar=grammar
+        )
+        request = GenerationRequest(item.request_id, item.prompt_token_ids, sampling, lora_name=lora_name)
+        return RequestTiming(arrival, [time.monotonic() async for _ in engine.generate(request)])
 
-    return list(await asyncio.gather(*(one(item) for item in workload)))
+    names = lora_names if lora_names is not None else [None] * len(workload)
+    return list(await asyncio.gather(*(one(item, name) for item, name in zip(workload, names, strict=True))))
 
 
 def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> list[RequestTiming]:
@@ -202,7 +212,7 @@ def _run_bench(loaded: LoadedModel, settings: BenchSettings) -> dict[str, object
     return report
 
 
-def _length_range(text: str) -> tuple[int, int]:
+def length_range(text: str) -> tuple[int, int]:
     low, _, high = text.partition(":")
     bounds = (int(low), int(high or low))
     if not 1 <= bounds[0] <= bounds[1]:
@@ -225,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--static-batch-size", type=int, default=defaults.static_batch_size)
     parser.add_argument("--num-requests", type=int, default=defaults.num_requests)
     parser.add_argument(
-        "--prompt-tokens", type=_length_range, default=defaults.prompt_tokens, metavar="MIN:MAX"
+        "--prompt-tokens", type=length_range, default=defaults.prompt_tokens, metavar="MIN:MAX"
     )
     parser.add_argument(
-        "--output-tokens", type=_length_range, default=defaults.output_tokens, metavar="MIN:MAX"
+        "--output-tokens", type=length_range, default=defaults.output_tokens, metavar="MIN:MAX"
     )
     parser.add_argument(
         "--rate",

@@ -24,6 +24,7 @@ from inference.bench.shapes import add_model_arguments, loaded_model
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
+from inference.engine.sampler import sample
 from inference.engine.sequence import Sequence
 
 PHASES = ("schedule", "prepare", "forward", "sample", "commit")
@@ -68,7 +69,7 @@ def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: 
         with clock.phase("forward"):
             logits = core.runner.forward(inputs)
         with clock.phase("sample"):
-            sampled = core.sample(chunks, logits)
+            sampled = sample(logits, [chunk.seq for chunk in chunks if chunk.samples], core.eos_token_ids)
         with clock.phase("commit"):
             core.commit(chunks, sampled)
     for request_id in list(core.sequences):

@@ -6,7 +6,7 @@ and the tests all run it that way.
 The model loop runs on its own thread, never on the event loop. Each iteration it schedules
 under a lock, runs the forward pass without it (so submissions and aborts never wait for the
 model), commits the sampled tokens under the lock again and hands them to the event loop with
-one `call_soon_threadsafe` per step.
+one `call_soon_threadsafe` per step. LoRA adapters are loaded and unloaded between forward passes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
@@ -25,10 +26,17 @@ from inference import metrics
 from inference.config import ServerConfig
 from inference.engine.core import EngineCore, EngineStats, StepOutput
 from inference.engine.grammar import CompiledGrammar, GrammarSpec
-from inference.engine.request import EngineNotReadyError, GenerationRequest, QueueFullError
+from inference.engine.request import (
+    EngineNotReadyError,
+    GenerationRequest,
+    LoraLoadError,
+    QueueFullError,
+    UnknownModelError,
+)
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
 from inference.engine.telemetry import EngineTelemetry
+from inference.lora import LoraAdapter, LoraAdapterError, read_lora_adapter
 from inference.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -50,9 +58,11 @@ class AsyncEngine:
     ) -> None:
         self.loaded = loaded
         self.config = config
-        self._telemetry = EngineTelemetry(collectors, loaded.device)
+        self._telemetry = EngineTelemetry(collectors, loaded.device, loaded.name)
         self._core: EngineCore | None = None
         self._lock = threading.Lock()
+        # Held by the loop around each forward pass: the model's layers change only outside one.
+        self._model_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,13 +173,45 @@ class AsyncEngine:
             return
         with self._lock:
             seq = self._core.abort(request_id, "abort" if reason == "cancelled" else "stop")
-        if seq is None:
-            return
-        if reason == "cancelled":
-            self._telemetry.cancelled()
-        self._telemetry.finished(seq, time.monotonic())
-        self._send([(seq.sink, None)])
+        if seq is not None:
+            self._end_aborted([seq], cancelled=reason == "cancelled")
+
+    def _end_aborted(self, seqs: list[Sequence], cancelled: bool) -> None:
+        now = time.monotonic()
+        for seq in seqs:
+            if cancelled:
+                self._telemetry.cancelled()
+            self._telemetry.finished(seq, now)
+        self._send([(seq.sink, None) for seq in seqs])
         self._wakeup.set()
+
+    async def load_lora_adapter(self, name: str, path: Path) -> None:
+        """Read an adapter (off the event loop) and serve it under `name` from the next step on.
+
+        Raises LoraLoadError when it cannot be read, does not fit the model or the limits."""
+        loaded = self.loaded
+        try:
+            adapter = await asyncio.to_thread(read_lora_adapter, name, path, loaded.device, loaded.dtype)
+            await asyncio.to_thread(self._add_adapter, adapter)
+        except LoraAdapterError as error:
+            raise LoraLoadError(str(error)) from error
+
+    def _add_adapter(self, adapter: LoraAdapter) -> None:
+        with self._model_lock, self._lock:
+            self.loaded.adapters.add(adapter)
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        """Stop serving the adapter; its requests still in flight end as aborted. UnknownModelError if
+        no adapter of that name is loaded."""
+        await asyncio.to_thread(self._remove_adapter, name)
+
+    def _remove_adapter(self, name: str) -> None:
+        with self._model_lock, self._lock:
+            if name not in self.loaded.adapters:
+                raise UnknownModelError(f"no LoRA adapter named {name!r} is loaded")
+            self.loaded.adapters.remove(name)
+            aborted = [] if self._core is None else self._core.abort_adapter(name)
+        self._end_aborted(aborted, cancelled=True)
 
     def _retry_after_seconds(self, waiting: int) -> int:
         estimate = self._mean_latency_seconds * (waiting + 1) / self.config.max_num_seqs
@@ -190,7 +232,8 @@ class AsyncEngine:
                 if not chunks:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue
-                sampled = core.execute(chunks)
+                with self._model_lock:
+                    sampled = core.execute(chunks)
                 with self._lock:
                     outputs = core.commit(chunks, sampled)
                 self._publish(outputs)

@@ -100,9 +100,9 @@ class BlockManager:
     def share_in_step(self, seq: Sequence, num_tokens: int) -> None:
         """The step being scheduled computes `seq` up to `num_tokens`: sequences admitted after it in
         the same step may reuse the full blocks that it completes."""
-        if not self.enable_prefix_caching:
-            return
         num_full = num_tokens // self.block_size
+        if not self.enable_prefix_caching or num_full <= seq.num_cached_blocks:
+            return
         hashes = self.block_hashes(seq, num_full)
         for index in range(seq.num_cached_blocks, num_full):
             if hashes[index] not in self._block_of:
@@ -138,10 +138,8 @@ class BlockManager:
 
     def cache_computed(self, seq: Sequence) -> None:
         """Make the full blocks of `seq` whose KV is computed findable by later sequences."""
-        if not self.enable_prefix_caching:
-            return
         num_full = seq.num_computed_tokens // self.block_size
-        if num_full <= seq.num_cached_blocks:
+        if not self.enable_prefix_caching or num_full <= seq.num_cached_blocks:
             return
         hashes = self.block_hashes(seq, num_full)
         for index in range(seq.num_cached_blocks, num_full):

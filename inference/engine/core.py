@@ -7,6 +7,7 @@ async engine calls the three apart so that the forward pass runs without holding
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +25,12 @@ from inference.engine.request import (
     PromptTooLongError,
     SamplingParams,
     TokenEvent,
+    UnknownModelError,
 )
-from inference.engine.sampler import Sampled, sample
+from inference.engine.sampler import Sampled, grammar_bitmask, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
+from inference.lora import BASE_LORA_ID
 from inference.model_loading import LoadedModel
 
 # Without an explicit budget, the KV cache takes this share of the memory free after loading.
@@ -96,8 +99,10 @@ class EngineCore:
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
         check_supported(loaded.model.config, loaded.max_model_len)
+        self.adapters = loaded.adapters
         self.tokenizer = loaded.tokenizer
         self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
+        self._host_work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
         self.runner = _runner_for(loaded, config)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -121,6 +126,8 @@ class EngineCore:
         invalid_ids = [t for t in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
         if invalid_ids:
             raise InvalidRequestError(f"logit_bias token ids must lie in [0, {self.vocab_size})")
+        if request.lora_name is not None and request.lora_name not in self.adapters:
+            raise UnknownModelError(f"no LoRA adapter named {request.lora_name!r} is loaded")
         if request.request_id in self.sequences:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in the engine")
 
@@ -137,6 +144,12 @@ class EngineCore:
         return self.grammars.token_bytes(token_id)
 
     def add(self, seq: Sequence) -> None:
+        seq.lora_id = self.adapters.id_of(seq.lora_name)
+        if seq.lora_id != BASE_LORA_ID:
+            # An adapter changes the KV of the same tokens, so only its own sequences share cached
+            # blocks. Keyed by id, not name: ids are never re-used, so an adapter unloaded and loaded
+            # again under the same name starts a cache of its own.
+            seq.cache_salt = f"{seq.cache_salt or ''}\0lora:{seq.lora_id}"
         self.sequences[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -146,6 +159,11 @@ class EngineCore:
             seq.finish_reason = finish_reason
             self.scheduler.finish(seq)
         return seq
+
+    def abort_adapter(self, lora_name: str) -> list[Sequence]:
+        """Abort every request for the adapter, which is going away."""
+        users = [seq.request_id for seq in self.sequences.values() if seq.lora_name == lora_name]
+        return [seq for seq in map(self.abort, users) if seq is not None]
 
     @property
     def num_running(self) -> int:
@@ -161,15 +179,20 @@ class EngineCore:
         )
 
     def schedule(self) -> list[Chunk]:
-        return self.scheduler.schedule()
+        chunks = self.scheduler.schedule()
+        if len(self.adapters):
+            # Each adapter's tokens then form one range of rows: its A and B apply once per step.
+            chunks.sort(key=lambda chunk: chunk.seq.lora_id)
+        return chunks
 
     def execute(self, chunks: list[Chunk]) -> Sampled:
-        return self.sample(chunks, self.runner.run(chunks))
-
-    def sample(self, chunks: list[Chunk], logits: torch.Tensor) -> Sampled:
-        """The next token of each chunk that samples, from its row of the step's `logits`."""
         seqs = [chunk.seq for chunk in chunks if chunk.samples]
-        return sample(logits, seqs, self.eos_token_ids, self.grammars)
+        if not any(seq.grammar is not None for seq in seqs):
+            return sample(self.runner.run(chunks), seqs, self.eos_token_ids)
+        # Grammar masks are host work: computed on their own thread while the model runs.
+        masks = self._host_work.submit(grammar_bitmask, seqs, self.grammars)
+        logits = self.runner.run(chunks)
+        return sample(logits, seqs, self.eos_token_ids, masks.result())
 
     def commit(self, chunks: list[Chunk], sampled: Sampled) -> list[StepOutput]:
         """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""

@@ -43,12 +43,13 @@ _CACHE_SIZE = 256
 _CLOSER_ORDERS = (('"', "}", "]", "0", ","), ("}", "]", '"', "0", ","))
 # Tokens that open something new are never taken on the way to the end.
 _OPENERS = frozenset(("{", "[", '"'))
-# How far ahead of the end of the budget the closing distance is looked at; see GrammarState.
-_CLOSING_MARGIN = 32
-_RECHECK_EVERY = 16
 # One token the model picks can lengthen the way to the end by a few tokens (a `{`, the first byte of
 # a four-byte character), so closing starts this many tokens before the budget strictly needs it.
 _GROWTH_MARGIN = 8
+# The way to the end is walked every step once the budget is within this of it, and every
+# _RECHECK_EVERY steps before (it grows by about a token per step at most, so no check is missed).
+_CHECK_WINDOW = _GROWTH_MARGIN + 8
+_RECHECK_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,12 @@ class GrammarCompiler:
         """The tokens that take `matcher` to the end soonest, as far as two greedy walks tell (one that
         prefers closing strings, one that prefers closing brackets), or None if both take more than
         `limit` tokens. An end is a stopped grammar, or an accepting one plus end of sequence."""
-        walks = [self._walk(matcher, limit, closers) for closers in self._closer_orders]
-        found = [path for path in walks if path is not None]
-        return min(found, key=len) if found else None
+        best: list[int] | None = None
+        for closers in self._closer_orders:
+            # A walk only matters if it beats the best so far, so it stops once it cannot.
+            path = self._walk(matcher, limit if best is None else len(best) - 1, closers)
+            best = path if path is not None else best
+        return best
 
     def _walk(self, matcher: llguidance.LLMatcher, limit: int, closers: Sequence[int]) -> list[int] | None:
         walker = matcher.deep_copy()
@@ -166,7 +170,7 @@ class GrammarCompiler:
             if walker.is_accepting():
                 return [*path, min(self.eos_token_ids)] if len(path) < limit else None
             step = walker.compute_ff_tokens() or self._next_closer(walker, closers)
-            if not step or walker.try_consume_tokens(step) != len(step):
+            if not step or not walker.consume_tokens(step):
                 return None
             path.extend(step)
         return None
@@ -191,24 +195,33 @@ class GrammarState:
         self.matcher = compiled.matcher.deep_copy()
         self._closing_estimate = 0
         self._steps_since_check = _RECHECK_EVERY
+        self._closing: list[int] | None = None  # the way to the end being followed, once closing began
 
     def forced_token(self, remaining: int) -> int | None:
         """The token to take now so that the output can still end within `remaining` tokens, if the
         budget is that tight. The closing distance grows by a few tokens at most per step, so it is
-        recomputed every step only near the end of the budget and now and then before."""
+        walked every step only near the end of the budget, now and then before, and not again once
+        the sequence follows it."""
+        if self._closing:
+            return self._closing[0]
         self._steps_since_check += 1
-        near_end = remaining <= 2 * self._closing_estimate + _CLOSING_MARGIN
+        near_end = remaining <= self._closing_estimate + _CHECK_WINDOW
         if not near_end and self._steps_since_check < _RECHECK_EVERY:
             return None
         self._steps_since_check = 0
         path = self.compiler.closing_path(self.matcher, remaining)
-        if path is None:
+        if not path:
             return None
         self._closing_estimate = len(path)
-        return path[0] if path and len(path) + _GROWTH_MARGIN >= remaining else None
+        if len(path) + _GROWTH_MARGIN < remaining:
+            return None
+        self._closing = path
+        return path[0]
 
     def accept(self, token_id: int) -> bool:
         """Advance past `token_id`; True when the grammar is complete (or broken) and the output ends."""
+        if self._closing:
+            self._closing = self._closing[1:] if self._closing[0] == token_id else None
         self.matcher.consume_token(token_id)
         return self.matcher.is_stopped()
 
@@ -219,14 +232,16 @@ def fill_bitmask(
     """The allowed tokens of every row as a bitmask `[batch, ceil(vocab/32)]` (int32, on the host);
     `rows` are (row, state, tokens left in its budget); rows not listed allow everything."""
     bitmask = llguidance.torch.allocate_token_bitmask(batch, compiler.vocab_size)
-    llguidance.torch.fill_next_token_bitmask_par(
-        compiler.executor, [(state.matcher, row) for row, state, _ in rows], bitmask
-    )
+    free = []
     for row, state, remaining in rows:
         token = state.forced_token(remaining)
-        if token is not None:
+        if token is None:
+            free.append((state.matcher, row))
+        else:
             bitmask[row] = 0
             bitmask[row, token // 32] = 1 << (token % 32) if token % 32 != 31 else -(2**31)
+    if free:
+        llguidance.torch.fill_next_token_bitmask_par(compiler.executor, free, bitmask)
     return bitmask
 
 

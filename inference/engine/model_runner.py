@@ -31,6 +31,7 @@ from inference.engine.attention import (
     step_context,
 )
 from inference.engine.scheduler import Chunk
+from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
 _START, _LENGTH, _SAMPLES = attrgetter("start"), attrgetter("length"), attrgetter("samples")
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
@@ -52,6 +53,8 @@ class StepInputs:
     decode_rows: np.ndarray  # [B]
     decode_blocks: np.ndarray  # [B, W]: block tables padded with block 0
     decode_ends: np.ndarray  # [B]: context length of each decode, its new token included
+    # Per run of consecutive chunks for one LoRA adapter: its id and rows [first, last).
+    lora_segments: tuple[tuple[int, int, int], ...] = ()
 
 
 class ModelRunner:
@@ -127,6 +130,7 @@ class ModelRunner:
             decode_rows=host.row_starts[is_decode],
             decode_blocks=host.tables[is_decode, :decode_width],
             decode_ends=decode_ends,
+            lora_segments=_lora_segments(chunks, host.row_starts, host.lengths),
         )
 
     @torch.inference_mode()
@@ -159,8 +163,12 @@ class ModelRunner:
             decode_ends=ends,
             decode_masks=self._decode_masks(decode_blocks.shape[1], ends),
         )
+        segments = tuple(
+            LoraSegment(lora_id, slice(first, last)) for lora_id, first, last in inputs.lora_segments
+        )
+        adapters = LoraStep(segments, len(inputs.token_ids)) if segments else None
         context = StepContext(layout, self.caches, {}, self.workspace, self.decode_kernel)
-        with step_context(context):
+        with step_context(context), lora_step(adapters):
             output = self.model(
                 input_ids=token_ids[None],
                 position_ids=positions[None],
@@ -200,6 +208,24 @@ def pick_decode_kernel(backend: str, device: torch.device, block_size: int) -> D
 
         return paged_decode_attention
     return None
+
+
+def _lora_segments(
+    chunks: list[Chunk], row_starts: np.ndarray, lengths: np.ndarray
+) -> tuple[tuple[int, int, int], ...]:
+    """Runs of rows for one adapter each (the engine orders chunks by adapter, so one per adapter);
+    rows of the base model need none."""
+    segments: list[tuple[int, int, int]] = []
+    for index, chunk in enumerate(chunks):
+        lora_id = chunk.seq.lora_id
+        if lora_id == BASE_LORA_ID:
+            continue
+        first, last = int(row_starts[index]), int(row_starts[index] + lengths[index])
+        if segments and segments[-1][0] == lora_id and segments[-1][2] == first:
+            segments[-1] = (lora_id, segments[-1][1], last)
+        else:
+            segments.append((lora_id, first, last))
+    return tuple(segments)
 
 
 class _HostStep:

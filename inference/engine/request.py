@@ -56,13 +56,15 @@ class GenerationRequest:
 
     `cache_salt` keys the prefix cache beyond the tokens: requests share cached KV blocks only when
     their salts are equal. Anything that changes the KV of the same tokens belongs in it (the LoRA
-    adapter serving the request); None, the default, is the base model's plain cache.
+    adapter serving the request, and so something new whenever an adapter's weights are replaced under
+    the same name); None, the default, is the base model's plain cache.
     """
 
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     cache_salt: str | None = None
+    lora_name: str | None = None  # the LoRA adapter to generate with; None: the base model
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,14 @@ class EngineNotReadyError(EngineError):
 
 class InvalidRequestError(EngineError):
     """The request cannot run as given: no prompt, nothing to generate, ids outside the vocabulary (400)."""
+
+
+class UnknownModelError(EngineError):
+    """The request names a LoRA adapter that is not loaded (404)."""
+
+
+class LoraLoadError(EngineError):
+    """A LoRA adapter cannot be loaded: unreadable, unsupported, not for this model, or over a limit (400)."""
 
 
 class PromptTooLongError(EngineError):

@@ -62,16 +62,21 @@ def _mask_unless_empty(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tens
     return torch.where(empty, logits, masked)
 
 
-def _apply_grammars(logits: torch.Tensor, seqs: Rows[Sequence], compiler: GrammarCompiler | None) -> None:
+def grammar_bitmask(seqs: Rows[Sequence], compiler: GrammarCompiler | None) -> torch.Tensor | None:
+    """The allowed tokens of the constrained rows (host work, done while the model runs), or None."""
     rows = [
-        (row, seq.grammar, seq.remaining_tokens)
-        for row, seq in enumerate(seqs)
-        if seq.grammar is not None
+        (row, seq.grammar, seq.remaining_tokens) for row, seq in enumerate(seqs) if seq.grammar is not None
     ]
     if not rows or compiler is None:
+        return None
+    return fill_bitmask(compiler, rows, len(seqs))
+
+
+def _apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor | None) -> None:
+    if bitmask is None:
         return
-    bitmask = fill_bitmask(compiler, rows, len(seqs)).to(logits.device, non_blocking=True)
-    allowed = unpack_bitmask(bitmask, compiler.vocab_size)
+    bitmask = bitmask.to(logits.device, non_blocking=True)
+    allowed = unpack_bitmask(bitmask, bitmask.shape[1] * 32)
     vocab = min(allowed.shape[1], logits.shape[1])
     logits[:, :vocab].masked_fill_(~allowed[:, :vocab], float("-inf"))
     logits[:, vocab:] = float("-inf")
@@ -185,10 +190,10 @@ def process_logits(
     logits: torch.Tensor,
     seqs: Rows[Sequence],
     eos_token_ids: frozenset[int] = frozenset(),
-    grammars: GrammarCompiler | None = None,
+    bitmask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The logits the draw sees, before temperature: masks, biases and penalties applied."""
-    _apply_grammars(logits, seqs, grammars)
+    _apply_bitmask(logits, bitmask)
     logits = _suppress_end_tokens(logits, seqs, eos_token_ids)
     _apply_logit_bias(logits, seqs)
     _apply_penalties(logits, seqs)
@@ -200,12 +205,12 @@ def sample(
     logits: torch.Tensor,
     seqs: Rows[Sequence],
     eos_token_ids: frozenset[int] = frozenset(),
-    grammars: GrammarCompiler | None = None,
+    bitmask: torch.Tensor | None = None,
 ) -> Sampled:
     """One token per row of `logits` `[S, vocab]` (float32, modified in place), and its log-probabilities
-    where the request asked."""
+    where the request asked; `bitmask` is `grammar_bitmask` of the same rows."""
     log_probs = logits.log_softmax(-1) if any(seq.sampling.logprobs for seq in seqs) else None
-    chosen = _choose(process_logits(logits, seqs, eos_token_ids, grammars), seqs)
+    chosen = _choose(process_logits(logits, seqs, eos_token_ids, bitmask), seqs)
     if log_probs is None:
         return Sampled(chosen.tolist(), [None] * len(seqs))
 

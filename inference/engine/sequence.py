@@ -46,6 +46,8 @@ class Sequence:
     last_token_time: float | None = None
     # Whatever the owner of the request hands tokens to (the async layer's stream); opaque here.
     sink: Any = None
+    lora_name: str | None = None  # None: the base model
+    lora_id: int = 0  # the adapter's id in the model's LoRA registry, set on admission; 0: the base model
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -61,7 +63,10 @@ class Sequence:
         if sampling.grammar is not None and grammars is not None:
             grammar = GrammarState(grammars, sampling.grammar)
         prompt = list(request.prompt_token_ids)
-        return cls(request.request_id, prompt, sampling, arrival_time, seed, grammar, request.cache_salt)
+        return cls(
+            request.request_id, prompt, sampling, arrival_time, seed, grammar, request.cache_salt,
+            lora_name=request.lora_name,
+        )  # fmt: skip
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -28,12 +28,15 @@ def _device_memory(device: torch.device) -> tuple[int, int]:
 
 
 class EngineTelemetry:
-    def __init__(self, collectors: dict[str, MetricWrapperBase] | None, device: torch.device) -> None:
+    def __init__(
+        self, collectors: dict[str, MetricWrapperBase] | None, device: torch.device, base_model: str
+    ) -> None:
         # Without collectors from the server, metrics go to a private registry nobody scrapes.
         self._collectors = (
             collectors if collectors is not None else metrics.build_collectors(CollectorRegistry())
         )
         self._device = device
+        self._base_model = base_model
         self._memory_refreshed_at = float("-inf")
 
     def _metric(self, spec: metrics.MetricSpec) -> MetricWrapperBase:
@@ -57,21 +60,26 @@ class EngineTelemetry:
         if count:
             self._metric(metrics.PREEMPTIONS).inc(count)
 
+    def _model_of(self, seq: Sequence) -> str:
+        # Only the base model and loaded adapters reach the engine: the label's values stay few.
+        return seq.lora_name or self._base_model
+
     def token(self, seq: Sequence, now: float) -> None:
+        model = self._model_of(seq)
         if seq.first_token_time is None:
             seq.first_token_time = now
-            self._metric(metrics.TIME_TO_FIRST_TOKEN).observe(now - seq.arrival_time)
-            self._metric(metrics.PROMPT_TOKENS).inc(seq.num_prompt_tokens)
+            self._metric(metrics.TIME_TO_FIRST_TOKEN).labels(model=model).observe(now - seq.arrival_time)
+            self._metric(metrics.PROMPT_TOKENS).labels(model=model).inc(seq.num_prompt_tokens)
             self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
             self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
         else:
-            self._metric(metrics.INTER_TOKEN_LATENCY).observe(now - seq.last_token_time)
+            self._metric(metrics.INTER_TOKEN_LATENCY).labels(model=model).observe(now - seq.last_token_time)
         seq.last_token_time = now
-        self._metric(metrics.GENERATION_TOKENS).inc()
+        self._metric(metrics.GENERATION_TOKENS).labels(model=model).inc()
 
     def finished(self, seq: Sequence, now: float) -> None:
-        reason = seq.finish_reason or "abort"
-        self._metric(metrics.REQUEST_LATENCY).labels(finish_reason=reason).observe(now - seq.arrival_time)
+        labels = {"model": self._model_of(seq), "finish_reason": seq.finish_reason or "abort"}
+        self._metric(metrics.REQUEST_LATENCY).labels(**labels).observe(now - seq.arrival_time)
 
     def load(self, running: int, waiting: int, kv_usage: float) -> None:
         self._metric(metrics.REQUESTS_RUNNING).set(running)

@@ -28,9 +28,12 @@ from transformers.core_model_loading import WeightConverter, WeightRenaming, ren
 from inference.parallel.sharding import (
     RowParallelLinear,
     Split,
+    VocabParallelEmbedding,
+    VocabParallelLMHead,
     localize_head_counts,
     set_module,
     shard_range,
+    vocab_range,
 )
 from inference.quantize.checkpoint import QuantizationRecord
 from inference.quantize.int8_linear import int8_linear, quantize_per_channel
@@ -171,6 +174,35 @@ class ShardReader:
         return int8_linear(self.scheme, int8[:, part].contiguous(), scale, bias, self.dtype)
 
 
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def _split_vocabulary(
+    model: PreTrainedModel, checkpoint: CheckpointSlices, rank: int, world_size: int, dtype: torch.dtype
+) -> None:
+    """Swap in the vocabulary-parallel embedding and LM head where they are plain layers (a scaled or
+    otherwise special embedding stays replicated: its forward is not ours to rewrite)."""
+    embeddings, output = model.get_input_embeddings(), model.get_output_embeddings()
+    embedding_key = f"{_module_name(model, embeddings)}.weight"
+    rows = None
+    if type(embeddings) is nn.Embedding:
+        part = vocab_range(embeddings.num_embeddings, rank, world_size)
+        rows = checkpoint.read(embedding_key, 0, part).to(dtype)
+        swapped = VocabParallelEmbedding(rows, part.start, embeddings.num_embeddings, None)
+        set_module(model, _module_name(model, embeddings), swapped)
+    if type(output) is nn.Linear:
+        name = _module_name(model, output)
+        part = vocab_range(output.out_features, rank, world_size)
+        tied = getattr(model.config, "tie_word_embeddings", False) and f"{name}.weight" not in checkpoint
+        if not tied:
+            rows = checkpoint.read(f"{name}.weight", 0, part).to(dtype)
+        elif rows is None:  # tied to an embedding kept whole
+            rows = checkpoint.read(embedding_key, 0, part).to(dtype)
+        bias = checkpoint.read(f"{name}.bias", 0, part).to(dtype) if output.bias is not None else None
+        set_module(model, name, VocabParallelLMHead(rows, bias, output.out_features, world_size, None))
+
+
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     parent_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(parent_name)
@@ -194,14 +226,16 @@ def load_shard(
     dtype: torch.dtype,
     scheme: Scheme | None,
     int8_in_checkpoint: frozenset[str],
-    group: torch.distributed.ProcessGroup | None = None,
+    split_vocabulary: bool = True,
 ) -> PreTrainedModel:
     """Fill `model` (from `empty_model`) with this rank's shard, on the CPU, ready to move."""
     with CheckpointSlices(files, checkpoint_key_names(model)) as checkpoint:
         reader = ShardReader(checkpoint, rank, world_size, dtype, scheme, int8_in_checkpoint)
         for name, split in plan.items():
             shard = reader.linear(name, split, model.get_submodule(name))
-            set_module(model, name, RowParallelLinear(shard, group) if split is Split.ROW else shard)
+            set_module(model, name, RowParallelLinear(shard, None) if split is Split.ROW else shard)
+        if split_vocabulary:
+            _split_vocabulary(model, checkpoint, rank, world_size, dtype)
         for name in _meta_tensors(model):
             if name in checkpoint:
                 tensor = checkpoint.read(name)

@@ -5,8 +5,8 @@ column-parallel, each rank holding a slice of their output features, i.e. its ow
 its own share of the MLP; the projections that fan back in (attention output, down) are row-parallel,
 each rank holding the matching slice of their input features and producing a partial sum that one
 all-reduce completes. Attention itself then runs per rank on its heads with no communication, so the
-paged attention and its KV cache stay as they are, just with fewer heads. Embeddings, norms and the
-LM head are replicated (see README: replicated vs vocabulary-parallel).
+paged attention and its KV cache stay as they are, just with fewer heads. Norms are replicated; the
+embedding and the LM head are split by vocabulary (README: vocabulary-parallel against replicated).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import enum
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
@@ -117,3 +118,58 @@ def localize_head_counts(model: nn.Module, world_size: int) -> None:
             count = getattr(module, attribute, None)
             if isinstance(count, int):
                 setattr(module, attribute, count // world_size)
+
+
+def vocab_range(vocab_size: int, rank: int, world_size: int) -> slice:
+    """The rank's token ids: contiguous, the last rank's slice shorter when the size does not divide."""
+    per_rank = -(-vocab_size // world_size)
+    return slice(min(vocab_size, rank * per_rank), min(vocab_size, (rank + 1) * per_rank))
+
+
+class VocabParallelEmbedding(nn.Module):
+    """The embedding rows of the rank's token ids: other ids look up zeros, and one all-reduce gives
+    every rank every row."""
+
+    def __init__(
+        self, weight: torch.Tensor, first_id: int, num_embeddings: int, group: dist.ProcessGroup | None
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.first_id = first_id
+        self.num_embeddings = num_embeddings
+        self.group = group
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        local = token_ids - self.first_id
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        rows = F.embedding(local.masked_fill(outside, 0), self.weight).masked_fill_(outside.unsqueeze(-1), 0)
+        dist.all_reduce(rows, group=self.group)
+        return rows
+
+
+class VocabParallelLMHead(nn.Module):
+    """The logits of the rank's token ids; one all-gather puts the whole vocabulary's logits together."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        vocab_size: int,
+        world_size: int,
+        group: dist.ProcessGroup | None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.vocab_size = vocab_size
+        self.world_size = world_size
+        self.group = group
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.weight, self.bias)
+        # All-gather needs equal parts: the last rank's shorter slice is padded, and the padding cut off.
+        per_rank = -(-self.vocab_size // self.world_size)
+        logits = F.pad(logits, (0, per_rank - logits.shape[-1])).contiguous()
+        parts = [torch.empty_like(logits) for _ in range(self.world_size)]
+        dist.all_gather(parts, logits, group=self.group)
+        return torch.cat(parts, dim=-1)[..., : self.vocab_size]

@@ -56,9 +56,17 @@ class ShardPlan:
     dtype: torch.dtype
     scheme: Scheme | None
     int8_in_checkpoint: frozenset[str]
+    split_vocabulary: bool
 
     @classmethod
-    def of(cls, model_dir: Path, config: ServerConfig, device: torch.device, dtype: torch.dtype) -> ShardPlan:
+    def of(
+        cls,
+        model_dir: Path,
+        config: ServerConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        split_vocabulary: bool,
+    ) -> ShardPlan:
         """Raises TensorParallelError for a model that does not split, before anything is read."""
         record = read_record(model_dir) if is_quantized_checkpoint(model_dir) else None
         if record is not None:
@@ -74,12 +82,13 @@ class ShardPlan:
         model = empty_model(model_dir, dtype)
         splits = plan_splits(model, config.tensor_parallel_size)
         int8_in_checkpoint = frozenset(record.quantized_modules) if record is not None else frozenset()
-        return cls(model, splits, checkpoint_files(model_dir, record), dtype, scheme, int8_in_checkpoint)
+        files = checkpoint_files(model_dir, record)
+        return cls(model, splits, files, dtype, scheme, int8_in_checkpoint, split_vocabulary)
 
     def load(self, group: RankGroup) -> PreTrainedModel:
         shard = load_shard(
             self.model, self.splits, self.files, group.rank, group.world_size, self.dtype, self.scheme,
-            self.int8_in_checkpoint,
+            self.int8_in_checkpoint, self.split_vocabulary,
         )  # fmt: skip
         return shard.to(group.device)
 
@@ -90,13 +99,16 @@ class WorkerSpec:
     store_port: int
     model_dir: Path
     config: ServerConfig
+    split_vocabulary: bool
     parent_pid: int
 
 
 class WorkerPool:
     """Rank 0's handle on the other ranks: starts them, sends them commands, watches that they live."""
 
-    def __init__(self, model_dir: Path, config: ServerConfig, device: torch.device) -> None:
+    def __init__(
+        self, model_dir: Path, config: ServerConfig, device: torch.device, split_vocabulary: bool
+    ) -> None:
         world_size = config.tensor_parallel_size
         self._store = dist.TCPStore(
             STORE_HOST, 0, world_size, is_master=True, timeout=STARTUP_TIMEOUT, wait_for_workers=False
@@ -104,10 +116,11 @@ class WorkerPool:
         # Workers need no credentials: they never see a request.
         worker_config = config.model_copy(update={"api_key": None, "api_key_file": None})
         spawn = get_context("spawn")
+        port, parent = self._store.port, os.getpid()
         self.processes = [
             spawn.Process(
                 target=run_worker,
-                args=(WorkerSpec(rank, self._store.port, model_dir, worker_config, os.getpid()),),
+                args=(WorkerSpec(rank, port, model_dir, worker_config, split_vocabulary, parent),),
                 name=f"tensor-parallel-rank-{rank}",
                 daemon=True,
             )
@@ -189,7 +202,7 @@ class TensorParallelRunner(ModelRunner):
 
 
 def start_tensor_parallel(
-    model_dir: Path, config: ServerConfig, device: torch.device, dtype: torch.dtype
+    model_dir: Path, config: ServerConfig, device: torch.device, dtype: torch.dtype, split_vocabulary: bool
 ) -> tuple[PreTrainedModel, str, WorkerPool]:
     """Rank 0's shard, the quantization in effect, and the running workers."""
     if device.type == "cuda" and torch.cuda.device_count() < config.tensor_parallel_size:
@@ -197,8 +210,8 @@ def start_tensor_parallel(
             f"tensor_parallel_size={config.tensor_parallel_size} needs as many GPUs; "
             f"{torch.cuda.device_count()} are visible"
         )
-    plan = ShardPlan.of(model_dir, config, device, dtype)
-    pool = WorkerPool(model_dir, config, device)
+    plan = ShardPlan.of(model_dir, config, device, dtype, split_vocabulary)
+    pool = WorkerPool(model_dir, config, device, split_vocabulary)
     try:
         assert pool.group is not None
         model = plan.load(pool.group)
@@ -228,7 +241,8 @@ def run_worker(spec: WorkerSpec) -> None:
     )
     device = rank_device(pick_device(config.device), spec.rank)
     group = join_group(store, spec.rank, config.tensor_parallel_size, device)
-    model = ShardPlan.of(spec.model_dir, config, device, pick_dtype(config.dtype, device)).load(group)
+    dtype = pick_dtype(config.dtype, device)
+    model = ShardPlan.of(spec.model_dir, config, device, dtype, spec.split_vocabulary).load(group)
     runner: ModelRunner | None = None
     while True:
         method, arguments = group.broadcast()  # type: ignore[misc]

@@ -9,7 +9,6 @@ Layout: `config.json`, the tokenizer files, `generation_config.json` when the so
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from inference.output_dir import output_dir_problem, staged_directory
 from inference.quantize.schemes import SCHEMES, QuantizationError, Scheme, check_scheme_runs_on
 from inference.quantize.swap import swap_in_placeholders
 
@@ -73,15 +73,10 @@ def save_quantized_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Write the checkpoint beside `out_dir` and move it into place only once it is complete."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise QuantizationError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise QuantizationError(f"{out_dir} is not empty; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
+    problem = output_dir_problem(out_dir, overwrite)
+    if problem is not None:
+        raise QuantizationError(problem)
+    with staged_directory(out_dir) as staging:
         model.config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         for name in COPIED_SOURCE_FILES:
@@ -90,21 +85,7 @@ def save_quantized_checkpoint(
         safetensors.torch.save_model(model, str(staging / record.weights_file), metadata={"format": "pt"})
         # The record goes last: its presence is what marks a directory as a quantized checkpoint.
         (staging / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
-        _move_into_place(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    # Replacing: the old directory stays intact until the new one is complete beside it.
-    retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    out_dir.rename(retired)
-    staging.rename(out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_quantized_checkpoint(

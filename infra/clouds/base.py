@@ -1,9 +1,11 @@
 """The seam between a cloud and the Kubernetes components: what a cloud target hands over.
 
-Each module in `infra.clouds` exposes `build_target(config: StackConfig) -> CloudTarget`. It declares
-that cloud's own resources (cluster and GPU node pool, or an existing cluster; model bucket and the
-identity that reads it; log sink) and returns the few facts the Kubernetes components need. Nothing
-below this seam knows which cloud it runs in.
+Each module in `infra.clouds` exposes `build_target(config: StackConfig) -> CloudTarget`. The managed
+clouds (aws, alicloud, tencent) have one declared shape, `infra.clouds.common.ManagedCloud`: the same
+functions with the same signatures (create or use a cluster, model bucket, model sync, log sink, load
+balancer annotations, platform pieces), driven in the same order by `common.build_target`. What the
+target returns are the few facts the Kubernetes components need; nothing below this seam knows which
+cloud it runs in.
 """
 
 from __future__ import annotations

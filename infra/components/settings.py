@@ -8,7 +8,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from inference.config import ENV_PREFIX, ServerConfig, env_name
-from infra.components.storage import adapter_dir
 from infra.config import SERVER_PORT, StackConfig
 from infra.quantity import to_decimal
 
@@ -36,15 +35,12 @@ def contract_env_name(field: str) -> str:
 
 
 def derived_settings(config: StackConfig) -> dict[str, str]:
-    """Server settings that follow from other keys: one replica shards over all of its pod's GPUs;
-    each LoRA adapter is served from where the model sync puts it."""
-    derived = {}
-    if config.gpu.count > 1:
-        derived[contract_env_name("tensor_parallel_size")] = str(config.gpu.count)
-    if config.model.lora_adapters:
-        modules = [f"{a.name}={adapter_dir(a.name)}" for a in config.model.lora_adapters]
-        derived[contract_env_name("lora_modules")] = json.dumps(modules)
-    return derived
+    """Server settings that follow from other keys (`StackConfig.derived_server_settings`), as the
+    ConfigMap's variables: lists as JSON, which is how the server reads them from the environment."""
+    return {
+        contract_env_name(field): json.dumps(value) if isinstance(value, list) else str(value)
+        for field, value in config.derived_server_settings.items()
+    }
 
 
 def server_environment(config: StackConfig, model_path: str | None) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 from infra.clouds.base import ModelSync
 from infra.components.naming import App, Component, child_opts
 from infra.components.pod_security import restricted_container_context
-from infra.config import ADAPTERS_DIR, MODEL_DIR, MODEL_MOUNT_PATH
+from infra.config import MODEL_DIR, MODEL_MOUNT_PATH, adapter_dir
 
 MODEL_VOLUME = "model"
 SYNC_TMP_VOLUME = "sync-tmp"
@@ -37,10 +37,6 @@ def model_sources(model_prefix: str, adapters: Sequence[tuple[str, str]]) -> lis
             for name, prefix in adapters
         ),
     ]
-
-
-def adapter_dir(name: str) -> str:
-    return f"{ADAPTERS_DIR}/{name}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from infra.config.base import (
     DnsLabel,
     PinnedImage,
     Section,
+    adapter_dir,
 )
 from infra.config.clouds import (
     AlicloudClusterCreate,
@@ -47,5 +48,5 @@ __all__ = [
     "LimitRangeConfig", "LoggingConfig", "ModelConfig", "MonitoringConfig", "NetworkConfig", "NodePoolConfig",
     "PinnedImage", "QuotaConfig", "RegistryConfig", "ResourcesConfig", "ScalingPolicy", "Section",
     "ServerSettings", "StackConfig", "StackSecrets", "TencentClusterCreate", "TencentConfig", "TlsConfig",
-    "load_stack_config", "secret_env_name", "stack_file",
+    "adapter_dir", "load_stack_config", "secret_env_name", "stack_file",
 ]

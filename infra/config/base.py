@@ -19,6 +19,11 @@ MODEL_DIR = f"{MODEL_MOUNT_PATH}/model"
 ADAPTERS_DIR = f"{MODEL_MOUNT_PATH}/adapters"
 
 
+def adapter_dir(name: str) -> str:
+    """Where the model sync puts the LoRA adapter `name`, and where the server loads it from."""
+    return f"{ADAPTERS_DIR}/{name}"
+
+
 class Section(BaseModel):
     """Base of every config section: camelCase keys, unknown keys rejected, immutable."""
 

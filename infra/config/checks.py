@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
+from inference.config import ServerConfig
 from infra.charts import CHARTS
 from infra.config.base import PROJECT
 from infra.config.stack import StackConfig
@@ -51,11 +54,26 @@ def cross_checks(config: StackConfig) -> list[tuple[str, str]]:
     if config.model.lora_adapters and config.model.source != "bucket":
         problems.append((config_key("model", "loraAdapters"),
                          "adapters are synced from the bucket; allowed: with model.source 'bucket' only"))
+    problems += _server_checks(config)
     names = [adapter.name for adapter in config.model.lora_adapters]
     if len(set(names)) != len(names):
         problems.append((config_key("model", "loraAdapters"),
                          f"names repeat ({names}); allowed: unique names"))
     return problems
+
+
+def _server_checks(config: StackConfig) -> list[tuple[str, str]]:
+    """The server's own rules over the settings the deployment gives it (e.g. no LoRA with tensor
+    parallelism): a refusal here, not a crash loop after `pulumi up`."""
+    settings = {**config.server.model_dump(exclude_none=True), **config.derived_server_settings}
+    settings = {field: value for field, value in settings.items() if field in ServerConfig.model_fields}
+    try:
+        ServerConfig.model_validate(settings)
+    except ValidationError as error:
+        key = ("model", "loraAdapters") if config.model.lora_adapters else ("gpu", "count")
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+        return [(config_key(*key), f"the server refuses the settings this gives it: {reasons}")]
+    return []
 
 
 def _platform_checks(config: StackConfig) -> list[tuple[str, str]]:

@@ -28,6 +28,11 @@ class PlatformConfig(Section):
     prometheus: bool | None = Field(
         None, description="The prometheus-operator CRDs and kube-prometheus-stack (Prometheus, Grafana)."
     )
+    prometheus_stack: Literal["full", "operator"] = Field(
+        "full",
+        description="full: kube-prometheus-stack as it comes (Alertmanager, node exporter, default rules); "
+        "operator: the operator and one Prometheus (with kube-state-metrics, which the alerts read).",
+    )
     grafana: bool = Field(True, description="Grafana with its dashboard sidecar (kube-prometheus-stack).")
     metrics_server: bool | None = Field(None, description="metrics-server: CPU and memory for the HPA.")
     metrics_adapter: bool | None = Field(

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 from pydantic import Field, PrivateAttr
 
-from infra.config.base import DnsLabel, PinnedImage, Section
+from infra.config.base import DnsLabel, PinnedImage, Section, adapter_dir
 from infra.config.clouds import AlicloudConfig, AwsConfig, TencentConfig
 from infra.config.namespace import LimitRangeConfig, QuotaConfig
 from infra.config.observability import LoggingConfig, MonitoringConfig
@@ -97,6 +97,17 @@ class StackConfig(Section):
     @property
     def api_key(self) -> pulumi.Output[str]:
         return self._secrets.values["apiKey"]
+
+    @property
+    def derived_server_settings(self) -> dict[str, Any]:
+        """Server fields that follow from other keys: one replica shards over all of its pod's GPUs; each
+        LoRA adapter is served from where the model sync puts it."""
+        derived: dict[str, Any] = {}
+        if self.gpu.count > 1:
+            derived["tensor_parallel_size"] = self.gpu.count
+        if self.model.lora_adapters:
+            derived["lora_modules"] = [f"{a.name}={adapter_dir(a.name)}" for a in self.model.lora_adapters]
+        return derived
 
     @property
     def creates_cluster(self) -> bool:

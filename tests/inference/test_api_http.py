@@ -210,6 +210,30 @@ def test_body_that_is_not_json_is_400(client: httpx.Client) -> None:
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+def test_a_prompt_filling_the_context_without_max_tokens_is_400_about_the_prompt(
+    client: httpx.Client, api_server: RunningServer
+) -> None:
+    before = metric_value(api_server.base_url, "llm_requests_rejected_total", {"reason": "prompt_too_long"})
+    exactly = [65] * api_server.state.model.max_model_len
+    response = client.post("/v1/completions", json={"prompt": exactly, "max_tokens": None})
+    error = response.json()["error"]
+    assert (response.status_code, error["code"], error["param"]) == (400, "context_length_exceeded", "prompt")
+    assert "max_tokens" not in error["message"]
+    after = metric_value(api_server.base_url, "llm_requests_rejected_total", {"reason": "prompt_too_long"})
+    assert after == before + 1
+
+
+def test_unknown_fields_are_ignored_with_one_warning(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="inference.api.v1"):
+        response = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1, "frobnicate": 1,
+                                                         "user": "u", "wibble": True})  # fmt: skip
+    assert response.status_code == 200
+    warnings = [record.getMessage() for record in caplog.records if record.name == "inference.api.v1"]
+    assert warnings == ["ignoring unknown request fields: frobnicate, wibble"]
+
+
 def test_prompt_over_the_context_length_is_400(client: httpx.Client, api_server: RunningServer) -> None:
     too_long = "x" * api_server.state.model.max_model_len
     response = client.post("/v1/completions", json={"prompt": too_long, "max_tokens": 1})

@@ -162,3 +162,14 @@ def test_with_prefix_caching_off_nothing_is_reported_cached(tiny_model_dir: Path
         _complete(client, prompt)
         assert _cached(_complete(client, prompt)) == 0
         assert metric_value(running.base_url, "llm_prefix_cache_hits_total") == 0
+
+
+def test_the_openai_client_reads_the_cached_tokens(api_server: RunningServer):
+    client = api_server.openai()
+    model = api_server.state.model.name
+    messages = [{"role": "system", "content": "You answer questions about the service, briefly. " * 2},
+                {"role": "user", "content": "Where is my order?"}]  # fmt: skip
+    client.chat.completions.create(model=model, messages=messages, max_tokens=2)
+    again = client.chat.completions.create(model=model, messages=messages, max_tokens=2)
+    cached = (again.usage.prompt_tokens - 1) // BLOCK_SIZE * BLOCK_SIZE  # all but the last token, in blocks
+    assert again.usage.prompt_tokens_details.cached_tokens == cached

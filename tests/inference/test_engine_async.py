@@ -156,7 +156,8 @@ def test_abort_for_a_stop_string_is_not_a_cancellation(tiny_loaded):
         await anext(stream)
         engine.abort("stop-string", reason="stop")
         rest = [event async for event in stream]
-        finished = _sample(registry, "llm_request_duration_seconds_count", finish_reason="stop")
+        labels = {"model": tiny_loaded.name, "finish_reason": "stop"}
+        finished = _sample(registry, "llm_request_duration_seconds_count", **labels)
         return rest, finished, _sample(registry, "llm_requests_cancelled_total")
 
     rest, finished, cancelled = run_with_engine(tiny_loaded, body)
@@ -237,7 +238,7 @@ def test_token_metrics_follow_the_requests(tiny_loaded):
     async def body(engine, registry):
         await asyncio.gather(*(_collect(engine, request) for request in requests))
         return {
-            name: _sample(registry, name)
+            name: _sample(registry, name, model=tiny_loaded.name)
             for name in (
                 "llm_prompt_tokens_total",
                 "llm_generation_tokens_total",

@@ -80,9 +80,16 @@ def _core(
     return EngineCore(loaded, config)
 
 
-def _submit(core: EngineCore, name: str, prompt: list[int], max_tokens: int = NEW_TOKENS) -> Sequence:
+def _submit(
+    core: EngineCore,
+    name: str,
+    prompt: list[int],
+    max_tokens: int = NEW_TOKENS,
+    cache_salt: str | None = None,
+) -> Sequence:
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    seq = Sequence.from_request(GenerationRequest(name, prompt, sampling), 0.0, core.device)
+    request = GenerationRequest(name, prompt, sampling, cache_salt=cache_salt)
+    seq = Sequence.from_request(request, 0.0, core.device)
     core.add(seq)
     return seq
 
@@ -111,6 +118,18 @@ def test_prefixes_of_every_length_are_reused_and_match_generate(loaded, referenc
     }
     for name, (prompt, _) in prompts.items():
         assert seqs[name].output_token_ids == _generate(reference, prompt), name
+
+
+def test_requests_share_cached_blocks_only_under_the_same_cache_salt(loaded):
+    core = _core(loaded)
+    _run(core, _submit(core, "salted", SHARED, cache_salt="adapter-a"))
+    seqs = [
+        _submit(core, "unsalted", SHARED),
+        _submit(core, "other salt", SHARED, cache_salt="adapter-b"),
+        _submit(core, "same salt", SHARED, cache_salt="adapter-a"),
+    ]
+    _run(core, *seqs)
+    assert [seq.num_cached_tokens for seq in seqs] == [0, 0, 32]
 
 
 def test_generated_tokens_are_cached_for_the_next_turn(loaded, reference):

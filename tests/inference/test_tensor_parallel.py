@@ -26,6 +26,7 @@ from inference.parallel.sharding import (
     HeadsNotDivisibleError,
     RowParallelLinear,
     TensorParallelError,
+    VocabParallelEmbedding,
     plan_splits,
 )
 from inference.quantize import quantize_directory
@@ -69,12 +70,13 @@ def _generate(
     model_dir: Path,
     requests: list[GenerationRequest],
     cancel: frozenset[str] = frozenset(),
+    split_vocabulary: bool = True,
     **settings: object,
 ) -> tuple[dict[str, list[int]], float]:
     """Each request's tokens through a fresh engine (requests in `cancel` are closed after their first
     token), and how many preemptions the engine reported."""
     settings = {"model_path": model_dir, **settings}
-    loaded = load_model(ServerConfig(**settings))
+    loaded = load_model(ServerConfig(**settings), split_vocabulary=split_vocabulary)
 
     async def one(engine: AsyncEngine, request: GenerationRequest) -> list[int]:
         stream = engine.generate(request)
@@ -152,24 +154,27 @@ def test_each_rank_holds_only_its_slices_of_the_split_layers(llama_dir):
     files = checkpoint_files(llama_dir, None)
     shard = load_shard(model, plan_splits(model, RANKS), files, rank=1, world_size=RANKS, dtype=torch.float32,
                        scheme=None, int8_in_checkpoint=frozenset())  # fmt: skip
-    attention = shard.model.layers[0].self_attn
-    q_rows = checkpoint["model.layers.0.self_attn.q_proj.weight"].shape[0] // RANKS
-    torch.testing.assert_close(
-        attention.q_proj.weight, checkpoint["model.layers.0.self_attn.q_proj.weight"][q_rows:], rtol=0, atol=0
-    )
+    layer = "model.layers.0.self_attn"
+    q_proj, o_proj = checkpoint[f"{layer}.q_proj.weight"], checkpoint[f"{layer}.o_proj.weight"]
+    attention = shard.get_submodule(layer)
+    assert torch.equal(attention.q_proj.weight, q_proj[q_proj.shape[0] // RANKS :])
     assert isinstance(attention.o_proj, RowParallelLinear)
-    o_columns = checkpoint["model.layers.0.self_attn.o_proj.weight"].shape[1] // RANKS
-    torch.testing.assert_close(
-        attention.o_proj.shard.weight,
-        checkpoint["model.layers.0.self_attn.o_proj.weight"][:, o_columns:],
-        rtol=0,
-        atol=0,
-    )
-    # The whole model's bytes minus half of every split linear: the replicated rest, plus half the split.
-    whole = sum(tensor.numel() for tensor in checkpoint.values())
-    split = sum(tensor.numel() for name, tensor in checkpoint.items() if name.rpartition(".")[0]
-                in plan_splits(empty_model(llama_dir, torch.float32), RANKS))  # fmt: skip
-    assert sum(parameter.numel() for parameter in shard.parameters()) == whole - split // RANKS
+    assert torch.equal(attention.o_proj.shard.weight, o_proj[:, o_proj.shape[1] // RANKS :])
+    # 259 token ids: rank 0 holds 130 rows of the embedding and of the LM head, rank 1 the other 129.
+    embedding, lm_head = checkpoint["model.embed_tokens.weight"], checkpoint["lm_head.weight"]
+    assert isinstance(shard.get_input_embeddings(), VocabParallelEmbedding)
+    assert torch.equal(shard.get_input_embeddings().weight, embedding[130:])
+    assert torch.equal(shard.get_output_embeddings().weight, lm_head[130:])
+    # Only the norms are whole on every rank.
+    norms = sum(tensor.numel() for name, tensor in checkpoint.items() if "norm" in name)
+    projections = sum(tensor.numel() for name, tensor in checkpoint.items() if "proj" in name)
+    held = sum(parameter.numel() for parameter in shard.parameters())
+    assert held == norms + projections // RANKS + embedding[130:].numel() + lm_head[130:].numel()
+
+
+def test_replicated_embedding_and_head_answer_as_the_single_process_engine(llama_dir, requests):
+    replicated, _ = _generate(llama_dir, requests, split_vocabulary=False, tensor_parallel_size=RANKS)
+    assert replicated == _generate(llama_dir, requests)[0]
 
 
 def test_int8_checkpoint_split_over_ranks_answers_as_served_whole(llama_dir, requests, tmp_path):

@@ -38,13 +38,15 @@ def with_changes(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[
 
 
 def _runtime_config(
-    values: Mapping[str, Any], secrets: Mapping[str, str]
+    values: Mapping[str, Any], secrets: Mapping[str, str | None]
 ) -> tuple[dict[str, str], list[str]]:
-    return runtime_config(values, {"apiKey": API_KEY, "grafanaAdminPassword": GRAFANA_PASSWORD, **secrets})
+    """`secrets` over the stack's usual ones; a None value leaves that secret unset."""
+    given = {"apiKey": API_KEY, "grafanaAdminPassword": GRAFANA_PASSWORD, **secrets}
+    return runtime_config(values, {key: value for key, value in given.items() if value is not None})
 
 
 def run_stack(
-    stack: str, values: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+    stack: str, values: Mapping[str, Any], secrets: Mapping[str, str | None] | None = None
 ) -> RecordingMocks:
     config, secret_keys = _runtime_config(values, secrets or {})
     return run_program(run, stack, config, secret_keys)

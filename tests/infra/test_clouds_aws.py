@@ -14,6 +14,7 @@ from tests.infra.cloud_stacks import (
     pod_spec,
     policy,
     resource,
+    resources,
     run_stack,
     stack_fixtures,
     with_changes,
@@ -118,3 +119,25 @@ def test_declares_no_deprecated_aws_resource_or_argument(
     run_stack(STACK, values)
     run_stack(STACK, with_changes(values, EXISTING))
     assert [message for message in logged if "deprecated" in message] == []
+
+
+@pytest.mark.parametrize(
+    ("chart", "role", "service_account"),
+    [
+        ("aws-load-balancer-controller", "lb-controller", "aws-load-balancer-controller"),
+        ("cluster-autoscaler", "cluster-autoscaler", "cluster-autoscaler"),
+    ],
+)
+def test_cloud_controllers_get_irsa_roles_of_their_own(
+    created: RecordingMocks, config: StackConfig, chart: str, role: str, service_account: str
+) -> None:
+    releases = resources(created, "kubernetes:helm.sh/v3:Release")
+    (release,) = [r.inputs for r in releases if r.inputs["name"] == chart]
+    values = release["values"]
+    account = values["serviceAccount"] if "serviceAccount" in values else values["rbac"]["serviceAccount"]
+    trust, _ = _role(created, f"{config.name}-{role}")
+    assert account["annotations"]["eks.amazonaws.com/role-arn"] == f"arn:aws:mock:::{config.name}-{role}"
+    assert account["name"] == service_account
+    (statement,) = trust["Statement"]
+    subjects = [v for k, v in statement["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+    assert subjects == [f"system:serviceaccount:kube-system:{service_account}"]

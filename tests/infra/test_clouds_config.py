@@ -78,3 +78,41 @@ def test_quota_must_hold_a_model_volume_per_pod(cloud: str) -> None:
     one_volume = load_config(stack, stack_values(stack)).model.storage_size
     error = _error(cloud, {"quota.storage": one_volume})
     assert [key for key, _ in error.problems] == ["llm-serving:quota.storage"]
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_max_replicas_beyond_the_gpu_pool_is_refused(cloud: str) -> None:
+    """One GPU per pod and per node: 9 replicas cannot fit a pool of at most 8 nodes."""
+    error = _error(cloud, {"autoscaling.maxReplicas": 9})
+    assert "llm-serving:autoscaling.maxReplicas" in str(error)
+    assert "at most 8" in str(error)
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_a_rollout_surge_counts_against_the_gpu_pool(cloud: str) -> None:
+    error = _error(cloud, {"rollout.maxSurge": 1})
+    assert "llm-serving:autoscaling.maxReplicas" in str(error)
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_more_gpus_per_pod_than_the_instance_type_has_is_refused(cloud: str) -> None:
+    error = _error(cloud, {"gpu.count": 2})
+    assert "llm-serving:gpu.count" in str(error)
+
+
+def test_an_instance_type_of_unknown_gpu_count_needs_gpus_per_node() -> None:
+    error = _error("aws", {"aws.cluster.nodePool.instanceType": "g4dn.metal"})
+    assert "llm-serving:aws.cluster.nodePool.gpusPerNode" in str(error)
+    stack = CLOUD_STACKS["aws"]
+    changes = {"aws.cluster.nodePool.instanceType": "g4dn.metal", "aws.cluster.nodePool.gpusPerNode": 8,
+               "gpu.count": 4, "quota.gpus": 64}
+    assert load_config(stack, with_changes(stack_values(stack), changes)).gpu.count == 4
+
+
+@pytest.mark.parametrize("cloud", CLOUD_STACKS)
+def test_the_issuer_needs_an_acme_email(cloud: str) -> None:
+    assert "llm-serving:platform.acmeEmail" in str(_error(cloud, {"platform.acmeEmail": None}))
+
+
+def test_chart_values_only_for_charts_of_the_table() -> None:
+    assert "llm-serving:platform.chartValues" in str(_error("aws", {"platform.chartValues": {"nginx": {}}}))

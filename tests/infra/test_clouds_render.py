@@ -42,3 +42,18 @@ def test_plan_lists_the_cloud_resources(rendered: tuple[str, Path]) -> None:
     stack, out = rendered
     plan = json.loads((out / "plan" / "cloud-resources.json").read_text())
     assert EXPECTED_PLAN[stack] <= {entry["type"] for entry in plan}
+
+
+def test_plan_lists_helm_releases_with_inputs_and_what_they_wait_for(rendered: tuple[str, Path]) -> None:
+    _, out = rendered
+    plan = json.loads((out / "plan" / "cloud-resources.json").read_text())
+    releases = {e["inputs"]["name"]: e for e in plan if e["type"] == "kubernetes:helm.sh/v3:Release"}
+    stack = releases["kube-prometheus-stack"]
+    assert stack["inputs"]["version"] and stack["inputs"]["values"]["prometheus"]
+    crds = releases["prometheus-operator-crds"]
+    assert f"{crds['type']} {crds['name']}" in stack["dependsOn"]
+    # Every release goes through the cluster's provider, which waits for the node pools.
+    (provider,) = [e for e in plan if f"{e['type']} {e['name']}" == stack["provider"]]
+    assert [d for d in provider["dependsOn"] if "nodePool:NodePool" in d]
+    # Helm releases are not manifests: `kubectl apply -f` of the directory would not know them.
+    assert not [p for p in out.glob("*.yaml") if "release" in p.name]

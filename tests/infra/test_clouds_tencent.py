@@ -12,7 +12,9 @@ from tests.infra.cloud_stacks import (
     policy,
     resource,
     resources,
+    run_stack,
     stack_fixtures,
+    with_changes,
 )
 
 STACK = "prod-tencent"
@@ -70,3 +72,10 @@ def test_log_writer_may_write_only_to_the_topic(created: RecordingMocks, config:
     topic_id = f"{config.name}-logs-id"
     (statement,) = _policy_of(created, f"{config.name}-log-agent")["statement"]
     assert [r.endswith(f":topic/{topic_id}") for r in statement["resource"]] == [True]
+
+
+def test_gpu_pool_gets_the_configured_driver(values: dict) -> None:
+    driver = {"name": "NVIDIA-Linux-x86_64-535.161.08", "version": "535.161.08"}
+    mocks = run_stack(STACK, with_changes(values, {"tencent.cluster.nodePool.gpuDriver": driver}))
+    pool = resource(mocks, "tencentcloud:Kubernetes/nodePool:NodePool", "llm-serving-gpu")
+    assert pool["nodeConfig"]["gpuArgs"]["driver"] == driver

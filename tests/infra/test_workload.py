@@ -8,7 +8,7 @@ import pytest
 
 from inference.config import ServerConfig, env_name
 from infra.components.pod_security import RUN_AS_USER
-from infra.config import SERVER_PORT
+from infra.config import SERVER_PORT, ConfigError
 from tests.infra.conftest import API_KEY, BASE_CONFIG, Declared, declare, gpu_target
 
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
@@ -38,6 +38,22 @@ def test_torch_threads_at_least_one_under_a_fractional_limit() -> None:
 def test_configured_torch_threads_win_over_the_cpu_limit() -> None:
     data = declare({"server": {"torchThreads": 3}}).one("ConfigMap")["data"]
     assert data[env_name("torch_threads")] == "3"
+
+
+def test_gpus_per_pod_shard_the_model_over_them() -> None:
+    data = declare({"gpu": {"count": 4}}, target=gpu_target()).one("ConfigMap")["data"]
+    assert data["LLM_SERVING_TENSOR_PARALLEL_SIZE"] == "4"
+    assert "LLM_SERVING_TENSOR_PARALLEL_SIZE" not in declare({"gpu": {"count": 1}}).one("ConfigMap")["data"]
+
+
+def test_prefix_caching_switch_reaches_the_server() -> None:
+    data = declare({"server": {"enablePrefixCaching": False}}).one("ConfigMap")["data"]
+    assert data["LLM_SERVING_ENABLE_PREFIX_CACHING"] == "false"
+
+
+def test_shared_memory_must_fit_under_the_memory_limit() -> None:
+    with pytest.raises(ConfigError, match=r"llm-serving:resources\.shmSize"):
+        declare({"resources": {"shmSize": "4Gi"}})
 
 
 def test_every_server_variable_is_a_server_config_field(declared: Declared) -> None:
@@ -200,10 +216,42 @@ def test_shared_memory_is_memory_backed() -> None:
 
 
 # Rollout and shutdown
-def test_rolling_update_never_drops_below_capacity(declared: Declared) -> None:
+def _strategy(declared: Declared) -> dict[str, Any]:
     strategy = declared.one("Deployment")["spec"]["strategy"]
     assert strategy["type"] == "RollingUpdate"
-    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    return strategy["rollingUpdate"]
+
+
+def test_cpu_rollout_surges_and_never_drops_below_capacity(declared: Declared) -> None:
+    assert _strategy(declared) == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_gpu_rollout_replaces_in_place_so_a_full_pool_cannot_deadlock_it() -> None:
+    """A surge pod needs a free GPU node; on a full pool it would wait forever and the rollout with it."""
+    declared = declare({"gpu": {"count": 1}}, target=gpu_target())
+    assert _strategy(declared) == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_rollout_strategy_from_config() -> None:
+    changes = {"gpu": {"count": 1}, "rollout": {"maxSurge": 1, "maxUnavailable": 0}}
+    declared = declare(changes, target=gpu_target())
+    assert _strategy(declared) == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_rollout_that_can_replace_nothing_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"llm-serving:rollout\.maxUnavailable"):
+        declare({"rollout": {"maxSurge": 0, "maxUnavailable": 0}})
+
+
+def test_pre_stop_keeps_serving_until_the_endpoint_is_gone_then_drains() -> None:
+    declared = declare({"rollout": {"preStopSeconds": 12}, "server": {"drainTimeoutSeconds": 30}})
+    assert declared.server["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "12"]}}
+    assert declared.pod_spec["terminationGracePeriodSeconds"] > 12 + 30
+
+
+def test_deployment_waits_for_its_namespace(declared: Declared) -> None:
+    (deployment,) = [r for r in declared.mocks.resources if r.type == "kubernetes:apps/v1:Deployment"]
+    assert any(dependency.startswith("kubernetes:core/v1:Namespace ") for dependency in deployment.depends_on)
 
 
 def test_grace_period_outlasts_the_drain() -> None:

@@ -4,7 +4,7 @@ explicit `depends_on`, so that nothing is applied before what it needs."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pulumi
@@ -91,14 +91,22 @@ class Platform(Component):
             if args.issuer is not None:
                 self.ready.gateway.append(self._cluster_issuer(args.issuer, cert_manager))
         if "prometheus" in installs:
-            crds = self._release(CloudRelease("prometheus-operator-crds", {}), first)
+            # The monitoring charts go where the stack says Prometheus runs (network.prometheusNamespace).
+            monitoring = args.monitoring
+            crds = self._release(CloudRelease("prometheus-operator-crds", {}), first, monitoring.namespace)
+            after_crds: list[pulumi.Resource] = [crds]
+            if monitoring.grafana and monitoring.full and monitoring.grafana_admin_password is not None:
+                after_crds.append(self._grafana_admin(monitoring, crds))
+                monitoring = replace(monitoring, grafana_admin_secret=values.GRAFANA_ADMIN_SECRET)
             stack = self._release(
-                CloudRelease("kube-prometheus-stack", values.kube_prometheus_stack(args.monitoring)), [crds]
+                CloudRelease("kube-prometheus-stack", values.kube_prometheus_stack(monitoring)), after_crds,
+                monitoring.namespace,
             )
             self.ready.monitoring.extend([crds, stack])
             if "metrics_adapter" in installs:
                 self.ready.autoscaling.append(self._release(
-                    CloudRelease("prometheus-adapter", values.prometheus_adapter(args.monitoring)), [stack]
+                    CloudRelease("prometheus-adapter", values.prometheus_adapter(monitoring)), [stack],
+                    monitoring.namespace,
                 ))
         if "metrics_server" in installs:
             self.ready.autoscaling.append(self._release(CloudRelease("metrics-server", {}), first))
@@ -110,7 +118,7 @@ class Platform(Component):
         self.register_outputs({})
 
     def _release(
-        self, release: CloudRelease, depends_on: Sequence[pulumi.Resource] = ()
+        self, release: CloudRelease, depends_on: Sequence[pulumi.Resource] = (), namespace: str | None = None
     ) -> k8s.helm.v3.Release:
         chart = CHARTS[release.chart]
         return k8s.helm.v3.Release(
@@ -118,7 +126,7 @@ class Platform(Component):
             name=release.chart,
             chart=chart.chart,
             version=chart.version,
-            namespace=chart.namespace,
+            namespace=namespace or chart.namespace,
             create_namespace=True,
             repository_opts=(
                 k8s.helm.v3.RepositoryOptsArgs(repo=chart.repository) if chart.repository else None
@@ -128,6 +136,25 @@ class Platform(Component):
             atomic=True,
             timeout=900,
             opts=child_opts(self, depends_on=list(depends_on)),
+        )
+
+    def _grafana_admin(
+        self, monitoring: values.MonitoringStack, namespace_ready: pulumi.Resource
+    ) -> pulumi.Resource:
+        """Grafana's admin credentials in a Secret of the monitoring namespace (which the CRDs' release
+        creates), so that the chart's values, and the plan, never hold the password."""
+        assert monitoring.grafana_admin_password is not None
+        return k8s.core.v1.Secret(
+            f"{self._name}-grafana-admin",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=values.GRAFANA_ADMIN_SECRET, namespace=monitoring.namespace, labels=_labels("monitoring")
+            ),
+            type="Opaque",
+            string_data={
+                values.GRAFANA_USER_KEY: "admin",
+                values.GRAFANA_PASSWORD_KEY: pulumi.Output.secret(monitoring.grafana_admin_password),
+            },
+            opts=child_opts(self, depends_on=[namespace_ready]),
         )
 
     def _gateway(self, args: PlatformArgs, first: list[k8s.helm.v3.Release]) -> list[pulumi.Resource]:

@@ -17,6 +17,9 @@ from infra.monitoring.adapter import adapter_rules
 # kube-prometheus-stack names its objects after this, so the adapter can find Prometheus' Service.
 PROMETHEUS_FULLNAME = "kube-prometheus-stack"
 PROMETHEUS_PORT = 9090
+GRAFANA_ADMIN_SECRET = "grafana-admin"
+GRAFANA_USER_KEY = "admin-user"
+GRAFANA_PASSWORD_KEY = "admin-password"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,10 @@ class MonitoringStack:
     selector_labels: Mapping[str, str]  # what Prometheus selects ServiceMonitors and PrometheusRules by
     dashboard_label: tuple[str, str]  # what Grafana's dashboard sidecar looks for
     grafana: bool
+    full: bool  # kube-prometheus-stack as it comes; else the operator and one Prometheus only
     grafana_admin_password: pulumi.Input[str] | None
+    # The Secret holding it, which the platform creates: the chart reads it, the values never hold it.
+    grafana_admin_secret: str | None = None
 
 
 class CertManagerValues(TypedDict):
@@ -51,21 +57,29 @@ class KubePrometheusStackValues(TypedDict):
     crds: dict[str, bool]
     prometheus: dict[str, Any]
     grafana: dict[str, Any]
+    alertmanager: dict[str, bool]
+    nodeExporter: dict[str, bool]
+    defaultRules: dict[str, bool]
 
 
 def kube_prometheus_stack(stack: MonitoringStack) -> KubePrometheusStackValues:
     selector = {"matchLabels": dict(stack.selector_labels)}
     label, value = stack.dashboard_label
     grafana: dict[str, Any] = {
-        "enabled": stack.grafana,
+        "enabled": stack.grafana and stack.full,
         "sidecar": {"dashboards": {
             "enabled": True, "label": label, "labelValue": value, "searchNamespace": "ALL",
         }},
     }
-    # Never the chart's well-known default: the stack's secret, or empty, which makes the Grafana chart
-    # generate a random one into its Secret (kubectl get secret ... -o jsonpath='{.data.admin-password}').
-    password = stack.grafana_admin_password
-    grafana["adminPassword"] = password if password is not None else ""
+    if stack.grafana_admin_secret is not None:
+        grafana["admin"] = {
+            "existingSecret": stack.grafana_admin_secret, "userKey": GRAFANA_USER_KEY,
+            "passwordKey": GRAFANA_PASSWORD_KEY,
+        }
+    else:
+        # Never the chart's well-known default: empty makes the Grafana chart generate a random password
+        # into its Secret.
+        grafana["adminPassword"] = ""
     return {
         "fullnameOverride": PROMETHEUS_FULLNAME,
         # The CRDs come from their own release, applied first and kept on uninstall.
@@ -77,6 +91,9 @@ def kube_prometheus_stack(stack: MonitoringStack) -> KubePrometheusStackValues:
             "ruleNamespaceSelector": {},
         }},
         "grafana": grafana,
+        "alertmanager": {"enabled": stack.full},
+        "nodeExporter": {"enabled": stack.full},
+        "defaultRules": {"create": stack.full},
     }
 
 

@@ -1,0 +1,128 @@
+"""`python -m inference bench --structured-output`: the default workload with a JSON schema on and off.
+
+The same requests (the default bench workload: random prompts and output lengths, all at once,
+greedy) run through the engine twice per repeat, plain and constrained by a JSON schema, in one
+process on one model; runs alternate (off, on, on, off, ...) so that neither always goes first on
+a busy machine. The schema is one long string field, so that constrained outputs run about as long
+as plain ones (the grammar closes the string as each budget runs out) and output tokens/s compares
+like with like. The report also gives the schema's compile time, cold and from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference.bench.serving import drive_engine
+from inference.bench.workload import make_workload, summarize
+from inference.config import ServerConfig, default_torch_threads
+from inference.engine.async_engine import AsyncEngine
+from inference.engine.grammar import GrammarSpec
+from inference.model_loading import LoadedModel, load_model
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+    "required": ["answer", "confidence"],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class StructuredBenchSettings:
+    model_path: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    num_requests: int = 128
+    prompt_tokens: tuple[int, int] = (16, 256)
+    output_tokens: tuple[int, int] = (16, 128)
+    max_num_seqs: int = 64
+    repeats: int = 1
+    seed: int = 0
+    torch_threads: int | None = None
+
+
+def run_once(loaded: LoadedModel, settings: StructuredBenchSettings, constrained: bool) -> dict[str, object]:
+    workload = make_workload(
+        settings.num_requests, settings.prompt_tokens, settings.output_tokens, loaded.vocab_size, None,
+        settings.seed,
+    )  # fmt: skip
+    config = ServerConfig(max_num_seqs=settings.max_num_seqs, max_queue_len=len(workload))
+
+    async def main() -> tuple[list, float, float]:
+        async with AsyncEngine(loaded, config) as engine:
+            spec = GrammarSpec.json_schema(SCHEMA)
+            cold = engine.compile_grammar(spec).compile_seconds
+            started = time.perf_counter()
+            grammar = engine.compile_grammar(spec)
+            cached = time.perf_counter() - started
+            timings = await drive_engine(engine, workload, grammar if constrained else None)
+            return timings, cold, cached
+
+    cpu_started = time.process_time()
+    timings, cold, cached = asyncio.run(main())
+    summary = summarize(timings)
+    return {
+        **summary,
+        "cpu_time_s": time.process_time() - cpu_started,
+        "grammar_compile_s": cold,
+        "grammar_compile_cached_s": cached,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    settings = StructuredBenchSettings(
+        model_path=args.model_path, device=args.device, dtype=args.dtype, num_requests=args.num_requests,
+        max_num_seqs=args.max_num_seqs, repeats=args.repeats, seed=args.seed, torch_threads=args.threads,
+    )  # fmt: skip
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
+    loaded = load_model(
+        ServerConfig(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
+    )
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for repeat in range(settings.repeats):
+        for constrained in (False, True) if repeat % 2 == 0 else (True, False):
+            runs[constrained].append(run_once(loaded, settings, constrained))
+
+    def median(constrained: bool, key: str) -> float:
+        return statistics.median(float(run[key]) for run in runs[constrained])  # type: ignore[arg-type]
+
+    off, on = median(False, "output_tokens_per_s"), median(True, "output_tokens_per_s")
+    return {
+        "model": loaded.name,
+        "device": loaded.device.type,
+        "torch_threads": torch.get_num_threads(),
+        "workload": {"num_requests": settings.num_requests, "prompt_tokens": settings.prompt_tokens,
+                     "output_tokens": settings.output_tokens, "seed": settings.seed, "schema": SCHEMA},
+        "repeats": settings.repeats,
+        "output_tokens_per_s": {"schema_off": off, "schema_on": on},
+        "output_tokens": {"schema_off": median(False, "output_tokens"),
+                          "schema_on": median(True, "output_tokens")},
+        "schema_on_over_off": {"output_tokens_per_s": on / off},
+        "grammar_compile_s": {"cold": median(True, "grammar_compile_s"),
+                              "cached": median(True, "grammar_compile_cached_s")},
+        "runs": {"schema_off": runs[False], "schema_on": runs[True]},
+    }  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference bench --structured-output", description=__doc__
+    )
+    defaults = StructuredBenchSettings()
+    parser.add_argument("--structured-output", action="store_true", required=True)
+    parser.add_argument("--model-path", type=Path, default=None, help="default: the demo model")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=defaults.dtype)
+    parser.add_argument("--num-requests", type=int, default=defaults.num_requests)
+    parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of each setting")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
+    return parser

@@ -6,7 +6,8 @@ each, the systems serve the same requests in-process (no HTTP, so that the compa
 batching alone) and the run prints JSON: output tokens/s, time to first token and inter-token
 latency percentiles per system, the engine's ratios to each, and how close each came to the
 machine (model FLOP/s against the matmul FLOP/s of the model's own shapes, measured in the run).
-`--peers` adds `transformers`' static padded batches and its own continuous batching to the systems.
+`--peers` adds `transformers`' static padded batches and its own continuous batching to the systems;
+`--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import torch
 
 from inference.bench.baseline import WindowBatchingBaseline
 from inference.bench.flops import flops_per_token, matmul_flops_per_second
+from inference.bench.http import run_over_http, serve_process
 from inference.bench.peers import run_static_batches, run_transformers_continuous
-from inference.bench.shapes import add_model_arguments, loaded_model
+from inference.bench.shapes import add_model_arguments, model_directory
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.grammar import CompiledGrammar
 from inference.engine.request import GenerationRequest, SamplingParams
-from inference.model_loading import LoadedModel
+from inference.model_loading import LoadedModel, load_model
 
 MODES = ("burst", "steady")
 
@@ -61,6 +63,7 @@ class BenchSettings:
     seed: int = 0
     torch_threads: int | None = None  # None: what `serve` uses (inference.config.default_torch_threads)
     peers: bool = False  # also run transformers' static batches and its continuous batching
+    http: bool = False  # also run the engine behind `serve`, over HTTP
     static_batch_size: int = 32
 
 
@@ -110,8 +113,19 @@ def run_baseline(
     return baseline.run(workload)
 
 
+def run_engine_over_http(
+    model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+) -> list[RequestTiming]:
+    server_settings = {
+        "max_num_seqs": settings.max_num_seqs, "max_queue_len": len(workload),
+        "max_model_len": loaded.max_model_len, "device": settings.device, "dtype": settings.dtype,
+    }  # fmt: skip
+    with serve_process(model_dir, server_settings, torch.get_num_threads()) as base_url:
+        return run_over_http(base_url, workload)
+
+
 def run_systems(
-    loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+    model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
 ) -> dict[str, list[RequestTiming]]:
     """Each system's timings on `workload`, the systems run one after another on the same model."""
     systems = {"baseline": lambda: run_baseline(loaded, settings, workload)}
@@ -120,6 +134,8 @@ def run_systems(
         systems["transformers_static"] = lambda: run_static_batches(loaded, static_size, workload)
         systems["transformers_continuous"] = lambda: run_transformers_continuous(loaded, workload)
     systems["engine"] = lambda: run_engine(loaded, settings, workload)
+    if settings.http:
+        systems["engine_http"] = lambda: run_engine_over_http(model_dir, loaded, settings, workload)
     return {name: run_system() for name, run_system in systems.items()}
 
 
@@ -134,11 +150,12 @@ def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
 
 def run_bench(settings: BenchSettings) -> dict[str, object]:
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
-    with loaded_model(settings.model_path, settings.shape, settings.device, settings.dtype) as loaded:
-        return _run_bench(loaded, settings)
+    with model_directory(settings.model_path, settings.shape) as model_dir:
+        config = ServerConfig(model_path=model_dir, device=settings.device, dtype=settings.dtype)
+        return _run_bench(model_dir, load_model(config), settings)
 
 
-def _run_bench(loaded: LoadedModel, settings: BenchSettings) -> dict[str, object]:
+def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) -> dict[str, object]:
     model_flops_per_token = flops_per_token(loaded.model)
     matmul_rate = matmul_flops_per_second(loaded.model, settings.max_num_seqs, loaded.device, loaded.dtype)
     report: dict[str, object] = {
@@ -181,7 +198,7 @@ def _run_bench(loaded: LoadedModel, settings: BenchSettings) -> dict[str, object
             len(item.prompt_token_ids) + item.max_tokens for item in requests
         )
         summaries = {}
-        for name, timings in run_systems(loaded, settings, requests).items():
+        for name, timings in run_systems(model_dir, loaded, settings, requests).items():
             summary = summarize(timings)
             summary["model_flops_per_s"] = model_flops / summary["duration_s"]
             summary["share_of_matmul_flops_per_s"] = summary["model_flops_per_s"] / matmul_rate
@@ -190,8 +207,10 @@ def _run_bench(loaded: LoadedModel, settings: BenchSettings) -> dict[str, object
         ratios = {
             f"engine_over_{name}": _ratios(engine, summary)
             for name, summary in summaries.items()
-            if name != "engine"
+            if name not in ("engine", "engine_http")
         }
+        if "engine_http" in summaries:
+            ratios["http_over_in_process"] = _ratios(summaries["engine_http"], engine)
         return {"arrival_rate_per_s": rate, **summaries, **ratios}
 
     if "burst" in settings.modes:
@@ -233,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", action="store_true", help="also run transformers' static batches and continuous batching"
     )
     parser.add_argument("--static-batch-size", type=int, default=defaults.static_batch_size)
+    parser.add_argument(
+        "--http", action="store_true", help="also run the engine behind `serve`, with streaming HTTP clients"
+    )
     parser.add_argument("--num-requests", type=int, default=defaults.num_requests)
     parser.add_argument(
         "--prompt-tokens", type=length_range, default=defaults.prompt_tokens, metavar="MIN:MAX"
@@ -271,6 +293,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         seed=args.seed,
         torch_threads=args.threads,
         peers=args.peers,
+        http=args.http,
         static_batch_size=args.static_batch_size,
     )
 

@@ -106,6 +106,9 @@ class EngineCore:
         self.runner = _runner_for(loaded, config)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
+        if not config.enforce_eager and loaded.workers is None:
+            # Before readiness: the capture's cost is paid, and logged, at start-up.
+            self.runner.capture_decode_graphs(config.max_num_seqs, loaded.max_model_len)
         self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}

@@ -5,11 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-
-# Triton kernels run in Triton's interpreter here (no GPU); the choice is made when Triton and the
-# kernels are first imported, so before anything imports them.
-os.environ.setdefault("TRITON_INTERPRET", "1")
 import socket
 import threading
 import time

@@ -132,3 +132,13 @@ def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
         summary = report["burst"][system]
         share = summary["model_flops_per_s"] / machine["matmul_flops_per_s"]
         assert summary["share_of_matmul_flops_per_s"] == share
+
+
+@pytest.mark.slow
+def test_http_mode_serves_the_same_tokens_through_a_real_server(small_settings):
+    report = run_bench(replace(small_settings, http=True, modes=("burst",)))
+    burst = report["burst"]
+    assert burst["engine_http"]["requests"] == small_settings.num_requests
+    assert burst["engine_http"]["output_tokens"] == burst["engine"]["output_tokens"]
+    ratio = burst["http_over_in_process"]["output_tokens_per_s"]
+    assert ratio == burst["engine_http"]["output_tokens_per_s"] / burst["engine"]["output_tokens_per_s"]

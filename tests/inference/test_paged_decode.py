@@ -18,7 +18,7 @@ from inference.tiny_model import byte_level_token_ids, save_random_model
 
 from .conftest import run_with_engine
 
-# conftest.py sets TRITON_INTERPRET before anything imports Triton.
+# The package's __init__ sets TRITON_INTERPRET, where there is no GPU, before anything imports Triton.
 pytest.importorskip("triton", reason="the paged decode kernel needs the `gpu` extra (triton)")
 
 from inference.engine.paged_decode import paged_decode_attention

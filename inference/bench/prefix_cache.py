@@ -30,7 +30,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from inference import metrics
-from inference.bench.serving import drive_engine
+from inference.bench.serving import BenchSettings, drive_engine
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
@@ -62,9 +62,9 @@ class PrefixBenchSettings:
     message_tokens: int = 128
     answer_tokens: int = 32
     # random: the default bench workload
-    random_requests: int = 128
-    random_prompt_tokens: tuple[int, int] = (16, 256)
-    random_output_tokens: tuple[int, int] = (16, 128)
+    random_requests: int = BenchSettings.num_requests
+    random_prompt_tokens: tuple[int, int] = BenchSettings.prompt_tokens
+    random_output_tokens: tuple[int, int] = BenchSettings.output_tokens
 
     def context_needed(self) -> int:
         return {

@@ -51,6 +51,7 @@ class PrefixBenchSettings:
     seed: int = 0
     torch_threads: int | None = None  # None: what `serve` uses
     max_num_seqs: int = 64
+    max_num_batched_tokens: int = ServerConfig.model_fields["max_num_batched_tokens"].default
     # shared-prefix
     num_requests: int = 64
     prefix_tokens: int = 1024
@@ -156,6 +157,7 @@ def run_once(
 ) -> dict[str, object]:
     config = ServerConfig(
         max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
         max_queue_len=max(settings.num_requests, settings.conversations, settings.random_requests),
         enable_prefix_caching=caching,
     )
@@ -251,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=defaults.max_num_batched_tokens)
     for field in ("num_requests", "prefix_tokens", "suffix_tokens", "output_tokens"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field),
                             help="shared-prefix")  # fmt: skip

@@ -42,6 +42,12 @@ def test_ratios_are_on_over_off_of_the_medians(shared_prefix):
     assert ratios["output_tokens_per_s"] == on["output_tokens_per_s"] / off["output_tokens_per_s"]
 
 
+def test_paired_ratios_are_the_median_of_each_repeat_s_on_over_off(shared_prefix):
+    pairs = zip(shared_prefix["runs"]["caching_off"], shared_prefix["runs"]["caching_on"], strict=True)
+    ratios = [on["cpu_time_s"] / off["cpu_time_s"] for off, on in pairs]
+    assert shared_prefix["paired_on_over_off"]["cpu_time"] == pytest.approx(sum(ratios) / 2)
+
+
 def test_multi_turn_resends_the_history_and_reuses_it(tiny_model_dir, capsys):
     argv = ["--workload", "multi-turn", "--model-path", str(tiny_model_dir), "--conversations", "2",
             "--turns", "3", "--message-tokens", "20", "--answer-tokens", "4"]  # fmt: skip

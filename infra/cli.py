@@ -30,7 +30,10 @@ def _render(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     from infra.config.keys import keys_table
 
-    print(keys_table())
+    try:
+        print(keys_table())
+    except BrokenPipeError:  # `python -m infra keys | head`: the reader has all it wanted
+        sys.stderr.close()
     return 0
 
 

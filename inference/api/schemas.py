@@ -262,18 +262,22 @@ class ChatCompletionRequest(SamplingFields):
             _refuse("modalities", "only text is generated")
         return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs set to true")
-        if self.tool_choice not in (None, "none") and not self.tools:
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        tools = info.data.get("tools") or []
+        if value not in (None, "none") and not tools:
             raise ValueError("tool_choice needs tools")
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = {tool.function.name for tool in self.tools or []}
-            if self.tool_choice.function.name not in names:
-                name = self.tool_choice.function.name
-                raise ValueError(f"tool_choice names {name!r}, which is not in tools")
-        return self
+        if isinstance(value, NamedToolChoice) and value.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"tool_choice names {value.function.name!r}, which is not in tools")
+        return value
 
     @property
     def token_limit(self) -> int | None:

@@ -107,7 +107,7 @@ def lora_name_for(requested: str | None, model: LoadedModel) -> str | None:
         return None
     if requested in model.adapters:
         return requested
-    served = ", ".join(repr(name) for name in [model.name, *(a.name for a in model.adapters.adapters)])
+    served = ", ".join(repr(name) for name in [model.name, *(adapter.name for adapter in model.adapters)])
     raise APIError(404, f"the model '{requested}' does not exist; this server serves {served}",
                    param="model", code="model_not_found")
 
@@ -143,6 +143,10 @@ async def _sampling_params(
     engine: AsyncEngine, body: SamplingFields, logprobs: int | None, grammar: tuple[GrammarSpec, str] | None
 ) -> SamplingParams:
     """The engine's parameters for `body`; `logprobs`: None for none, else how many alternatives."""
+    for field, ids in (("logit_bias", body.logit_bias), ("stop_token_ids", body.stop_token_ids)):
+        if any(not 0 <= token < engine.vocab_size for token in ids):
+            message = f"{field}: token ids must lie in [0, {engine.vocab_size})"
+            raise APIError(400, message, param=field, code="invalid_value")
     compiled = None
     if grammar is not None:
         spec, param = grammar
@@ -256,7 +260,7 @@ async def list_models(request: Request) -> ModelList:
     )
     adapters = [
         base.model_copy(update={"id": adapter.name, "parent": model.name})
-        for adapter in model.adapters.adapters
+        for adapter in model.adapters
     ]
     return ModelList(data=[base, *adapters])
 

@@ -36,7 +36,7 @@ from inference.engine.request import (
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
 from inference.engine.telemetry import EngineTelemetry
-from inference.lora import LoraAdapter, LoraAdapterError, read_lora_adapter
+from inference.lora import LoraAdapter, LoraAdapterError
 from inference.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,10 @@ class AsyncEngine:
         self._wakeup.set()
         return seq.sink
 
+    @property
+    def vocab_size(self) -> int:
+        return self.loaded.vocab_size
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for on its own (part of a character, for some)."""
         if self._core is None:
@@ -189,6 +193,8 @@ class AsyncEngine:
         """Read an adapter (off the event loop) and serve it under `name` from the next step on.
 
         Raises LoraLoadError when it cannot be read, does not fit the model or the limits."""
+        from inference.lora.adapter import read_lora_adapter  # peft: imported only when needed
+
         loaded = self.loaded
         try:
             adapter = await asyncio.to_thread(read_lora_adapter, name, path, loaded.device, loaded.dtype)

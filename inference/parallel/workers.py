@@ -44,6 +44,11 @@ _STOP = "stop"
 # How long workers get to leave after the stop command before they are terminated.
 _EXIT_GRACE_SECONDS = 10.0
 _PARENT_POLL_SECONDS = 1.0
+_STARTUP_POLL_SECONDS = 0.05
+
+
+def _started_key(rank: int) -> str:
+    return f"llm-serving/rank-{rank}/started"
 
 
 @dataclass
@@ -133,10 +138,23 @@ class WorkerPool:
         threading.Thread(target=self._watch, name="tensor-parallel-monitor", daemon=True).start()
         self.group: RankGroup | None = None
         try:
+            self._wait_for_workers()
             self.group = join_group(self._store, 0, world_size, device)
         except BaseException:
             self.close()
             raise
+
+    def _wait_for_workers(self) -> None:
+        """Until every worker has reached the store: a worker that dies on the way (say, at import)
+        fails the start-up at once, where the process group's rendezvous would wait out its timeout."""
+        keys = [_started_key(process_rank) for process_rank in range(1, len(self.processes) + 1)]
+        deadline = time.monotonic() + STARTUP_TIMEOUT.total_seconds()
+        while not self._store.check(keys):
+            if self.failure is not None:
+                raise RuntimeError(f"a tensor-parallel worker failed to start: {self.failure}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the tensor-parallel workers did not start within {STARTUP_TIMEOUT}")
+            time.sleep(_STARTUP_POLL_SECONDS)
 
     @property
     def alive(self) -> bool:
@@ -239,6 +257,7 @@ def run_worker(spec: WorkerSpec) -> None:
     store = dist.TCPStore(
         STORE_HOST, spec.store_port, config.tensor_parallel_size, is_master=False, timeout=STARTUP_TIMEOUT
     )
+    store.set(_started_key(spec.rank), "1")
     device = rank_device(pick_device(config.device), spec.rank)
     group = join_group(store, spec.rank, config.tensor_parallel_size, device)
     dtype = pick_dtype(config.dtype, device)

@@ -14,7 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.clouds import common
-from infra.clouds.base import CloudPlatform, CloudRelease, CloudTarget, LogSink, ModelSync
+from infra.clouds.base import ChartRelease, CloudPlatform, CloudTarget, LogSink, ModelSync
 from infra.clouds.common import CloudContext, Cluster, ModelBucket, OidcIssuer
 from infra.config import AwsConfig, StackConfig
 
@@ -489,7 +489,7 @@ def platform(config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: C
             common.service_account_subject("kube-system", LB_CONTROLLER_SERVICE_ACCOUNT),
             common.json_document(load_balancer_controller_policy()), context.opts,
         )
-        releases.append(CloudRelease("aws-load-balancer-controller", {
+        releases.append(ChartRelease("aws-load-balancer-controller", {
             "clusterName": cluster.id,
             "region": cloud.region,
             "vpcId": cluster.vpc_id,
@@ -507,7 +507,7 @@ def platform(config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: C
             ),
             context.opts,
         )
-        releases.append(CloudRelease("cluster-autoscaler", {
+        releases.append(ChartRelease("cluster-autoscaler", {
             "cloudProvider": "aws",
             "awsRegion": cloud.region,
             # Managed node groups tag their Auto Scaling groups for discovery by cluster name.
@@ -516,7 +516,7 @@ def platform(config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: C
                 "create": True, "name": AUTOSCALER_SERVICE_ACCOUNT,
                 "annotations": {"eks.amazonaws.com/role-arn": role.arn},
             }},
-            # A GPU node of a pool at its minimum is never removed for being idle in the quiet hours.
+            # Nodes that run only DaemonSets and kube-system pods may go once the GPU pods left them.
             "extraArgs": {"balance-similar-node-groups": True, "skip-nodes-with-system-pods": False},
         }))
     return CloudPlatform(
@@ -535,7 +535,8 @@ def load_balancer_controller_policy() -> dict[str, object]:
             {"Effect": "Allow", "Action": "iam:CreateServiceLinkedRole", "Resource": "*",
              "Condition": {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}},
             {"Effect": "Allow", "Resource": "*", "Action": [
-                "ec2:Describe*", "elasticloadbalancing:Describe*", "acm:ListCertificates",
+                "ec2:Describe*", "ec2:GetSecurityGroupsForVpc", "elasticloadbalancing:Describe*",
+                "acm:ListCertificates",
                 "acm:DescribeCertificate", "shield:GetSubscriptionState", "wafv2:GetWebACLForResource",
             ]},
             {"Effect": "Allow", "Resource": "*", "Action": [
@@ -549,7 +550,8 @@ def load_balancer_controller_policy() -> dict[str, object]:
                 "elasticloadbalancing:SetSubnets", "elasticloadbalancing:DeleteLoadBalancer",
                 "elasticloadbalancing:ModifyTargetGroup", "elasticloadbalancing:ModifyTargetGroupAttributes",
                 "elasticloadbalancing:DeleteTargetGroup", "elasticloadbalancing:ModifyListener",
-                "elasticloadbalancing:DeleteListener", "elasticloadbalancing:RegisterTargets",
+                "elasticloadbalancing:DeleteListener", "elasticloadbalancing:ModifyListenerAttributes",
+                "elasticloadbalancing:RegisterTargets",
                 "elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RemoveTags",
             ]},
         ],

@@ -5,8 +5,10 @@ checkpoints; a model that does not split evenly is refused before any process st
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import multiprocessing
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -224,3 +226,14 @@ def test_a_killed_worker_fails_the_request_in_flight_and_takes_readiness_down(ll
     finally:
         loaded.close()
     assert (ready_before, ready_after, ranks_up) == (True, False, RANKS - 1)
+
+
+def test_a_worker_that_dies_while_starting_fails_the_load_instead_of_waiting_for_it(llama_dir):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        loading = pool.submit(load_model, ServerConfig(model_path=llama_dir, tensor_parallel_size=RANKS))
+        while not multiprocessing.active_children():
+            time.sleep(0.001)
+        for worker in multiprocessing.active_children():
+            worker.kill()  # still importing torch: it has not reached the rendezvous yet
+        with pytest.raises(RuntimeError, match="failed to start"):
+            loading.result(timeout=60)

@@ -107,7 +107,7 @@ def lora_name_for(requested: str | None, model: LoadedModel) -> str | None:
         return None
     if requested in model.adapters:
         return requested
-    served = ", ".join(repr(name) for name in [model.name, *(a.name for a in model.adapters.adapters)])
+    served = ", ".join(repr(name) for name in [model.name, *(adapter.name for adapter in model.adapters)])
     raise APIError(404, f"the model '{requested}' does not exist; this server serves {served}",
                    param="model", code="model_not_found")
 
@@ -260,7 +260,7 @@ async def list_models(request: Request) -> ModelList:
     )
     adapters = [
         base.model_copy(update={"id": adapter.name, "parent": model.name})
-        for adapter in model.adapters.adapters
+        for adapter in model.adapters
     ]
     return ModelList(data=[base, *adapters])
 

@@ -7,6 +7,8 @@ Not thread-safe: the engine adds and removes adapters only between forward passe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from torch import nn
 
 from inference.lora.adapter import LoraAdapter, LoraAdapterError
@@ -36,9 +38,9 @@ class LoraRegistry:
     def __len__(self) -> int:
         return len(self._loaded)
 
-    @property
-    def adapters(self) -> list[LoraAdapter]:
-        return [adapter for _, adapter in self._loaded.values()]
+    def __iter__(self) -> Iterator[LoraAdapter]:
+        """The loaded adapters, in the order they were loaded."""
+        return iter([adapter for _, adapter in self._loaded.values()])
 
     def id_of(self, name: str | None) -> int:
         """The id of a loaded adapter, BASE_LORA_ID for None; KeyError for a name not loaded."""

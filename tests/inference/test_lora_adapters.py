@@ -24,11 +24,13 @@ from inference.lora import (
     LoraLinear,
     LoraWeights,
     UnsupportedLoraError,
+    one_adapter,
     read_lora_adapter,
 )
 from inference.lora.merge import MergeError, merge_lora
 from inference.lora.random_adapter import make_tiny_lora, save_random_adapter
 from inference.model_loading import load_model
+from inference.quantize.int8_linear import Int8DynamicLinear
 
 from .conftest import run_with_engine
 
@@ -196,7 +198,7 @@ def test_make_tiny_model_writes_an_adapter_for_the_demo_model(tiny_model_dir, tm
     make_tiny_lora("sales", tmp_path / "sales")
     modules = [f"support={tmp_path / 'support'}", f"sales={tmp_path / 'sales'}"]
     loaded = load_model(ServerConfig(model_path=tiny_model_dir, lora_modules=modules))
-    support, sales = loaded.adapters.adapters
+    support, sales = loaded.adapters
     module = "model.layers.0.self_attn.q_proj"
     assert not torch.equal(support.layers[module].a, sales.layers[module].a)
 
@@ -245,3 +247,17 @@ def test_unloading_ends_the_adapters_requests_and_leaves_the_others_running(tiny
     assert len(rest_on_adapter) < 299 and all(event.finish_reason is None for event in rest_on_adapter)
     assert (len(rest_on_base), rest_on_base[-1].finish_reason) == (39, "length")
     assert not any(isinstance(module, LoraLinear) for module in loaded.model.modules())
+
+
+def test_an_int8_dynamic_layer_gets_its_adapter_added_on_top(tiny_model_dir, adapter_dir):
+    settings = {"model_path": tiny_model_dir, "quantization": "int8-dynamic"}
+    loaded = load_model(ServerConfig(**settings, lora_modules=[f"support={adapter_dir}"]))
+    module = "model.layers.0.self_attn.q_proj"
+    layer = loaded.model.get_submodule(module)
+    assert isinstance(layer, LoraLinear) and isinstance(layer.base, Int8DynamicLinear)
+    (adapter,) = loaded.adapters
+    weights = adapter.layers[module]
+    x = torch.randn(1, 5, layer.in_features)
+    with torch.inference_mode(), one_adapter(loaded.adapters.id_of("support")):
+        adapted = layer(x)
+    torch.testing.assert_close(adapted, layer.base(x) + x @ weights.a.T @ weights.b.T)

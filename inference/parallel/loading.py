@@ -189,7 +189,7 @@ def _split_vocabulary(
     if type(embeddings) is nn.Embedding:
         part = vocab_range(embeddings.num_embeddings, rank, world_size)
         rows = checkpoint.read(embedding_key, 0, part).to(dtype)
-        swapped = VocabParallelEmbedding(rows, part.start, embeddings.num_embeddings, None)
+        swapped = VocabParallelEmbedding(rows, part.start, embeddings.num_embeddings)
         set_module(model, _module_name(model, embeddings), swapped)
     if type(output) is nn.Linear:
         name = _module_name(model, output)
@@ -200,7 +200,7 @@ def _split_vocabulary(
         elif rows is None:  # tied to an embedding kept whole
             rows = checkpoint.read(embedding_key, 0, part).to(dtype)
         bias = checkpoint.read(f"{name}.bias", 0, part).to(dtype) if output.bias is not None else None
-        set_module(model, name, VocabParallelLMHead(rows, bias, output.out_features, world_size, None))
+        set_module(model, name, VocabParallelLMHead(rows, bias, output.out_features, world_size))
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -233,7 +233,7 @@ def load_shard(
         reader = ShardReader(checkpoint, rank, world_size, dtype, scheme, int8_in_checkpoint)
         for name, split in plan.items():
             shard = reader.linear(name, split, model.get_submodule(name))
-            set_module(model, name, RowParallelLinear(shard, None) if split is Split.ROW else shard)
+            set_module(model, name, RowParallelLinear(shard) if split is Split.ROW else shard)
         if split_vocabulary:
             _split_vocabulary(model, checkpoint, rank, world_size, dtype)
         for name in _meta_tensors(model):

@@ -56,11 +56,22 @@ def config_from_flags(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(**flags)
 
 
+def describe_config_errors(error: ValidationError) -> str:
+    """One line per error, naming the flag and what is wrong, never the value given: a value may be
+    the API key, and pydantic would print the start of it."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        fields = [str(part) for part in item["loc"]]
+        where = ", ".join(flag_name(field) for field in fields) if fields else "configuration"
+        lines.append(f"  {where}: {item['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_flags(args)
     except ValidationError as error:
-        print(f"invalid server configuration:\n{error}", file=sys.stderr)
+        print(f"invalid server configuration:\n{describe_config_errors(error)}", file=sys.stderr)
         return 2
     from inference.server import serve
 

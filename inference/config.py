@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LLM_SERVING_"
@@ -72,7 +72,10 @@ class ServerConfig(BaseSettings):
         "HTTP server and the event loop that hands tokens to clients.",
     )
 
-    api_key: str | None = Field(None, description="Bearer token required on /v1 routes; prefer api_key_file.")
+    # SecretStr: the key never shows in a repr, a log line or a validation error.
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token required on /v1 routes; prefer api_key_file."
+    )
     api_key_file: Path | None = Field(None, description="File holding the bearer token (a mounted Secret).")
 
     max_num_seqs: int = Field(64, ge=1, description="Sequences in the running batch at most.")
@@ -94,6 +97,24 @@ class ServerConfig(BaseSettings):
     )
     drain_timeout_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM.")
 
+    # The HTTP edge: every connection and request body is bounded in size and time.
+    max_request_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 before parsing."
+    )
+    timeout_keep_alive: float = Field(
+        65.0,
+        gt=0,
+        description="Seconds an idle keep-alive connection stays open; longer than the idle timeout of "
+        "clients and proxies (5 s for httpx and openai, 60 s for nginx and cloud load balancers), so the "
+        "client, not the server, closes it and never sends on a socket being closed.",
+    )
+    timeout_request_headers: float = Field(
+        30.0, gt=0, description="Seconds to receive request headers, from their first byte or the connection."
+    )
+    timeout_request_body: float = Field(60.0, gt=0, description="Seconds to receive a whole request body.")
+    limit_concurrency: int = Field(
+        1024, ge=1, description="Open connections at most; a request on one beyond it gets 429."
+    )
     lora_modules: list[LoraModule] = Field(
         default_factory=list,
         description="LoRA adapters served beside the base model, each its own model id: NAME=PATH ... "

@@ -7,8 +7,10 @@ same names. It imports no torch so that infrastructure code can use it on a mach
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -145,6 +147,79 @@ CATALOG: tuple[MetricSpec, ...] = (
 )
 
 
+# Label values -----------------------------------------------------------------------------------
+# Every label of every metric has a bounded set of values, so that no client (made-up HTTP methods,
+# adapter names, paths) can create time series without bound. A value outside its label's domain is
+# recorded as OTHER.
+
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class LabelDomain:
+    """The values a label may take: a known set, or, where the set is open (model ids, routes), the
+    first `max_values` distinct values seen."""
+
+    values: frozenset[str] | None = None
+    max_values: int = 32
+
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+LABEL_DOMAINS: dict[str, LabelDomain] = {
+    "method": LabelDomain(_HTTP_METHODS),
+    "route": LabelDomain(max_values=64),  # route templates; paths that match none are "unmatched"
+    "status": LabelDomain(frozenset(str(code) for code in range(100, 600))),
+    "finish_reason": LabelDomain(max_values=8),
+    "reason": LabelDomain(frozenset(RejectionReason)),
+    "device": LabelDomain(max_values=8),
+    "model": LabelDomain(max_values=64),
+    "dtype": LabelDomain(max_values=8),
+    "quantization": LabelDomain(max_values=8),
+}
+
+
+class _Fold:
+    """Maps one label's values into its domain; shared by the threads that record metrics."""
+
+    def __init__(self, domain: LabelDomain) -> None:
+        self._domain = domain
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if self._domain.values is not None:
+            return value if value in self._domain.values else OTHER
+        with self._lock:
+            if value in self._seen or len(self._seen) < self._domain.max_values:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+class _BoundedLabels(MetricWrapperBase):
+    """A collector whose `labels()` folds each value into its label's domain before making a child."""
+
+    _folds: dict[str, _Fold]
+
+    def labels(self, *values: Any, **named: Any) -> Any:
+        if values:
+            named = dict(zip(self._labelnames, values, strict=True))
+        return super().labels(**{name: self._folds[name](str(value)) for name, value in named.items()})
+
+
+class BoundedCounter(_BoundedLabels, Counter):
+    pass
+
+
+class BoundedGauge(_BoundedLabels, Gauge):
+    pass
+
+
+class BoundedHistogram(_BoundedLabels, Histogram):
+    pass
+
+
 def series_names() -> frozenset[str]:
     """Every series name a PromQL query may use against this server."""
     return frozenset(series for spec in CATALOG for series in spec.series_names())
@@ -154,14 +229,20 @@ def build_collectors(registry: CollectorRegistry) -> dict[str, MetricWrapperBase
     """One prometheus_client collector per catalog entry, registered in `registry`, keyed by name."""
     collectors: dict[str, MetricWrapperBase] = {}
     for spec in CATALOG:
+        unbounded = [label for label in spec.labels if label not in LABEL_DOMAINS]
+        if unbounded:
+            raise ValueError(f"{spec.name}: labels {unbounded} have no entry in LABEL_DOMAINS")
         # prometheus_client appends `_total` to counters itself.
         name = spec.name.removesuffix("_total") if spec.kind is Kind.COUNTER else spec.name
+        collector: _BoundedLabels
         if spec.kind is Kind.COUNTER:
-            collectors[spec.name] = Counter(name, spec.help, spec.labels, registry=registry)
+            collector = BoundedCounter(name, spec.help, spec.labels, registry=registry)
         elif spec.kind is Kind.GAUGE:
-            collectors[spec.name] = Gauge(name, spec.help, spec.labels, registry=registry)
+            collector = BoundedGauge(name, spec.help, spec.labels, registry=registry)
         else:
-            collectors[spec.name] = Histogram(
+            collector = BoundedHistogram(
                 name, spec.help, spec.labels, registry=registry, buckets=spec.buckets
             )
+        collector._folds = {label: _Fold(LABEL_DOMAINS[label]) for label in spec.labels}
+        collectors[spec.name] = collector
     return collectors

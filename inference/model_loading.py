@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from inference.config import ServerConfig
-from inference.lora import LoraRegistry, read_lora_adapter
+from inference.lora import LoraRegistry
 from inference.parallel.group import rank_device
 from inference.parallel.sharding import TensorParallelError
 from inference.quantize import (
@@ -167,9 +167,12 @@ def load_model(config: ServerConfig, *, split_vocabulary: bool = True) -> Loaded
             workers.close()
         raise
     adapters = LoraRegistry(model, name, config.max_loras, config.max_lora_rank)
-    for module in config.lora_modules:
-        # LoraAdapterError (UnsupportedLoraError for DoRA and the like) stops the start-up by name.
-        adapters.add(read_lora_adapter(module.name, module.path, device, dtype))
+    if config.lora_modules:
+        from inference.lora.adapter import read_lora_adapter  # peft: imported only when needed
+
+        for module in config.lora_modules:
+            # LoraAdapterError (UnsupportedLoraError for DoRA and the like) stops the start-up by name.
+            adapters.add(read_lora_adapter(module.name, module.path, device, dtype))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

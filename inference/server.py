@@ -20,6 +20,7 @@ import uvicorn
 from transformers.utils import logging as hf_logging
 
 from inference.api.app import create_app
+from inference.api.connections import bounded_protocol
 from inference.api.state import ServingState, serving_state_of
 from inference.config import ServerConfig, default_torch_threads
 from inference.logging import configure_logging
@@ -86,6 +87,8 @@ def build_server(config: ServerConfig) -> DrainingServer:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=_RESPONSE_FLUSH_SECONDS,
+        http=bounded_protocol(config),
+        timeout_keep_alive=config.timeout_keep_alive,  # type: ignore[arg-type]  # a float works too
     )
     return DrainingServer(uvicorn_config, serving_state_of(app))
 

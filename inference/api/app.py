@@ -15,8 +15,10 @@ from fastapi import FastAPI
 
 from inference.api import lora_adapters, probes, v1
 from inference.api.auth import ApiKeyMiddleware
+from inference.api.body import BodyLimits
 from inference.api.errors import install_error_handlers
 from inference.api.middleware import RequestObserver
+from inference.api.openapi import EDGE_ERRORS, install_openapi
 from inference.api.state import ServingState
 from inference.config import ServerConfig
 
@@ -60,14 +62,26 @@ def create_app(config: ServerConfig) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await starting
 
-    app = FastAPI(title="llm-serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="llm-serving",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        responses=EDGE_ERRORS,
+    )
     app.state.serving = state
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(v1.router)
     if config.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
-    # Added last, so it runs first: every request is counted and logged, refused ones included.
+    install_openapi(app, requires_api_key=state.api_key is not None)
+    # The body is read (bounded) only once the caller is known to hold the key.
+    app.add_middleware(
+        BodyLimits, max_bytes=config.max_request_body_bytes, timeout_seconds=config.timeout_request_body
+    )
     app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    # Added last, so it runs first: every request is counted and logged, refused ones included.
     app.add_middleware(RequestObserver, collectors=state.collectors)
     return app

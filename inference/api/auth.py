@@ -24,8 +24,8 @@ def load_api_key(config: ServerConfig) -> bytes | None:
         if not key:
             raise ValueError(f"api_key_file {config.api_key_file} is empty")
         return key.encode()
-    if config.api_key:
-        return config.api_key.encode()
+    if config.api_key is not None and config.api_key.get_secret_value():
+        return config.api_key.get_secret_value().encode()
     return None
 
 

@@ -11,11 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from inference.api.schemas import LONE_SURROGATE
 from inference.engine.request import (
     EngineNotReadyError,
     InvalidRequestError,
     PromptTooLongError,
     QueueFullError,
+    RequestFailedError,
     UnknownModelError,
 )
 
@@ -85,6 +87,9 @@ def from_engine_error(error: Exception, prompt_param: str | None = None) -> APIE
         return APIError(400, f"{prompt_param}: {error}", param=prompt_param, code="context_length_exceeded")
     if isinstance(error, InvalidRequestError):
         return APIError(400, f"{prompt_param}: {error}", param=prompt_param, code="invalid_value")
+    if isinstance(error, RequestFailedError):
+        # The engine logged the cause with its traceback; the client learns only that it failed.
+        return APIError(500, str(error), code="internal_error")
     logger.error("generation failed", exc_info=error)
     return APIError(500, "internal error during generation", code="internal_error")
 
@@ -96,10 +101,14 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
-    location = [str(part) for part in first.get("loc", ()) if not _is_union_member_tag(part)]
-    if location and location[0] == "body":
-        location = location[1:]
-    param = ".".join(location) or None
+    if first.get("type") == LONE_SURROGATE:
+        # Raised for the whole body, this error carries the path to the offending text itself.
+        param = first["ctx"]["param"]
+    else:
+        location = [str(part) for part in first.get("loc", ()) if not _is_union_member_tag(part)]
+        if location and location[0] == "body":
+            location = location[1:]
+        param = ".".join(location) or None
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     subject = param if param is not None else "request body"
     return f"{subject}: {message}", param
@@ -107,7 +116,9 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 def _is_union_member_tag(part: object) -> bool:
     """Pydantic names the union member that failed (`str`, `list[TextPart]`); clients know fields only."""
-    return isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_NAMES)
+    return isinstance(part, str) and (
+        "[" in part or part in _UNION_MEMBER_NAMES or part.startswith("constrained-")
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,11 +12,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from inference.api.errors import APIError
+from inference.api.openapi import error_responses
 from inference.api.schemas import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from inference.api.state import serving_state_of
 from inference.engine.request import LoraLoadError, UnknownModelError
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(
+    prefix="/v1",
+    responses=error_responses({
+        400: "An invalid value, named by `param`; an adapter that does not load.",
+        404: "No adapter of that name.",
+        503: "The server is loading, draining or stopped; see Retry-After.",
+    }),
+)
 
 
 @router.post("/load_lora_adapter", response_class=PlainTextResponse)

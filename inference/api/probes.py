@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference.api.state import serving_state_of
 
 router = APIRouter()
+
+_NOT_READY = {503: {"description": "Loading, draining, failed or stopped; `status` says which."}}
 
 
 @router.get("/health/live")
@@ -17,13 +19,13 @@ async def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=_NOT_READY)
 async def ready(request: Request) -> JSONResponse:
     state = serving_state_of(request.app)
     return JSONResponse({"status": state.phase}, status_code=200 if state.ready else 503)
 
 
-@router.get("/health")
+@router.get("/health", responses=_NOT_READY)
 async def health(request: Request) -> JSONResponse:
     """The seed's health check (Docker HEALTHCHECK, old probes): readiness with the model named."""
     state = serving_state_of(request.app)
@@ -34,7 +36,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus_metrics(request: Request) -> Response:
     registry = serving_state_of(request.app).registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

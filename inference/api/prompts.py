@@ -1,7 +1,12 @@
-"""Requests to prompt token ids: the chat template for chat, plain tokenization or given ids for text."""
+"""Requests to prompt token ids: the chat template for chat, plain tokenization or given ids for text.
+
+Text longer than any prompt the context could hold is refused before it is tokenized: tokenizing
+megabytes costs seconds and leaves hundreds of megabytes allocated, only to be refused afterwards.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +16,29 @@ from transformers import PreTrainedTokenizerBase
 
 from inference.api.errors import APIError
 from inference.api.schemas import ChatMessage, Tool
+from inference.engine.request import PromptTooLongError
+
+
+@functools.cache
+def _longest_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters one token can stand for. A vocabulary entry is spelled with at least as
+    many characters as it decodes to (byte-level BPE spells each byte as one character, SentencePiece
+    spells the space as one), special tokens included."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+def max_prompt_chars(tokenizer: PreTrainedTokenizerBase, max_model_len: int) -> int:
+    """Text longer than this has more tokens than the context holds, whatever its content."""
+    return max_model_len * _longest_token_chars(tokenizer)
+
+
+def _check_prompt_size(text: str, tokenizer: PreTrainedTokenizerBase, max_model_len: int) -> None:
+    limit = max_prompt_chars(tokenizer, max_model_len)
+    if len(text) > limit:
+        raise PromptTooLongError(
+            f"the prompt has {len(text)} characters; no prompt over {limit} characters fits the "
+            f"context length of {max_model_len} tokens"
+        )
 
 
 def _template_message(message: ChatMessage) -> dict[str, Any]:
@@ -38,8 +66,12 @@ def _arguments(text: str) -> Any:
 
 
 def chat_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage], tools: Sequence[Tool] | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[ChatMessage],
+    max_model_len: int,
+    tools: Sequence[Tool] | None = None,
 ) -> list[int]:
+    """Raises PromptTooLongError for text that cannot fit, before tokenizing it."""
     conversation = [_template_message(message) for message in messages]
     definitions = [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
     try:
@@ -49,12 +81,16 @@ def chat_prompt_ids(
     except (TemplateError, ValueError) as error:
         message = f"messages: the chat template rejected them: {error}"
         raise APIError(400, message, param="messages") from error
+    _check_prompt_size(text, tokenizer, max_model_len)
     # The template writes the special tokens (BOS and role markers) itself.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def completion_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Sequence[int]]
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Sequence[int]], max_model_len: int
 ) -> list[list[int]]:
     """Text is tokenized; token ids pass as given (the engine checks them against the vocabulary)."""
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            _check_prompt_size(prompt, tokenizer, max_model_len)
     return [list(tokenizer(text)["input_ids"]) if isinstance(text, str) else list(text) for text in prompts]

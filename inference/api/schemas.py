@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from inference.engine.request import MAX_TOP_LOGPROBS
 
@@ -15,10 +16,65 @@ MAX_CHOICES = 128
 MAX_COMPLETION_LOGPROBS = 5
 _MAX_LOGIT_BIAS = 300
 
+LONE_SURROGATE = "lone_surrogate"
+NonEmptyText = Annotated[str, Field(min_length=1)]
+# What `stop` accepts, as the schema states it; the field itself is always a list.
+StopInput = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=_MAX_STOP_STRINGS)] | None
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
+def _is_surrogate(character: str) -> bool:
+    return "\ud800" <= character <= "\udfff"
+
+
+def lone_surrogate_path(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where in parsed JSON a string holds a lone UTF-16 surrogate (`"\\ud800"` is valid JSON but not
+    Unicode: no tokenizer or UTF-8 encoder accepts it); None if nowhere."""
+    if isinstance(value, str):
+        return path if any(_is_surrogate(character) for character in value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if lone_surrogate_path(key) is not None:
+                return path
+            if (found := lone_surrogate_path(item, (*path, str(key)))) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := lone_surrogate_path(item, (*path, str(index)))) is not None:
+                return found
+    return None
+
+
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; strict validation would not, so such numbers become ints
+    (harmless where a float is expected: an int is a valid float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(item) for item in value]
+    return value
+
+
+class RequestBody(BaseModel):
+    """Base of every request body and its parts: unknown fields ignored, JSON types read as the
+    OpenAPI document (JSON Schema) says them (`"n": 2.0` is an integer, `"echo": 0` no boolean), text
+    that is not Unicode refused (400)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_json_schema_reads_it(cls, data: Any) -> Any:
+        path = lone_surrogate_path(data)
+        if path is not None:
+            param = ".".join(path) or None
+            message = "text must be valid Unicode; it holds a lone UTF-16 surrogate"
+            raise PydanticCustomError(LONE_SURROGATE, message, {"param": param})
+        return integral_floats_as_ints(data)
+
+
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
@@ -36,16 +92,14 @@ def _refuse(field: str, reason: str) -> None:
     raise ValueError(f"{field} is not supported: {reason}")
 
 
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class JsonSchemaFormat(RequestBody):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestBody):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -56,7 +110,7 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class StructuredOutputs(BaseModel):
+class StructuredOutputs(RequestBody):
     """vLLM's `structured_outputs`: exactly one of a JSON schema, a regex, a choice or a grammar."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -76,7 +130,7 @@ class StructuredOutputs(BaseModel):
         return self
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestBody):
     """Fields that chat and text completions share."""
 
     # Unknown fields are ignored (with a warning in the log) rather than refused, as vLLM does, so
@@ -98,7 +152,8 @@ class SamplingFields(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    logit_bias: dict[int, float] = Field(default_factory=dict)
+    # JSON object keys are strings: token ids are read from them.
+    logit_bias: dict[Annotated[int, Strict(False)], float] = Field(default_factory=dict)
     min_tokens: int = Field(0, ge=0)
     # vLLM's extension: generate exactly max_tokens (load tests, benchmarks).
     ignore_eos: bool = False
@@ -117,7 +172,7 @@ class SamplingFields(BaseModel):
             data["structured_outputs"] = guided
         return data
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=StopInput)
     @classmethod
     def _stop_as_list(cls, value: Any) -> Any:
         if value is None:
@@ -131,12 +186,16 @@ class SamplingFields(BaseModel):
                 raise ValueError("stop strings must not be empty")
         return value
 
-    @field_validator("logit_bias", "stop_token_ids", mode="before")
+    # null means none, and the schema says so.
+    @field_validator("logit_bias", mode="before", json_schema_input_type=dict[str, float] | None)
     @classmethod
-    def _none_as_empty(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            return {} if info.field_name == "logit_bias" else []
-        return value
+    def _no_bias(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("stop_token_ids", mode="before", json_schema_input_type=list[int] | None)
+    @classmethod
+    def _no_stop_tokens(cls, value: Any) -> Any:
+        return [] if value is None else value
 
     @field_validator("logit_bias")
     @classmethod
@@ -163,27 +222,23 @@ class SamplingFields(BaseModel):
         return sorted(set(self.model_extra or {}) - ACCEPTED_WITHOUT_EFFECT)
 
 
-class TextPart(BaseModel):
+class TextPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(RequestBody):
     name: str
     arguments: str
 
 
-class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ToolCall(RequestBody):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -198,25 +253,23 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class FunctionDefinition(RequestBody):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
 
 
-class Tool(BaseModel):
+class Tool(RequestBody):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(BaseModel):
+class NamedFunction(RequestBody):
     name: str
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(RequestBody):
     type: Literal["function"]
     function: NamedFunction
 
@@ -284,45 +337,48 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-TokenIds = list[int]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+# As the schema says it: one text, texts, one token id list, token id lists; never empty.
+Prompt = NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds | Annotated[
+    list[TokenIds], Field(min_length=1)
+]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: list[str] | list[TokenIds]
+    prompt: Prompt
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
-    suffix: str | None = None
+    # Refused unless empty (below); the schema says so too.
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
     best_of: int | None = Field(None, ge=1)
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _prompt_as_batch(cls, value: Any) -> Any:
-        """A string, a list of strings, a token id list or a list of them; always a batch afterwards."""
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list) and value and all(isinstance(item, int) for item in value):
-            return [value]
-        if isinstance(value, list) and not value:
+    def _prompt_shape(cls, value: Any) -> Any:
+        # The union's own errors name every member it tried; these cases deserve one clear sentence.
+        if not isinstance(value, str | list):
+            raise ValueError(
+                "prompt must be a string, a list of strings, a list of token ids or a list of those"
+            )
+        if value == "" or value == []:
             raise ValueError("prompt must not be empty")
-        if isinstance(value, list) and (
-            all(isinstance(item, str) for item in value) or all(isinstance(item, list) for item in value)
-        ):
-            return value
-        raise ValueError("prompt must be a string, a list of strings, a list of token ids or a list of those")
+        if isinstance(value, list) and any(item == "" or item == [] for item in value):
+            raise ValueError("every prompt must have at least one character or token")
+        return value
+
+    @property
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompt as a batch."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]  # type: ignore[list-item]
+        return self.prompt  # type: ignore[return-value]
 
     @field_validator("suffix")
     @classmethod
     def _suffix_unsupported(cls, value: str | None) -> str | None:
         if value:
             _refuse("suffix", "insertion needs a fill-in-the-middle model")
-        return value
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompts_not_empty(cls, value: list[str] | list[TokenIds]) -> list[str] | list[TokenIds]:
-        if any(len(prompt) == 0 for prompt in value):
-            raise ValueError("every prompt must have at least one character or token")
         return value
 
     @model_validator(mode="after")
@@ -335,6 +391,19 @@ class CompletionRequest(SamplingFields):
 
 
 # Responses ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers, whatever its status."""
+
+    error: ErrorDetail
 
 
 class PromptTokensDetails(BaseModel):
@@ -455,14 +524,14 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class LoadLoraAdapterRequest(BaseModel):
+class LoadLoraAdapterRequest(RequestBody):
     """vLLM's body for POST /v1/load_lora_adapter."""
 
     lora_name: str = Field(min_length=1, pattern=r"^\S+$")
     lora_path: str = Field(min_length=1)
 
 
-class UnloadLoraAdapterRequest(BaseModel):
+class UnloadLoraAdapterRequest(RequestBody):
     """vLLM's body for POST /v1/unload_lora_adapter (its `lora_int_id` is accepted and not needed)."""
 
     lora_name: str = Field(min_length=1)

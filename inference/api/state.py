@@ -14,6 +14,7 @@ from inference import metrics
 from inference.api.auth import load_api_key
 from inference.api.errors import APIError
 from inference.config import ServerConfig
+from inference.engine.request import EngineNotReadyError
 
 if TYPE_CHECKING:
     from inference.engine.async_engine import AsyncEngine
@@ -76,13 +77,18 @@ class ServingState:
         return self.model, self.engine
 
     async def drain(self) -> bool:
-        """Refuse new work at once, let in-flight requests finish; True when all did within the grace."""
+        """Refuse new work at once, let in-flight requests finish; True when all did within the grace.
+
+        Those still in flight when the grace runs out end in OpenAI's shape, not cut off: a 503 for
+        requests never started, an error event and `[DONE]` for streams under way."""
         self.draining = True
         if self.engine is None:
             return True
         self.engine.begin_drain()
         finished = await self.engine.wait_idle(self.config.drain_timeout_seconds)
         logger.info("drain finished", extra={"all_requests_completed": finished})
+        if not finished:
+            self.engine.fail_all(EngineNotReadyError("the server shut down before the request finished"))
         return finished
 
 

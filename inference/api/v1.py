@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from inference import metrics
@@ -17,6 +19,7 @@ from inference.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from inference.api.errors import APIError, from_engine_error
 from inference.api.generation import OpenedRequest, choice_deltas, merge, open_all
 from inference.api.middleware import request_state
+from inference.api.openapi import error_responses
 from inference.api.prompts import chat_prompt_ids, completion_prompt_ids
 from inference.api.responses import (
     ChatFormatter,
@@ -28,15 +31,18 @@ from inference.api.responses import (
     sse_stream,
 )
 from inference.api.schemas import (
+    ChatCompletion,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
     ModelCard,
     ModelList,
     NamedToolChoice,
     SamplingFields,
 )
-from inference.api.state import serving_state_of
+from inference.api.state import ServingState, serving_state_of
 from inference.api.tools import ToolCallParserName, forced_call_grammar
+from inference.config import ServerConfig
 from inference.engine.grammar import GrammarSpec
 from inference.engine.request import (
     EngineError,
@@ -52,18 +58,38 @@ if TYPE_CHECKING:
     from inference.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1")
+router = APIRouter(
+    prefix="/v1",
+    responses=error_responses({
+        400: "An invalid value, named by `param`.",
+        404: "No such model or route.",
+        503: "The server is loading, draining or stopped; see Retry-After.",
+    }),
+)
 
 # nginx's code for "client closed the request": nobody reads it, but logs and metrics can tell it apart.
 CLIENT_CLOSED_REQUEST = 499
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Each server-sent event, as OpenAPI 3.1 describes an event stream's items.
+_SSE_EVENT = {
+    "type": "object",
+    "description": "`data`: a JSON chunk, an error object after a failure, and `[DONE]` last.",
+    "properties": {"data": {"type": "string"}},
+    "required": ["data"],
+}
+
+
+def _generation_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """200: the whole response as JSON, or with `stream: true` server-sent events ending in `[DONE]`."""
+    return {200: {"model": body, "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}
 
 
 @dataclass(frozen=True)
 class Job:
     """One API request as the engine will run it: what travels from the route to the response."""
 
-    request_id: str
+    # The engine's ids are of our own: a client's X-Request-ID need not be unique.
+    engine_request_id: str
     prompts: list[list[int]]
     body: SamplingFields
     sampling: SamplingParams  # of the first choice; choice i is seeded seed + i
@@ -83,13 +109,26 @@ class Job:
                 seed = None if self.sampling.seed is None else self.sampling.seed + choice
                 index = prompt_index * self.body.n + choice
                 sampling = replace(self.sampling, seed=seed, max_tokens=self._token_limit(prompt))
-                request_id = f"{self.request_id}-{index}"
-                requests.append(GenerationRequest(request_id, prompt, sampling, lora_name=self.lora_name))
+                engine_id = f"{self.engine_request_id}-{index}"
+                requests.append(GenerationRequest(engine_id, prompt, sampling, lora_name=self.lora_name))
         return requests
 
     def _token_limit(self, prompt: list[int]) -> int:
         # Without max_tokens, generate up to the context; the engine refuses prompts that leave no room.
         return self.token_limit if self.token_limit is not None else max(self.max_model_len - len(prompt), 1)
+
+    def check_capacity(self, config: ServerConfig) -> None:
+        """More choices than the running batch and the queue together hold could never be admitted: a
+        429 would invite retries that can never succeed."""
+        capacity = config.max_num_seqs + config.max_queue_len
+        choices = len(self.prompts) * self.body.n
+        if choices > capacity:
+            param = "n" if self.body.n > 1 else self.prompt_param
+            message = (
+                f"{param}: {len(self.prompts)} prompt(s) x n={self.body.n} asks for {choices} choices; this "
+                f"server runs and queues at most {capacity} (max_num_seqs + max_queue_len)"
+            )
+            raise APIError(400, message, param=param, code="invalid_value")
 
     def check_room(self) -> None:
         """Without a token limit, a prompt that fills the context is refused for what it is."""
@@ -195,6 +234,7 @@ async def _close_all(opened: Sequence[OpenedRequest]) -> None:
 async def _open(request: Request, engine: AsyncEngine, job: Job) -> list[OpenedRequest] | Response:
     """Admit every choice of `job`, or answer the refusal (counted once, with its reason)."""
     state = serving_state_of(request.app)
+    job.check_capacity(state.config)
     try:
         job.check_room()
         return await cancel_on_disconnect(request, open_all(engine, job.engine_requests()))
@@ -203,9 +243,14 @@ async def _open(request: Request, engine: AsyncEngine, job: Job) -> list[OpenedR
     except EngineNotReadyError as error:
         raise state.not_ready() from error
     except EngineError as error:
-        if isinstance(error, PromptTooLongError):
-            state.count_rejection(metrics.RejectionReason.PROMPT_TOO_LONG)
-        raise from_engine_error(error, job.prompt_param) from error
+        raise _refusal(state, error, job.prompt_param) from error
+
+
+def _refusal(state: ServingState, error: EngineError, prompt_param: str) -> APIError:
+    """The API error for a refusal, a prompt too long counted as such."""
+    if isinstance(error, PromptTooLongError):
+        state.count_rejection(metrics.RejectionReason.PROMPT_TOO_LONG)
+    return from_engine_error(error, prompt_param)
 
 
 async def _generate(
@@ -285,19 +330,26 @@ def _tool_plan(body: ChatCompletionRequest, parser: ToolCallParserName | None, a
     return parser, (forced_call_grammar(parser, body.tools, name, body.parallel_tool_calls), "tools")
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=_generation_responses(ChatCompletion))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = serving_state_of(request.app)
     model, engine = state.serving_engine()
     lora_name = lora_name_for(body.model, model)
     _warn_unknown_fields(body)
     parser, forced = _tool_plan(body, state.config.tool_call_parser, state.config.enable_auto_tool_choice)
-    prompt = await asyncio.to_thread(chat_prompt_ids, model.tokenizer, body.messages, body.tools)
+    try:
+        prompt = await asyncio.to_thread(
+            chat_prompt_ids, model.tokenizer, body.messages, model.max_model_len, body.tools
+        )
+    except PromptTooLongError as error:
+        raise _refusal(state, error, "messages") from error
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     sampling = await _sampling_params(engine, body, logprobs, forced or _output_grammar(body))
     request_id = request_state(request.scope)["request_id"]
+    engine_request_id = uuid.uuid4().hex
     job = Job(
-        request_id, [prompt], body, sampling, "messages", body.token_limit, model.max_model_len, lora_name
+        engine_request_id, [prompt], body, sampling, "messages", body.token_limit, model.max_model_len,
+        lora_name,
     )
     formatter = ChatFormatter(
         id=f"chatcmpl-{request_id}",
@@ -309,15 +361,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return await _generate(request, model, engine, job, formatter)
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=_generation_responses(Completion))
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    model, engine = serving_state_of(request.app).serving_engine()
+    state = serving_state_of(request.app)
+    model, engine = state.serving_engine()
     lora_name = lora_name_for(body.model, model)
     _warn_unknown_fields(body)
-    prompts = await asyncio.to_thread(completion_prompt_ids, model.tokenizer, body.prompt)
+    try:
+        prompts = await asyncio.to_thread(
+            completion_prompt_ids, model.tokenizer, body.prompts, model.max_model_len
+        )
+    except PromptTooLongError as error:
+        raise _refusal(state, error, "prompt") from error
     sampling = await _sampling_params(engine, body, body.logprobs, _output_grammar(body))
     request_id = request_state(request.scope)["request_id"]
-    job = Job(request_id, prompts, body, sampling, "prompt", body.max_tokens, model.max_model_len, lora_name)
+    job = Job(
+        uuid.uuid4().hex, prompts, body, sampling, "prompt", body.max_tokens, model.max_model_len, lora_name
+    )
     echoed = None
     if body.echo:
         texts = [model.tokenizer.decode(prompt, skip_special_tokens=True) for prompt in prompts]

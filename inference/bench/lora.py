@@ -28,7 +28,8 @@ from inference.bench.serving import drive_engine, length_range
 from inference.bench.workload import make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
-from inference.lora import LoraAdapter, read_lora_adapter
+from inference.lora import LoraAdapter
+from inference.lora.adapter import read_lora_adapter
 from inference.lora.random_adapter import save_random_adapter
 from inference.model_loading import LoadedModel, load_model
 

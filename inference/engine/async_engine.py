@@ -7,6 +7,8 @@ The model loop runs on its own thread, never on the event loop. Each iteration i
 under a lock, runs the forward pass without it (so submissions and aborts never wait for the
 model), commits the sampled tokens under the lock again and hands them to the event loop with
 one `call_soon_threadsafe` per step. LoRA adapters are loaded and unloaded between forward passes.
+An error while computing one request's step ends that request with `RequestFailedError`; the
+loop and every other request go on.
 """
 
 from __future__ import annotations
@@ -24,19 +26,21 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from inference import metrics
 from inference.config import ServerConfig
-from inference.engine.core import EngineCore, EngineStats, StepOutput
+from inference.engine.core import EngineCore, EngineStats, RequestFailure, StepOutput
 from inference.engine.grammar import CompiledGrammar, GrammarSpec
 from inference.engine.request import (
+    EngineError,
     EngineNotReadyError,
     GenerationRequest,
     LoraLoadError,
     QueueFullError,
+    RequestFailedError,
     UnknownModelError,
 )
 from inference.engine.sequence import Sequence
 from inference.engine.stream import RequestStream, StreamItem
 from inference.engine.telemetry import EngineTelemetry
-from inference.lora import LoraAdapter, LoraAdapterError, read_lora_adapter
+from inference.lora import LoraAdapter, LoraAdapterError
 from inference.model_loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ logger = logging.getLogger(__name__)
 # How long the idle loop sleeps between gauge refreshes when nothing wakes it.
 _IDLE_POLL_SECONDS = 0.5
 _IDLE_CHECK_SECONDS = 0.02
+_RANK_DEATH_NOTICE_SECONDS = 2.0
 _MAX_RETRY_AFTER_SECONDS = 60
 _LATENCY_SMOOTHING = 0.1
 _DEAD_RANK_JOIN_SECONDS = 10.0
@@ -103,7 +108,7 @@ class AsyncEngine:
             # With a rank gone, a step may wait on it inside a collective until the step timeout.
             grace = None if self.ranks_alive else _DEAD_RANK_JOIN_SECONDS
             await asyncio.to_thread(self._thread.join, grace)
-        self._fail_all(EngineNotReadyError("the engine stopped before the request finished"))
+        self.fail_all(EngineNotReadyError("the engine stopped before the request finished"))
 
     @property
     def ready(self) -> bool:
@@ -195,6 +200,8 @@ class AsyncEngine:
         """Read an adapter (off the event loop) and serve it under `name` from the next step on.
 
         Raises LoraLoadError when it cannot be read, does not fit the model or the limits."""
+        from inference.lora.adapter import read_lora_adapter  # peft: imported only when needed
+
         loaded = self.loaded
         try:
             adapter = await asyncio.to_thread(read_lora_adapter, name, path, loaded.device, loaded.dtype)
@@ -239,13 +246,28 @@ class AsyncEngine:
                     self._wakeup.wait(_IDLE_POLL_SECONDS)
                     continue
                 with self._model_lock:
-                    sampled = core.execute(chunks)
+                    executed = core.execute_isolated(chunks)
+                if executed.failures and self._rank_lost():
+                    raise RuntimeError("a tensor-parallel rank is gone: no request can run")
                 with self._lock:
-                    outputs = core.commit(chunks, sampled)
+                    outputs, failures = core.commit(executed.chunks, executed.sampled)
                 self._publish(outputs)
+                self._fail_requests([*executed.failures, *failures])
         except Exception:
             logger.exception("the engine loop failed; failing every request in flight")
-            self._fail_all(EngineNotReadyError("the engine failed while running the request"))
+            self.fail_all(EngineNotReadyError("the engine failed while running the request"))
+
+    def _rank_lost(self) -> bool:
+        """After a failed step: whether a tensor-parallel rank died, which no request survives. The
+        monitor may learn of the death a moment after the step saw the rank's sockets close."""
+        if self.loaded.workers is None:
+            return False
+        deadline = time.monotonic() + _RANK_DEATH_NOTICE_SECONDS
+        while self.ranks_alive:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_IDLE_CHECK_SECONDS)
+        return True
 
     def _publish(self, outputs: list[StepOutput]) -> None:
         now = time.monotonic()
@@ -259,7 +281,26 @@ class AsyncEngine:
             deliveries.append((output.seq.sink, output.event))
         self._send(deliveries)
 
-    def _fail_all(self, error: EngineNotReadyError) -> None:
+    def _fail_requests(self, failures: list[RequestFailure]) -> None:
+        if not failures or self._core is None:
+            return
+        now = time.monotonic()
+        deliveries: list[tuple[RequestStream, StreamItem]] = []
+        for failure in failures:
+            logger.error(
+                "a request failed in the engine step; it alone ends",
+                extra={"engine_request_id": failure.seq.request_id},
+                exc_info=failure.error,
+            )
+            with self._lock:
+                seq = self._core.abort(failure.seq.request_id)
+            if seq is not None:
+                self._telemetry.finished(seq, now)
+                deliveries.append((seq.sink, RequestFailedError("generation failed for this request")))
+        self._send(deliveries)
+
+    def fail_all(self, error: EngineError) -> None:
+        """End every request in flight, running or waiting, with `error` (drain grace over, stop)."""
         if self._core is None:
             return
         with self._lock:

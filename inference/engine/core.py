@@ -1,18 +1,20 @@
 """The synchronous engine core: admit sequences, run steps, report the tokens each step produced.
 
 Not thread-safe; `AsyncEngine` serialises access. `step()` is schedule + execute + commit; the
-async engine calls the three apart so that the forward pass runs without holding its lock.
+async engine calls the three apart so that the forward pass runs without holding its lock, and
+isolates failures: what one request's computation raises ends that request alone.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from inference.config import ServerConfig
+from inference.engine import fault_injection
 from inference.engine.block_manager import BlockManager
 from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
@@ -24,6 +26,7 @@ from inference.engine.request import (
     PromptTooLongError,
     SamplingParams,
     TokenEvent,
+    TokenLogprobs,
     UnknownModelError,
 )
 from inference.engine.sampler import Sampled, grammar_bitmask, sample
@@ -49,6 +52,21 @@ class EngineStats:
 class StepOutput:
     seq: Sequence
     event: TokenEvent
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    seq: Sequence
+    error: Exception
+
+
+@dataclass
+class ExecutedStep:
+    """What a step computed: the chunks that ran, their sampled tokens, and the requests that failed."""
+
+    chunks: list[Chunk]
+    sampled: Sampled
+    failures: list[RequestFailure] = field(default_factory=list)
 
 
 def _free_memory_bytes(device: torch.device) -> int:
@@ -184,6 +202,7 @@ class EngineCore:
 
     def execute(self, chunks: list[Chunk]) -> Sampled:
         seqs = [chunk.seq for chunk in chunks if chunk.samples]
+        fault_injection.check(seqs)
         if not any(seq.grammar is not None for seq in seqs):
             return sample(self.runner.run(chunks), seqs, self.eos_token_ids)
         # Grammar masks are host work: computed on their own thread while the model runs.
@@ -191,30 +210,65 @@ class EngineCore:
         logits = self.runner.run(chunks)
         return sample(logits, seqs, self.eos_token_ids, masks.result())
 
-    def commit(self, chunks: list[Chunk], sampled: Sampled) -> list[StepOutput]:
-        """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped."""
+    def execute_isolated(self, chunks: list[Chunk]) -> ExecutedStep:
+        """`execute`, but when the batch raises, each chunk runs again alone so that only the requests
+        whose own computation raises fail. Re-running a chunk writes the same keys and values to the
+        same KV slots, and sampling only reads a request's state, so the chunks that ran before the
+        failure are computed again safely."""
+        try:
+            return ExecutedStep(chunks, self.execute(chunks))
+        except Exception as batch_error:
+            if len(chunks) == 1:
+                return ExecutedStep([], Sampled([], []), [RequestFailure(chunks[0].seq, batch_error)])
+        step = ExecutedStep([], Sampled([], []))
+        for chunk in chunks:
+            try:
+                sampled = self.execute([chunk])
+            except Exception as error:
+                step.failures.append(RequestFailure(chunk.seq, error))
+                continue
+            step.chunks.append(chunk)
+            step.sampled.token_ids.extend(sampled.token_ids)
+            step.sampled.logprobs.extend(sampled.logprobs)
+        return step
+
+    def commit(self, chunks: list[Chunk], sampled: Sampled) -> tuple[list[StepOutput], list[RequestFailure]]:
+        """Append the sampled tokens; finish the sequences they end. Aborted ones are skipped; one
+        whose commit raises (its grammar, say) is reported as failed, not the others."""
         for chunk in chunks:
             # Only now is their KV really in the cache, for later sequences to reuse.
             if chunk.seq.status is SequenceStatus.RUNNING:
                 self.blocks.cache_computed(chunk.seq)
-        outputs = []
+        outputs, failures = [], []
         sampling = (chunk.seq for chunk in chunks if chunk.samples)
         for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            seq.token_ids.append(token_id)
-            grammar_done = seq.grammar is not None and seq.grammar.accept(token_id)
-            seq.finish_reason = "stop" if grammar_done else self._finish_reason(seq, token_id)
-            if seq.finish_reason is not None:
-                del self.sequences[seq.request_id]
-                self.scheduler.finish(seq)
-            cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
-            outputs.append(StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason, cached)))
-        return outputs
+            try:
+                outputs.append(self._append(seq, token_id, logprobs))
+            except Exception as error:
+                failures.append(RequestFailure(seq, error))
+        return outputs, failures
 
     def step(self) -> list[StepOutput]:
+        """One step with the batch as a whole: any failure raises (warm-up, offline benchmarks)."""
         chunks = self.schedule()
-        return self.commit(chunks, self.execute(chunks)) if chunks else []
+        if not chunks:
+            return []
+        outputs, failures = self.commit(chunks, self.execute(chunks))
+        if failures:
+            raise failures[0].error
+        return outputs
+
+    def _append(self, seq: Sequence, token_id: int, logprobs: TokenLogprobs | None) -> StepOutput:
+        seq.token_ids.append(token_id)
+        grammar_done = seq.grammar is not None and seq.grammar.accept(token_id)
+        seq.finish_reason = "stop" if grammar_done else self._finish_reason(seq, token_id)
+        if seq.finish_reason is not None:
+            del self.sequences[seq.request_id]
+            self.scheduler.finish(seq)
+        cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
+        return StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason, cached))
 
     def warm_up(self) -> int:
         """Generate one token from a one-token prompt, so that ready means the model produces output."""

@@ -124,3 +124,7 @@ class PromptTooLongError(EngineError):
 
 class InvalidGrammarError(InvalidRequestError):
     """The schema, regex or grammar a request constrains its output with does not compile (400)."""
+
+
+class RequestFailedError(EngineError):
+    """Computing this request's step raised; the request ended, the engine and other requests go on (500)."""

@@ -34,11 +34,12 @@ class Sampled:
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash with full avalanche (lowbias32), on int64 tensors holding [0, 2^32)."""
+    """A 32-bit integer hash with full avalanche, on int64 tensors holding [0, 2^32). Its multipliers are
+    below 2^31, so no product leaves the int64 range (signed overflow is not something to rely on)."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
     x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
+    x = (x * 0x5BD1E995) & _MASK32
     return x ^ (x >> 16)
 
 
@@ -173,16 +174,19 @@ def _filter(scaled: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
 
 
 def _choose(logits: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
-    greedy = [seq.sampling.greedy for seq in seqs]
-    if all(greedy):
-        return logits.argmax(-1)
-    temperatures = [1.0 if g else seq.sampling.temperature for g, seq in zip(greedy, seqs, strict=True)]
-    temperatures = _column(temperatures, logits)
-    scaled = _filter(logits / temperatures[:, None], seqs)
-    seeds = _column([seq.seed for seq in seqs], logits, torch.long)
-    positions = _column([seq.num_output_tokens for seq in seqs], logits, torch.long)
-    drawn = (scaled + gumbel_noise(seeds, positions, logits.shape[1])).argmax(-1)
-    return torch.where(_column(greedy, logits, torch.bool), logits.argmax(-1), drawn)
+    chosen = logits.argmax(-1)
+    drawn = [row for row, seq in enumerate(seqs) if not seq.sampling.greedy]
+    if not drawn:
+        return chosen
+    # Only the rows that draw pay for filters and noise.
+    picked = [seqs[row] for row in drawn]
+    rows = _column(drawn, logits, torch.long)
+    temperatures = _column([seq.sampling.temperature for seq in picked], logits)
+    scaled = _filter(logits[rows] / temperatures[:, None], picked)
+    seeds = _column([seq.seed for seq in picked], logits, torch.long)
+    positions = _column([seq.num_output_tokens for seq in picked], logits, torch.long)
+    noise = gumbel_noise(seeds, positions, logits.shape[1])
+    return chosen.index_copy(0, rows, (scaled + noise).argmax(-1))
 
 
 @torch.inference_mode()

@@ -6,16 +6,16 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from inference.engine.request import EngineNotReadyError, TokenEvent
+from inference.engine.request import EngineError, TokenEvent
 
-# What a stream's queue carries: a token, the end of an aborted request, or the engine's failure.
-StreamItem = TokenEvent | EngineNotReadyError | None
+# What a stream's queue carries: a token, the end of an aborted request, or why the request failed.
+StreamItem = TokenEvent | EngineError | None
 
 
 class RequestStream:
     """One request's tokens in order; the last has `finish_reason`. Closing the stream, or cancelling
     the task awaiting it, aborts the request. An aborted request's stream simply ends; if the
-    engine stops first, iterating raises `EngineNotReadyError`."""
+    request fails or the engine stops first, iterating raises that `EngineError`."""
 
     def __init__(self, request_id: str, on_abandon: Callable[[str], None]) -> None:
         self.request_id = request_id
@@ -42,11 +42,11 @@ class RequestStream:
             finally:
                 self._waiter = None
         item = self._items.popleft()
-        if item is None or isinstance(item, EngineNotReadyError) or item.finish_reason is not None:
+        if item is None or isinstance(item, EngineError) or item.finish_reason is not None:
             self._done = True
         if item is None:
             raise StopAsyncIteration
-        if isinstance(item, EngineNotReadyError):
+        if isinstance(item, EngineError):
             raise item
         return item
 

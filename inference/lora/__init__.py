@@ -1,14 +1,12 @@
-"""LoRA adapters served on one base model, many at once, batched in the same engine steps."""
+"""LoRA adapters served on one base model, many at once, batched in the same engine steps.
 
-from inference.lora.adapter import (
-    LoraAdapter,
-    LoraAdapterError,
-    LoraWeights,
-    UnsupportedLoraError,
-    read_lora_adapter,
-)
+Reading an adapter (`inference.lora.adapter`) imports peft, which takes seconds: only servers that
+load adapters import it.
+"""
+
 from inference.lora.layer import LoraLinear, LoraSegment, LoraStep, lora_step, one_adapter
 from inference.lora.registry import BASE_LORA_ID, LoraRegistry
+from inference.lora.weights import LoraAdapter, LoraAdapterError, LoraWeights, UnsupportedLoraError
 
 __all__ = [
     "BASE_LORA_ID",
@@ -22,5 +20,4 @@ __all__ = [
     "UnsupportedLoraError",
     "lora_step",
     "one_adapter",
-    "read_lora_adapter",
 ]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, load_peft_weights
 from peft.utils.other import get_pattern_key
+
+from inference.lora.weights import LoraAdapter, LoraAdapterError, LoraWeights, UnsupportedLoraError
 
 CONFIG_FILE = "adapter_config.json"
 # The prefix peft gives every key of a saved adapter: the PeftModel's wrapped base model.
@@ -38,35 +39,6 @@ _BASE_ALTERING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
 _UNSET = (None, False, {}, [], "none")
 
 
-class LoraAdapterError(ValueError):
-    """An adapter directory is missing, unreadable or does not fit the base model; the message says why."""
-
-
-class UnsupportedLoraError(LoraAdapterError):
-    """The adapter uses a peft option (DoRA, biases, ...) that the server does not compute exactly."""
-
-
-@dataclass(frozen=True)
-class LoraWeights:
-    a: torch.Tensor  # [r, in_features]
-    b: torch.Tensor  # [out_features, r], scaling folded in
-
-    @property
-    def rank(self) -> int:
-        return self.a.shape[0]
-
-
-@dataclass(frozen=True)
-class LoraAdapter:
-    name: str
-    path: Path
-    layers: dict[str, LoraWeights]  # by the base model's module name, e.g. model.layers.0.self_attn.q_proj
-
-    @property
-    def rank(self) -> int:
-        return max(weights.rank for weights in self.layers.values())
-
-
 def read_lora_config(path: Path) -> LoraConfig:
     """The adapter's config, read by peft, after checking every option it sets can be served exactly."""
     if not (path / CONFIG_FILE).is_file():
@@ -77,11 +49,11 @@ def read_lora_config(path: Path) -> LoraConfig:
         raise LoraAdapterError(f"cannot read {path / CONFIG_FILE}: {error}") from error
     if not isinstance(config, LoraConfig):
         raise UnsupportedLoraError(f"{path} holds a {config.peft_type} adapter; only LoRA is served")
-    check_exact(config, path)
+    _check_exact(config, path)
     return config
 
 
-def check_exact(config: LoraConfig, path: Path) -> None:
+def _check_exact(config: LoraConfig, path: Path) -> None:
     if config.use_dora:
         raise UnsupportedLoraError(f"{path}: DoRA adapters (use_dora) are not supported; merge it with peft")
     init = config.init_lora_weights

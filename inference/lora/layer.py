@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from inference.lora.adapter import LoraWeights
+from inference.lora.weights import LoraWeights
 
 
 @dataclass(frozen=True)

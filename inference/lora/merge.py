@@ -13,7 +13,8 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.lora.adapter import CONFIG_FILE, LoraAdapterError, adapter_weights_file
+from inference.lora.adapter import CONFIG_FILE, adapter_weights_file
+from inference.lora.weights import LoraAdapterError
 from inference.output_dir import output_dir_problem, staged_directory
 from inference.quantize import is_quantized_checkpoint
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from inference.lora.adapter import LoraAdapter, LoraAdapterError
 from inference.lora.layer import LoraLinear
+from inference.lora.weights import LoraAdapter, LoraAdapterError
 from inference.quantize.int8_linear import Int8Linear
 
 BASE_LORA_ID = 0

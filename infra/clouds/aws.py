@@ -14,7 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.clouds import common
-from infra.clouds.base import CloudPlatform, CloudRelease, CloudTarget, LogSink, ModelSync
+from infra.clouds.base import ChartRelease, CloudPlatform, CloudTarget, LogSink, ModelSync
 from infra.clouds.common import CloudContext, Cluster, ModelBucket, OidcIssuer
 from infra.config import AwsConfig, StackConfig
 
@@ -489,7 +489,7 @@ def platform(config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: C
             common.service_account_subject("kube-system", LB_CONTROLLER_SERVICE_ACCOUNT),
             common.json_document(load_balancer_controller_policy()), context.opts,
         )
-        releases.append(CloudRelease("aws-load-balancer-controller", {
+        releases.append(ChartRelease("aws-load-balancer-controller", {
             "clusterName": cluster.id,
             "region": cloud.region,
             "vpcId": cluster.vpc_id,
@@ -507,7 +507,7 @@ def platform(config: StackConfig, cloud: AwsConfig, cluster: Cluster, context: C
             ),
             context.opts,
         )
-        releases.append(CloudRelease("cluster-autoscaler", {
+        releases.append(ChartRelease("cluster-autoscaler", {
             "cloudProvider": "aws",
             "awsRegion": cloud.region,
             # Managed node groups tag their Auto Scaling groups for discovery by cluster name.

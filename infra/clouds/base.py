@@ -52,9 +52,10 @@ class LogSink:
 
 
 @dataclass(frozen=True)
-class CloudRelease:
-    """A Helm release only this cloud needs (its load balancer controller, its node autoscaler), with
-    values that may hold the cloud's outputs (an IAM role's ARN)."""
+class ChartRelease:
+    """A Helm release of a chart of `infra.charts.CHARTS`, with values that may hold Outputs (an IAM
+    role's ARN); the platform layer installs its own and the ones a cloud adds (its load balancer
+    controller, its node autoscaler)."""
 
     chart: str  # a key of infra.charts.CHARTS
     values: Mapping[str, Any]
@@ -66,7 +67,7 @@ class CloudRelease:
 class CloudPlatform:
     """What the cloud adds to the platform layer of a cluster."""
 
-    releases: Sequence[CloudRelease] = ()
+    releases: Sequence[ChartRelease] = ()
     # The cloud installs no GPU device plugin on its GPU nodes (EKS, TKE): the platform layer must.
     needs_device_plugin: bool = False
     # Annotations of the public load balancer in front of the gateway's proxies.

@@ -147,6 +147,22 @@ def stop_string_from(text: str) -> str:
     pytest.fail(f"no usable stop string in {text!r}")
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Whether `condition` holds within `timeout` seconds, polling."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def engine_idle(server: RunningServer) -> bool:
+    """Nothing running or waiting and every KV block free."""
+    stats = server.state.engine.stats()
+    return (stats.running, stats.waiting, stats.kv_cache_usage) == (0, 0, 0.0)
+
+
 def metric_value(base_url: str, series: str, labels: dict[str, str] | None = None) -> float:
     """One sample from /metrics, 0 when the series has not been written yet."""
     text = httpx.get(f"{base_url}/metrics", timeout=10.0).text

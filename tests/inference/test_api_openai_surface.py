@@ -189,6 +189,26 @@ def test_multi_turn_tool_conversation(client: openai.OpenAI, model: str) -> None
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
 
 
+def test_auto_tool_choice_parses_what_the_model_writes(client: openai.OpenAI, model: str) -> None:
+    # A regex stands in for a model trained to call tools: it writes text, then a Hermes-style call.
+    written = r'Sure\. <tool_call>\n\{"name": "get_time", "arguments": \{\}\}\n</tool_call>'
+    request = {"model": model, "messages": MESSAGES, "tools": [WEATHER_TOOL, TIME_TOOL],
+               "tool_choice": "auto", "max_tokens": 80,
+               "extra_body": {"structured_outputs": {"regex": written}}}  # fmt: skip
+    whole = client.chat.completions.create(**request).choices[0]
+    assert (whole.message.content, whole.finish_reason) == ("Sure.", "tool_calls")
+    assert [(call.function.name, call.function.arguments) for call in whole.message.tool_calls] == [
+        ("get_time", "{}")
+    ]
+    chunks = [chunk for chunk in client.chat.completions.create(**request, stream=True) if chunk.choices]
+    content = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    calls = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    assert content.strip() == "Sure."
+    streamed = [(call.index, call.function.name, call.function.arguments) for call in calls]
+    assert streamed == [(0, "get_time", "{}")]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
 def test_auto_without_a_parser_is_refused(api_server: RunningServer) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         api_server.openai().chat.completions.create(

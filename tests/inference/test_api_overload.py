@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -11,21 +10,12 @@ import pytest
 
 from inference.config import ServerConfig
 
-from .conftest import API_KEY, RunningServer, in_process_server, metric_value
+from .conftest import API_KEY, RunningServer, engine_idle, eventually, in_process_server, metric_value
 
 pytestmark = pytest.mark.slow
 
 # Long enough to still be generating when the test acts on it: the whole context of the demo model.
 LONG_STREAM = {"prompt": "tick tock", "max_tokens": 480, "ignore_eos": True, "stream": True}
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def first_token(response: httpx.Response) -> Iterator[str]:
@@ -81,16 +71,11 @@ def test_stream_disconnect_cancels_the_request(api_server: RunningServer) -> Non
     assert eventually(lambda: _cancelled(api_server) == before + 1)
 
 
-def _engine_idle(server: RunningServer) -> bool:
-    stats = server.state.engine.stats()
-    return (stats.running, stats.waiting, stats.kv_cache_usage) == (0, 0, 0.0)
-
-
 def test_stream_disconnect_frees_the_kv_cache(api_server: RunningServer) -> None:
     with api_server.client() as http, http.stream("POST", "/v1/completions", json=LONG_STREAM) as response:
         _lines = first_token(response)
         assert api_server.state.engine.stats().kv_cache_usage > 0.0
-    assert eventually(lambda: _engine_idle(api_server))
+    assert eventually(lambda: engine_idle(api_server))
 
 
 def test_kv_usage_gauge_returns_to_zero_after_a_disconnect(api_server: RunningServer) -> None:

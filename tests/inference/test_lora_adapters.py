@@ -25,8 +25,8 @@ from inference.lora import (
     LoraWeights,
     UnsupportedLoraError,
     one_adapter,
-    read_lora_adapter,
 )
+from inference.lora.adapter import read_lora_adapter
 from inference.lora.merge import MergeError, merge_lora
 from inference.lora.random_adapter import make_tiny_lora, save_random_adapter
 from inference.model_loading import load_model

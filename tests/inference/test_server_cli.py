@@ -60,3 +60,29 @@ def test_prefix_caching_is_a_switch_pair_on_by_default(argv: tuple[str, ...], en
 def test_a_switch_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(env_name("enable_prefix_caching"), "false")
     assert serve_config("--enable-prefix-caching").enable_prefix_caching is True
+
+
+SECRET = "sk-Zq8vW3xK9pL2mN7rT4yB6"
+
+
+def _pieces(secret: str, length: int = 4) -> set[str]:
+    return {secret[start : start + length] for start in range(len(secret) - length + 1)}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--api-key", SECRET, "--api-key-file", "key.txt"],
+        ["serve", "--api-key", SECRET, "--max-num-seqs", "0"],
+    ],
+)
+def test_a_config_error_prints_no_part_of_the_api_key(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert not any(piece in printed.err + printed.out for piece in _pieces(SECRET))
+
+
+def test_the_api_key_never_shows_in_the_config_repr() -> None:
+    assert not any(piece in repr(ServerConfig(api_key=SECRET)) for piece in _pieces(SECRET))

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,14 @@ import uvicorn
 from inference.api.app import create_app
 from inference.config import ServerConfig
 
-from .conftest import free_port, sse_payloads, uvicorn_on_thread, wait_for_status
+from .conftest import (
+    eventually,
+    free_port,
+    metric_value,
+    sse_payloads,
+    uvicorn_on_thread,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +105,62 @@ def test_sigterm_lets_the_in_flight_request_finish(drain: DrainObservation) -> N
 
 def test_sigterm_exits_0_after_the_drain(drain: DrainObservation) -> None:
     assert drain.exit_status == 0
+
+
+@dataclass
+class CutShortObservation:
+    stream_payloads: list[dict | str]
+    queued_status: int
+    queued_body: dict
+    exit_status: int
+
+
+@pytest.fixture(scope="module")
+def drain_cut_short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutShortObservation]:
+    """SIGTERM with no grace while one stream runs and one request waits behind it."""
+    tmp_path = tmp_path_factory.mktemp("drain-cut-short")
+    flags = ("--drain-timeout-seconds", "0", "--max-num-seqs", "1")
+    process, base_url = start_server(tmp_path, *flags)
+    try:
+        wait_for_status(f"{base_url}/health/ready", 200)
+        with (
+            httpx.Client(base_url=base_url, timeout=60) as http,
+            ThreadPoolExecutor(max_workers=1) as pool,
+            http.stream("POST", "/v1/completions", json=LONG_STREAM) as running,
+        ):
+            lines = running.iter_lines()
+            first = next(lines)
+            queued = pool.submit(http.post, "/v1/completions", json={"prompt": "queued", "max_tokens": 2})
+            assert eventually(lambda: metric_value(base_url, "llm_requests_waiting") == 1)
+            process.send_signal(signal.SIGTERM)
+            payloads = sse_payloads([first, *lines])
+            queued_response = queued.result(timeout=60)
+        yield CutShortObservation(
+            payloads, queued_response.status_code, queued_response.json(), process.wait(timeout=60)
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_stream_cut_by_the_drain_ends_with_an_error_event_then_done(
+    drain_cut_short: CutShortObservation,
+) -> None:
+    *_, last_event, done = drain_cut_short.stream_payloads
+    assert done == "[DONE]"
+    assert last_event["error"]["code"] == "not_ready"
+
+
+def test_a_request_still_queued_when_the_drain_ends_gets_503_in_openai_shape(
+    drain_cut_short: CutShortObservation,
+) -> None:
+    assert drain_cut_short.queued_status == 503
+    assert set(drain_cut_short.queued_body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_drain_cut_short_still_exits_0(drain_cut_short: CutShortObservation) -> None:
+    assert drain_cut_short.exit_status == 0
 
 
 def test_failed_model_load_exits_non_zero(tmp_path: Path) -> None:

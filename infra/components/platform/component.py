@@ -11,7 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.charts import CHARTS
-from infra.clouds.base import CloudPlatform, CloudRelease
+from infra.clouds.base import ChartRelease, CloudPlatform
 from infra.components.naming import Component, child_opts
 from infra.components.platform import values
 from infra.config import PROJECT
@@ -77,48 +77,56 @@ class Platform(Component):
         self.ready = PlatformReady()
         # The cloud's own controllers first: the load balancer controller's webhook admits Services and pods.
         first = [self._release(r) for r in args.cloud.releases if r.before_others]
-        rest = [self._release(r, first) for r in args.cloud.releases if not r.before_others]
-        installs = args.installs
-        if "gateway" in installs:
+        self._traffic(args, first)
+        self._observability(args, first)
+        if "device_plugin" in args.installs and args.cloud.needs_device_plugin:
+            self.ready.workload.append(self._release(ChartRelease(
+                "nvidia-device-plugin", values.device_plugin(args.gpu_node_selector, args.gpu_tolerations)
+            ), first))
+        # The cloud's other controllers (its node autoscaler) run before pods wait for nodes.
+        later = [r for r in args.cloud.releases if not r.before_others]
+        self.ready.workload.extend(self._release(r, first) for r in later)
+        self.register_outputs({})
+
+    def _traffic(self, args: PlatformArgs, first: list[k8s.helm.v3.Release]) -> None:
+        """The gateway, then cert-manager (it watches Gateway API objects only if their CRDs exist when it
+        starts), then the issuer."""
+        if "gateway" in args.installs:
             self.ready.gateway.extend(self._gateway(args, first))
-        if "cert_manager" in installs:
-            # cert-manager watches Gateway API objects only if their CRDs exist when it starts.
+        if "cert_manager" in args.installs:
             cert_manager = self._release(
-                CloudRelease("cert-manager", values.cert_manager(gateway_api="gateway" in installs)),
+                ChartRelease("cert-manager", values.cert_manager(gateway_api="gateway" in args.installs)),
                 [*first, *self.ready.gateway],
             )
             self.ready.gateway.append(cert_manager)
             if args.issuer is not None:
                 self.ready.gateway.append(self._cluster_issuer(args.issuer, cert_manager))
-        if "prometheus" in installs:
-            # The monitoring charts go where the stack says Prometheus runs (network.prometheusNamespace).
+
+    def _observability(self, args: PlatformArgs, first: list[k8s.helm.v3.Release]) -> None:
+        """The operator's CRDs, then Prometheus and Grafana, then the adapter reading that Prometheus; the
+        monitoring charts go where the stack says Prometheus runs (network.prometheusNamespace)."""
+        if "prometheus" in args.installs:
             monitoring = args.monitoring
-            crds = self._release(CloudRelease("prometheus-operator-crds", {}), first, monitoring.namespace)
+            crds = self._release(ChartRelease("prometheus-operator-crds", {}), first, monitoring.namespace)
             after_crds: list[pulumi.Resource] = [crds]
             if monitoring.grafana and monitoring.full and monitoring.grafana_admin_password is not None:
                 after_crds.append(self._grafana_admin(monitoring, crds))
                 monitoring = replace(monitoring, grafana_admin_secret=values.GRAFANA_ADMIN_SECRET)
             stack = self._release(
-                CloudRelease("kube-prometheus-stack", values.kube_prometheus_stack(monitoring)), after_crds,
+                ChartRelease("kube-prometheus-stack", values.kube_prometheus_stack(monitoring)), after_crds,
                 monitoring.namespace,
             )
             self.ready.monitoring.extend([crds, stack])
-            if "metrics_adapter" in installs:
+            if "metrics_adapter" in args.installs:
                 self.ready.autoscaling.append(self._release(
-                    CloudRelease("prometheus-adapter", values.prometheus_adapter(monitoring)), [stack],
+                    ChartRelease("prometheus-adapter", values.prometheus_adapter(monitoring)), [stack],
                     monitoring.namespace,
                 ))
-        if "metrics_server" in installs:
-            self.ready.autoscaling.append(self._release(CloudRelease("metrics-server", {}), first))
-        if "device_plugin" in installs and args.cloud.needs_device_plugin:
-            self.ready.workload.append(self._release(CloudRelease(
-                "nvidia-device-plugin", values.device_plugin(args.gpu_node_selector, args.gpu_tolerations)
-            ), first))
-        self.ready.workload.extend(rest)
-        self.register_outputs({})
+        if "metrics_server" in args.installs:
+            self.ready.autoscaling.append(self._release(ChartRelease("metrics-server", {}), first))
 
     def _release(
-        self, release: CloudRelease, depends_on: Sequence[pulumi.Resource] = (), namespace: str | None = None
+        self, release: ChartRelease, depends_on: Sequence[pulumi.Resource] = (), namespace: str | None = None
     ) -> k8s.helm.v3.Release:
         chart = CHARTS[release.chart]
         return k8s.helm.v3.Release(
@@ -159,7 +167,7 @@ class Platform(Component):
 
     def _gateway(self, args: PlatformArgs, first: list[k8s.helm.v3.Release]) -> list[pulumi.Resource]:
         """Envoy Gateway, and the GatewayClass whose proxies' Service carries the cloud's load balancer."""
-        release = self._release(CloudRelease("envoy-gateway", {}), first)
+        release = self._release(ChartRelease("envoy-gateway", {}), first)
         namespace = CHARTS["envoy-gateway"].namespace
         proxy = k8s.apiextensions.CustomResource(
             f"{self._name}-envoyproxy",

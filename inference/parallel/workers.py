@@ -205,9 +205,8 @@ class WorkerPool:
             if process.is_alive():
                 process.kill()
                 process.join()
-        if healthy:
-            # Tearing down a group with a dead member can block on NCCL; the process is ending anyway.
-            leave_group()
+        if self.group is not None:
+            leave_group(peers_alive=healthy)
 
 
 class TensorParallelRunner(ModelRunner):

@@ -246,6 +246,8 @@ def test_a_killed_worker_fails_the_request_in_flight_and_takes_readiness_down(ll
     finally:
         loaded.close()
     assert (ready_before, ready_after, ranks_up) == (True, False, RANKS - 1)
+    # The broken group is gone: the same process can split a model again.
+    load_model(ServerConfig(model_path=llama_dir, tensor_parallel_size=RANKS)).close()
 
 
 def test_a_worker_that_dies_while_starting_fails_the_load_instead_of_waiting_for_it(llama_dir):

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from inference.api.errors import APIError
 from inference.api.schemas import ChatMessage, Tool
-from inference.engine.request import PromptTooLongError
+from inference.engine.request import InvalidRequestError, PromptTooLongError
 
 
 @functools.cache
@@ -87,10 +87,16 @@ def chat_prompt_ids(
 
 
 def completion_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Sequence[int]], max_model_len: int
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    max_model_len: int,
+    vocab_size: int,
 ) -> list[list[int]]:
-    """Text is tokenized; token ids pass as given (the engine checks them against the vocabulary)."""
+    """Text is tokenized, token ids checked against the vocabulary (before anything decodes them, for
+    `echo`); raises PromptTooLongError or InvalidRequestError."""
     for prompt in prompts:
         if isinstance(prompt, str):
             _check_prompt_size(prompt, tokenizer, max_model_len)
+        elif max(prompt) >= vocab_size:
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab_size})")
     return [list(tokenizer(text)["input_ids"]) if isinstance(text, str) else list(text) for text in prompts]

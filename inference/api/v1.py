@@ -369,9 +369,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     _warn_unknown_fields(body)
     try:
         prompts = await asyncio.to_thread(
-            completion_prompt_ids, model.tokenizer, body.prompts, model.max_model_len
+            completion_prompt_ids, model.tokenizer, body.prompts, model.max_model_len, model.vocab_size
         )
-    except PromptTooLongError as error:
+    except EngineError as error:
         raise _refusal(state, error, "prompt") from error
     sampling = await _sampling_params(engine, body, body.logprobs, _output_grammar(body))
     request_id = request_state(request.scope)["request_id"]

@@ -51,6 +51,7 @@ class PrefixBenchSettings:
     seed: int = 0
     torch_threads: int | None = None  # None: what `serve` uses
     max_num_seqs: int = 64
+    max_num_batched_tokens: int = ServerConfig.model_fields["max_num_batched_tokens"].default
     # shared-prefix
     num_requests: int = 64
     prefix_tokens: int = 1024
@@ -156,6 +157,7 @@ def run_once(
 ) -> dict[str, object]:
     config = ServerConfig(
         max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
         max_queue_len=max(settings.num_requests, settings.conversations, settings.random_requests),
         enable_prefix_caching=caching,
     )
@@ -233,6 +235,18 @@ def run_prefix_bench(settings: PrefixBenchSettings) -> dict[str, object]:
             "duration": on["duration_s"] / off["duration_s"],
             "cpu_time": on["cpu_time_s"] / off["cpu_time_s"],
         },
+        # Each repeat's two runs ran back to back, under about the same load from anything else on the
+        # machine: the median of their ratios is the steadier figure when that load varies.
+        "paired_on_over_off": {
+            "output_tokens_per_s": statistics.median(
+                on_run["output_tokens_per_s"] / off_run["output_tokens_per_s"]
+                for off_run, on_run in zip(runs[False], runs[True], strict=True)
+            ),
+            "cpu_time": statistics.median(
+                on_run["cpu_time_s"] / off_run["cpu_time_s"]
+                for off_run, on_run in zip(runs[False], runs[True], strict=True)
+            ),
+        },
         "runs": {"caching_off": runs[False], "caching_on": runs[True]},
     }
 
@@ -251,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=defaults.max_num_batched_tokens)
     for field in ("num_requests", "prefix_tokens", "suffix_tokens", "output_tokens"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field),
                             help="shared-prefix")  # fmt: skip

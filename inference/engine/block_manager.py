@@ -9,10 +9,10 @@ evictable blocks, which are handed out again only when no free block is left, le
 released first. The pool belongs to one engine and so to one model: its weights and revision never
 change under a hash, and what else changes the KV (a LoRA adapter) goes into the cache salt.
 
-A block enters the index once the step that computed it has run. Within the step that computes it,
-it is already shared with sequences admitted later in the same step: every attention layer writes
-the step's keys and values before any sequence reads its context, so they read it complete. (A step
-that fails leaves the KV of all its sequences unreliable anyway; nothing of it enters the index.)
+A block enters the index only once the step that computed it has run, never while it is being
+computed: so a chunk of a step reads no KV that another chunk of the same step writes, and a step
+that fails, or whose chunks are run again one by one to find the failing one, leaves nothing behind
+in the index that was not computed.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ class BlockManager:
         self._ref_counts = [0] * num_blocks
         self._hash_of: dict[int, BlockHash] = {}
         self._block_of: dict[BlockHash, int] = {}
-        # Blocks the step being scheduled completes: shareable within that step, indexed after it.
-        self._in_step: dict[BlockHash, int] = {}
         # Blocks held by nobody that still hold a cached prefix, least recently released first.
         self._evictable: OrderedDict[int, None] = OrderedDict()
 
@@ -88,25 +86,11 @@ class BlockManager:
             return []
         blocks = []
         for block_hash in self.block_hashes(seq, (len(seq.token_ids) - 1) // self.block_size):
-            block = self._block_of.get(block_hash, self._in_step.get(block_hash))
+            block = self._block_of.get(block_hash)
             if block is None:
                 break
             blocks.append(block)
         return blocks
-
-    def begin_step(self) -> None:
-        self._in_step.clear()
-
-    def share_in_step(self, seq: Sequence, num_tokens: int) -> None:
-        """The step being scheduled computes `seq` up to `num_tokens`: sequences admitted after it in
-        the same step may reuse the full blocks that it completes."""
-        num_full = num_tokens // self.block_size
-        if not self.enable_prefix_caching or num_full <= seq.num_cached_blocks:
-            return
-        hashes = self.block_hashes(seq, num_full)
-        for index in range(seq.num_cached_blocks, num_full):
-            if hashes[index] not in self._block_of:
-                self._in_step.setdefault(hashes[index], seq.block_table[index])
 
     def can_admit(self, seq: Sequence, cached: list[int], num_tokens: int) -> bool:
         """Whether `seq`, reusing `cached`, could hold `num_tokens` KV entries with the blocks available."""
@@ -144,7 +128,7 @@ class BlockManager:
         hashes = self.block_hashes(seq, num_full)
         for index in range(seq.num_cached_blocks, num_full):
             block, block_hash = seq.block_table[index], hashes[index]
-            # A block computed twice (by sequences admitted together) stays listed under its first copy.
+            # A block computed twice (by sequences prefilled together) stays listed under its first copy.
             if block not in self._hash_of and block_hash not in self._block_of:
                 self._hash_of[block] = block_hash
                 self._block_of[block_hash] = block

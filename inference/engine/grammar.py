@@ -52,6 +52,20 @@ _CHECK_WINDOW = _GROWTH_MARGIN + 8
 _RECHECK_EVERY = 8
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """How byte-level BPE vocabularies (GPT-2's and its descendants') spell each byte as a character:
+    printable Latin-1 bytes as themselves, the others as the characters from U+0100 on, in order."""
+    ranges = (("!", "~"), ("¡", "¬"), ("®", "ÿ"))
+    printable = [byte for first, last in ranges for byte in range(ord(first), ord(last) + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    spelled = {chr(byte): byte for byte in printable}
+    spelled.update({chr(256 + index): byte for index, byte in enumerate(others)})
+    return spelled
+
+
+_BYTE_LEVEL_BYTES = _byte_level_alphabet()
+
+
 @dataclass(frozen=True)
 class GrammarSpec:
     """What a request asks its output to match; `source` is the schema (JSON text), regex, or grammar."""
@@ -108,6 +122,8 @@ class GrammarCompiler:
     ) -> None:
         # Models often pad their vocabulary past the tokenizer's; a mask covers whichever is larger.
         self.vocab_size = max(vocab_size, len(tokenizer))
+        self._hf_tokenizer = tokenizer
+        self._special_ids = frozenset(tokenizer.all_special_ids)
         self.tokenizer = llguidance.hf.from_tokenizer(
             tokenizer, n_vocab=self.vocab_size, eos_token=sorted(eos_token_ids) or None
         )
@@ -125,7 +141,12 @@ class GrammarCompiler:
 
     @functools.lru_cache(maxsize=65536)  # noqa: B019 - one compiler per engine, for the process's life
     def token_bytes(self, token_id: int) -> bytes:
-        return self.tokenizer.decode_bytes([token_id])
+        own = self.tokenizer.decode_bytes([token_id])
+        if own or token_id in self._special_ids:
+            return own
+        # llguidance marks special tokens with a 0xFF byte, so a token holding that byte comes back empty.
+        symbols = self._hf_tokenizer.convert_ids_to_tokens(token_id) or ""
+        return bytes(_BYTE_LEVEL_BYTES[symbol] for symbol in symbols if symbol in _BYTE_LEVEL_BYTES)
 
     def compile(self, spec: GrammarSpec) -> CompiledGrammar:
         with self._lock:

@@ -57,7 +57,6 @@ class Scheduler:
 
     def schedule(self) -> list[Chunk]:
         budget = self.max_num_batched_tokens
-        self.blocks.begin_step()
         chunks: list[Chunk] = []
         index = 0
         while index < len(self.running) and budget > 0:
@@ -88,7 +87,6 @@ class Scheduler:
         start = seq.num_computed_tokens
         chunk = Chunk(seq, start, length, samples=start + length == len(seq.token_ids))
         self.blocks.grow(seq, chunk.end)
-        self.blocks.share_in_step(seq, chunk.end)
         # Counted as computed now: the forward pass that fills them runs before the next schedule.
         seq.num_computed_tokens = chunk.end
         return chunk

@@ -64,6 +64,10 @@ def _prefix_cache_hit_rate(service: MonitoredService) -> Query:
     return Query(f"{hits} / {queries}", "{{pod}}")
 
 
+def _ttft_p95_by_model() -> Query:
+    return Query(quantile(0.95, selector(recording.TTFT_BUCKET_RATE, PANEL_FILTER), ("model",)), "{{model}}")
+
+
 def panels(service: MonitoredService) -> tuple[Panel, ...]:
     def server(spec: metrics.MetricSpec) -> str:
         return selector(gauge(spec), {**service.job_matcher, **PANEL_FILTER})
@@ -82,6 +86,10 @@ def panels(service: MonitoredService) -> tuple[Panel, ...]:
             Query(f"sum({selector(recording.GENERATION_TOKEN_RATE, PANEL_FILTER)})", "generated"),
             Query(f"sum({selector(recording.PROMPT_TOKEN_RATE, PANEL_FILTER)})", "prompt"),
         )),
+        Panel("Tokens generated per second by model", "short", (
+            Query(f"sum by (model) ({selector(recording.GENERATION_TOKEN_RATE, PANEL_FILTER)})", "{{model}}"),
+        )),
+        Panel("Time to first token p95 by model", "s", (_ttft_p95_by_model(),)),
         Panel("Requests running and waiting", "short", (
             Query(f"sum({server(metrics.REQUESTS_RUNNING)})", "running"),
             Query(f"sum({server(metrics.REQUESTS_WAITING)})", "waiting"),

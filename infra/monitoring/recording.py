@@ -36,16 +36,19 @@ _REQUESTS = counter(metrics.HTTP_REQUESTS)
 API_REQUEST_RATE = _rated("namespace_pod_status", _REQUESTS)
 API_ERROR_RATIO = f"namespace:{_REQUESTS.removesuffix('_total')}_errors:ratio_rate{WINDOW}"
 API_LATENCY_BUCKET_RATE = _rated("namespace_pod", bucket(metrics.HTTP_REQUEST_DURATION))
-TTFT_BUCKET_RATE = _rated("namespace_pod", bucket(metrics.TIME_TO_FIRST_TOKEN))
+# Per served model id too (the base or a LoRA adapter), so the dashboard splits traffic and latency by it.
+TTFT_BUCKET_RATE = _rated("namespace_pod_model", bucket(metrics.TIME_TO_FIRST_TOKEN))
 INTER_TOKEN_BUCKET_RATE = _rated("namespace_pod", bucket(metrics.INTER_TOKEN_LATENCY))
 PROMPT_TOKEN_RATE = _rated("namespace_pod", counter(metrics.PROMPT_TOKENS))
-GENERATION_TOKEN_RATE = _rated("namespace_pod", counter(metrics.GENERATION_TOKENS))
+GENERATION_TOKEN_RATE = _rated("namespace_pod_model", counter(metrics.GENERATION_TOKENS))
 REQUESTS_WAITING = f"namespace:{gauge(metrics.REQUESTS_WAITING)}:sum"
 _DEVICE_MEMORY = gauge(metrics.DEVICE_MEMORY_USED).removesuffix("_used_bytes")
 DEVICE_MEMORY_RATIO = f"namespace_pod_device:{_DEVICE_MEMORY}:ratio"
 
 _PER_POD = "namespace, pod"
 _PER_POD_BUCKET = "namespace, pod, le"
+_PER_POD_MODEL = "namespace, pod, model"
+_PER_POD_MODEL_BUCKET = "namespace, pod, model, le"
 _PER_DEVICE = "namespace, pod, device"
 
 
@@ -71,12 +74,16 @@ def recording_rules(service: MonitoredService) -> list[RecordingRule]:
         RecordingRule(
             API_LATENCY_BUCKET_RATE, _rate_sum(bucket(metrics.HTTP_REQUEST_DURATION), _PER_POD_BUCKET, api)
         ),
-        RecordingRule(TTFT_BUCKET_RATE, _rate_sum(bucket(metrics.TIME_TO_FIRST_TOKEN), _PER_POD_BUCKET, job)),
+        RecordingRule(
+            TTFT_BUCKET_RATE, _rate_sum(bucket(metrics.TIME_TO_FIRST_TOKEN), _PER_POD_MODEL_BUCKET, job)
+        ),
         RecordingRule(
             INTER_TOKEN_BUCKET_RATE, _rate_sum(bucket(metrics.INTER_TOKEN_LATENCY), _PER_POD_BUCKET, job)
         ),
         RecordingRule(PROMPT_TOKEN_RATE, _rate_sum(counter(metrics.PROMPT_TOKENS), _PER_POD, job)),
-        RecordingRule(GENERATION_TOKEN_RATE, _rate_sum(counter(metrics.GENERATION_TOKENS), _PER_POD, job)),
+        RecordingRule(
+            GENERATION_TOKEN_RATE, _rate_sum(counter(metrics.GENERATION_TOKENS), _PER_POD_MODEL, job)
+        ),
         RecordingRule(REQUESTS_WAITING, f"sum by (namespace) ({waiting})"),
         RecordingRule(
             DEVICE_MEMORY_RATIO, f"max by ({_PER_DEVICE}) ({used}) / max by ({_PER_DEVICE}) ({total})"

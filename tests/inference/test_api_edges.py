@@ -146,6 +146,11 @@ def test_a_prompt_over_any_context_is_refused_before_tokenizing(
     assert counting_tokenizer.longest_text < len(text)
 
 
+def test_echo_of_token_ids_outside_the_vocabulary_is_400(http: httpx.Client) -> None:
+    response = http.post("/v1/completions", json={"prompt": [1, 2**63], "echo": True, "max_tokens": 1})
+    assert_error(response, 400, param="prompt")
+
+
 # 3. Text that is not Unicode -------------------------------------------------------------------------
 
 

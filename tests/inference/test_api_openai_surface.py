@@ -257,6 +257,22 @@ def test_streamed_logprobs_equal_the_whole_responses(client: openai.OpenAI, mode
     assert [entry.model_dump() for entry in streamed] == [entry.model_dump() for entry in whole]
 
 
+def test_logprob_bytes_are_each_tokens_own_and_join_to_the_output(
+    tool_server: RunningServer, model: str
+) -> None:
+    # The random model writes stray bytes, so some tokens hold part of a character. Special tokens
+    # are banned: their text is not part of the output.
+    banned = {str(token): -100 for token in tool_server.state.model.tokenizer.all_special_ids}
+    completion = tool_server.openai().chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=48, logprobs=True, seed=3, logit_bias=banned
+    )
+    choice = completion.choices[0]
+    entries = choice.logprobs.content
+    assert len(entries) == 48 and all(len(entry.bytes) == 1 for entry in entries)  # byte-level tokens
+    output = bytes(byte for entry in entries for byte in entry.bytes)
+    assert output.decode(errors="replace") == choice.message.content
+
+
 def test_completion_logprob_tokens_join_to_the_text(client: openai.OpenAI, model: str) -> None:
     completion = client.completions.create(
         model=model, prompt="Once", max_tokens=40, logprobs=3, temperature=0, extra_body={"ignore_eos": True}

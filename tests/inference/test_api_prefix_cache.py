@@ -115,25 +115,10 @@ def test_the_next_chat_turn_reuses_the_history(client):
     assert _cached(second) >= history // BLOCK_SIZE * BLOCK_SIZE
 
 
-def test_metrics_count_prefix_cache_queries_and_hits_in_tokens(client, api_server: RunningServer):
-    def counters() -> tuple[float, float]:
-        return tuple(
-            metric_value(api_server.base_url, name)
-            for name in ("llm_prefix_cache_queries_total", "llm_prefix_cache_hits_total")
-        )
-
-    prompt = _tokens(7, 36)
-    before = counters()
-    _complete(client, prompt)
-    _complete(client, prompt)
-    after = counters()
-    assert (after[0] - before[0], after[1] - before[1]) == (2 * len(prompt), 32)
-
-
 @pytest.fixture(scope="module")
 def squeezed_server(tiny_model_dir: Path) -> Iterator[RunningServer]:
-    """Room in the KV cache for about one and a half requests: cached blocks get evicted, sequences
-    preempted."""
+    """A server of this module's own, nothing else sends it requests. Room in its KV cache for about
+    one and a half requests: cached blocks get evicted, sequences preempted."""
     kv_bytes_per_token = 2 * 2 * 2 * 16 * 4  # layers x (keys, values) x KV heads x head size x float32
     config = ServerConfig(
         model_path=tiny_model_dir, max_model_len=160, max_num_batched_tokens=32,
@@ -153,6 +138,22 @@ def test_eviction_and_preemption_under_a_squeezed_cache_match_generate(squeezed_
     assert metric_value(base_url, "llm_prefix_cache_hits_total") > 0
     for prompt, body in zip(prompts, bodies, strict=True):
         assert body["choices"][0]["text"] == _expected_text(reference, tokenizer, prompt, max_tokens=40)
+
+
+def test_metrics_count_prefix_cache_queries_and_hits_in_tokens(squeezed_server: RunningServer):
+    def counters() -> tuple[float, float]:
+        return tuple(
+            metric_value(squeezed_server.base_url, name)
+            for name in ("llm_prefix_cache_queries_total", "llm_prefix_cache_hits_total")
+        )
+
+    prompt = _tokens(7, 36)
+    before = counters()
+    with squeezed_server.client(api_key=None) as client:
+        _complete(client, prompt)
+        _complete(client, prompt)
+    after = counters()
+    assert (after[0] - before[0], after[1] - before[1]) == (2 * len(prompt), 32)
 
 
 def test_with_prefix_caching_off_nothing_is_reported_cached(tiny_model_dir: Path):

@@ -14,9 +14,10 @@ SETTINGS = ("caching_off", "caching_on")
 
 @pytest.fixture(scope="module")
 def shared_prefix(tiny_model_dir) -> dict:
+    # A token budget of one prompt per step, so that the later prompts find the first one cached.
     settings = PrefixBenchSettings(
         workload="shared-prefix", model_path=tiny_model_dir, num_requests=4, prefix_tokens=64,
-        suffix_tokens=8, output_tokens=3, repeats=2,
+        suffix_tokens=8, output_tokens=3, repeats=2, max_num_batched_tokens=72,
     )  # fmt: skip
     return run_prefix_bench(settings)
 
@@ -29,7 +30,7 @@ def test_every_run_serves_every_requested_token(shared_prefix):
 
 
 def test_caching_on_reuses_the_shared_prefix_for_all_but_the_first_request(shared_prefix):
-    # The four prompts arrive together: the three later ones reuse the prefix the first computes.
+    # The first prompt fills the first step; the three others reuse its prefix in the second.
     assert shared_prefix["median"]["caching_on"]["prefix_cache_hit_rate"] == 3 * 64 / (4 * 72)
     assert shared_prefix["median"]["caching_off"]["prefix_cache_hit_rate"] == 0.0
 
@@ -39,6 +40,12 @@ def test_ratios_are_on_over_off_of_the_medians(shared_prefix):
     ratios = shared_prefix["on_over_off"]
     assert ratios["ttft_p50"] == on["ttft_p50_s"] / off["ttft_p50_s"]
     assert ratios["output_tokens_per_s"] == on["output_tokens_per_s"] / off["output_tokens_per_s"]
+
+
+def test_paired_ratios_are_the_median_of_each_repeat_s_on_over_off(shared_prefix):
+    pairs = zip(shared_prefix["runs"]["caching_off"], shared_prefix["runs"]["caching_on"], strict=True)
+    ratios = [on["cpu_time_s"] / off["cpu_time_s"] for off, on in pairs]
+    assert shared_prefix["paired_on_over_off"]["cpu_time"] == pytest.approx(sum(ratios) / 2)
 
 
 def test_multi_turn_resends_the_history_and_reuses_it(tiny_model_dir, capsys):

@@ -159,19 +159,17 @@ def test_taking_a_cached_block_back_removes_it_from_the_evictable_pool():
     assert blocks.usage == 1.0 and not blocks.can_hold(again, 13)
 
 
-def test_blocks_being_computed_are_shared_within_their_step_and_indexed_after_it():
-    blocks = BlockManager(num_blocks=8, block_size=BLOCK_SIZE)
-    first = _sequence("first", list(range(10)))
-    blocks.begin_step()
-    blocks.admit(first, [])
-    blocks.grow(first, 10)
-    blocks.share_in_step(first, 10)
-    assert blocks.cached_prefix(_sequence("same step", list(range(9)))) == first.block_table[:2]
-    blocks.begin_step()  # the step never ran: nothing of it is cached
-    assert blocks.cached_prefix(_sequence("next step", list(range(9)))) == []
-    first.num_computed_tokens = 10
-    blocks.cache_computed(first)  # it ran
-    assert blocks.cached_prefix(_sequence("after it ran", list(range(9)))) == first.block_table[:2]
+def test_blocks_are_found_only_once_the_step_computing_them_has_run():
+    scheduler = Scheduler(BlockManager(16, BLOCK_SIZE), max_num_seqs=8, max_num_batched_tokens=64)
+    first, together = _sequence("first", list(range(10))), _sequence("together", [*range(8), 70, 71])
+    scheduler.add(first)
+    scheduler.add(together)
+    chunks = scheduler.schedule()
+    assert [(chunk.seq, chunk.start) for chunk in chunks] == [(first, 0), (together, 0)]
+    assert scheduler.blocks.cached_prefix(_sequence("meanwhile", list(range(9)))) == []
+    for chunk in chunks:  # the step ran
+        scheduler.blocks.cache_computed(chunk.seq)
+    assert scheduler.blocks.cached_prefix(_sequence("after", list(range(9)))) == first.block_table[:2]
 
 
 def test_a_block_computed_twice_is_indexed_once_and_the_copy_is_freed_plain():

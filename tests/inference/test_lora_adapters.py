@@ -17,7 +17,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from inference.__main__ import build_parser, config_from_flags
 from inference.__main__ import main as cli_main
 from inference.config import LoraModule, ServerConfig
+from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams, UnknownModelError
+from inference.engine.sequence import Sequence
 from inference.lora import (
     LoraAdapter,
     LoraAdapterError,
@@ -261,3 +263,24 @@ def test_an_int8_dynamic_layer_gets_its_adapter_added_on_top(tiny_model_dir, ada
     with torch.inference_mode(), one_adapter(loaded.adapters.id_of("support")):
         adapted = layer(x)
     torch.testing.assert_close(adapted, layer.base(x) + x @ weights.a.T @ weights.b.T)
+
+
+# Batching ---------------------------------------------------------------------------------------------
+
+
+def test_a_step_applies_each_adapter_once_whatever_its_requests(tiny_model_dir, adapter_dir):
+    config = ServerConfig(
+        model_path=tiny_model_dir, lora_modules=[f"a={adapter_dir}", f"b={adapter_dir}"], max_num_seqs=16
+    )
+    loaded = load_model(config)
+    core = EngineCore(loaded, config)
+    names = ["a", None, "b", "a", None, "b", "a", "b", None]  # interleaved, as requests arrive
+    for index, name in enumerate(names):
+        sampling = SamplingParams(max_tokens=2)
+        request = GenerationRequest(f"r{index}", [1, 2, 3 + index], sampling, lora_name=name)
+        core.add(Sequence.from_request(request, arrival_time=0.0))
+    chunks = core.schedule()
+    segments = core.runner.prepare(chunks).lora_segments
+    ids = [loaded.adapters.id_of(name) for name in ("a", "b")]
+    # One range of rows per adapter: three prompts of three tokens each.
+    assert [(lora_id, last - first) for lora_id, first, last in segments] == [(ids[0], 9), (ids[1], 9)]

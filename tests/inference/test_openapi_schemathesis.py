@@ -1,4 +1,4 @@
-"""schemathesis against the served /openapi.json: no 5xx, and every response as the document says.
+"""schemathesis against the served /openapi.json: no 5xx, and the server does what the document says.
 
 It runs schemathesis' own command line against a real server on loopback, with a fixed seed and a
 bounded number of examples per operation, so that the run is reproducible and short.
@@ -19,15 +19,11 @@ from .conftest import API_KEY, RunningServer, in_process_server
 
 pytestmark = pytest.mark.slow
 
-CHECKS = (
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
-    # The server refuses whatever the document forbids.
-    "negative_data_rejection",
-)
+# Every check but one: no 5xx; statuses, content types, headers and bodies as documented; every
+# schema-violating request refused; auth enforced; unknown methods refused. Left out: that every
+# schema-valid request succeeds, since a valid request can still be refused for what no static schema
+# states (a prompt plus max_tokens over the model's context, token ids beyond its vocabulary).
+EXCLUDED_CHECKS = ("positive_data_acceptance",)
 EXAMPLES_PER_OPERATION = 20
 # Only a guard against a hang; the bounded examples end the run well before.
 RUN_TIMEOUT_SECONDS = 300
@@ -49,7 +45,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{server.base_url}/openapi.json",
         "--header", f"Authorization: Bearer {API_KEY}",
-        "--checks", ",".join(CHECKS),
+        "--checks", "all",
+        "--exclude-checks", ",".join(EXCLUDED_CHECKS),
         "--phases", "examples,coverage,fuzzing",
         "--max-examples", str(EXAMPLES_PER_OPERATION),
         "--seed", "1",

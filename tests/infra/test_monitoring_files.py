@@ -40,3 +40,14 @@ def test_dashboard_is_a_grafana_dashboard_model(written: Path) -> None:
     (path,) = written.glob("dashboards/*.json")
     model = json.loads(path.read_text())
     assert model["panels"] and all(panel["targets"] for panel in model["panels"])
+
+
+def test_dashboard_splits_traffic_and_latency_by_served_model(written: Path) -> None:
+    """A LoRA adapter is a model id of its own: its tokens/s and TTFT are plotted apart from the base's."""
+    (path,) = written.glob("dashboards/*.json")
+    by_model = [
+        panel["title"]
+        for panel in json.loads(path.read_text())["panels"]
+        if any("by (model" in target["expr"] for target in panel["targets"])
+    ]
+    assert any("Tokens" in title for title in by_model) and any("first token" in title for title in by_model)

@@ -88,6 +88,14 @@ class ServerConfig(BaseSettings):
     enable_prefix_caching: bool = Field(
         True, description="Reuse the KV cache of prompt prefixes already computed (hashed full blocks)."
     )
+    attention_backend: Literal["auto", "sdpa", "triton"] = Field(
+        "auto",
+        description="Decode attention: triton reads K/V straight from the KV block pool (needs the gpu "
+        "extra and CUDA); sdpa attends over blocks gathered per step; auto picks triton on CUDA.",
+    )
+    enforce_eager: bool = Field(
+        False, description="Run decode steps eagerly instead of replaying captured CUDA graphs."
+    )
     max_queue_len: int = Field(256, ge=0, description="Requests waiting for admission at most; more get 429.")
     enable_auto_tool_choice: bool = Field(
         False, description="Let the model decide to call tools (tool_choice auto); needs tool_call_parser."

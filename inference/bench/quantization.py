@@ -180,6 +180,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = Workload(
         tuple(args.batch_sizes), args.prompt_tokens, args.new_tokens, args.device, args.dtype, args.repeats
     )
-    with model_directory(args) as model_dir:
+    with model_directory(args.model_path, args.shape) as model_dir:
         return compare_quantization(model_dir, args.quantization, workload)
 

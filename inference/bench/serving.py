@@ -2,9 +2,12 @@
 
 Two arrival patterns: every request at once (`burst`) and Poisson arrivals at a steady rate
 (`steady`; by default 1.5x the request rate the baseline sustains, measured in the same run). For
-each, both systems serve the same requests in-process (no HTTP, so that the comparison is of
+each, the systems serve the same requests in-process (no HTTP, so that the comparison is of
 batching alone) and the run prints JSON: output tokens/s, time to first token and inter-token
-latency percentiles per system, and the engine/baseline ratios.
+latency percentiles per system, the engine's ratios to each, and how close each came to the
+machine (model FLOP/s against the matmul FLOP/s of the model's own shapes, measured in the run).
+`--peers` adds `transformers`' static padded batches and its own continuous batching to the systems;
+`--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from pathlib import Path
 import torch
 
 from inference.bench.baseline import WindowBatchingBaseline
+from inference.bench.flops import flops_per_token, matmul_flops_per_second
+from inference.bench.http import run_over_http, serve_process
+from inference.bench.peers import run_static_batches, run_transformers_continuous
+from inference.bench.shapes import add_model_arguments, model_directory
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
@@ -41,6 +48,7 @@ CALIBRATION_BATCHES = 2
 @dataclass(frozen=True)
 class BenchSettings:
     model_path: Path | None = None
+    shape: str = "tiny"  # the random model made when model_path is None (inference.bench.shapes)
     device: str = "auto"
     dtype: str = "auto"
     num_requests: int = 128
@@ -54,6 +62,9 @@ class BenchSettings:
     batch_window_seconds: float = 0.05
     seed: int = 0
     torch_threads: int | None = None  # None: what `serve` uses (inference.config.default_torch_threads)
+    peers: bool = False  # also run transformers' static batches and its continuous batching
+    http: bool = False  # also run the engine behind `serve`, over HTTP
+    static_batch_size: int = 32
 
 
 async def drive_engine(
@@ -102,6 +113,32 @@ def run_baseline(
     return baseline.run(workload)
 
 
+def run_engine_over_http(
+    model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+) -> list[RequestTiming]:
+    server_settings = {
+        "max_num_seqs": settings.max_num_seqs, "max_queue_len": len(workload),
+        "max_model_len": loaded.max_model_len, "device": settings.device, "dtype": settings.dtype,
+    }  # fmt: skip
+    with serve_process(model_dir, server_settings, torch.get_num_threads()) as base_url:
+        return run_over_http(base_url, workload)
+
+
+def run_systems(
+    model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+) -> dict[str, list[RequestTiming]]:
+    """Each system's timings on `workload`, the systems run one after another on the same model."""
+    systems = {"baseline": lambda: run_baseline(loaded, settings, workload)}
+    if settings.peers:
+        static_size = settings.static_batch_size
+        systems["transformers_static"] = lambda: run_static_batches(loaded, static_size, workload)
+        systems["transformers_continuous"] = lambda: run_transformers_continuous(loaded, workload)
+    systems["engine"] = lambda: run_engine(loaded, settings, workload)
+    if settings.http:
+        systems["engine_http"] = lambda: run_engine_over_http(model_dir, loaded, settings, workload)
+    return {name: run_system() for name, run_system in systems.items()}
+
+
 def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
     return {
         "output_tokens_per_s": engine["output_tokens_per_s"] / baseline["output_tokens_per_s"],
@@ -113,9 +150,14 @@ def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
 
 def run_bench(settings: BenchSettings) -> dict[str, object]:
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
-    loaded = load_model(
-        ServerConfig(model_path=settings.model_path, device=settings.device, dtype=settings.dtype)
-    )
+    with model_directory(settings.model_path, settings.shape) as model_dir:
+        config = ServerConfig(model_path=model_dir, device=settings.device, dtype=settings.dtype)
+        return _run_bench(model_dir, load_model(config), settings)
+
+
+def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) -> dict[str, object]:
+    model_flops_per_token = flops_per_token(loaded.model)
+    matmul_rate = matmul_flops_per_second(loaded.model, settings.max_num_seqs, loaded.device, loaded.dtype)
     report: dict[str, object] = {
         "model": loaded.name,
         "device": loaded.device.type,
@@ -131,7 +173,14 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
             "max_batch_size": settings.max_batch_size,
             "batch_window_s": settings.batch_window_seconds,
         },
+        "machine": {
+            "model_flops_per_token": model_flops_per_token,
+            "matmul_rows": settings.max_num_seqs,
+            "matmul_flops_per_s": matmul_rate,
+        },
     }
+    if settings.peers:
+        report["transformers_static"] = {"batch_size": settings.static_batch_size}
 
     def workload(rate: float | None) -> list[WorkItem]:
         return make_workload(
@@ -145,14 +194,24 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
 
     def compare(rate: float | None) -> dict[str, object]:
         requests = workload(rate)
-        baseline = summarize(run_baseline(loaded, settings, requests))
-        engine = summarize(run_engine(loaded, settings, requests))
-        return {
-            "arrival_rate_per_s": rate,
-            "engine": engine,
-            "baseline": baseline,
-            "engine_over_baseline": _ratios(engine, baseline),
+        model_flops = model_flops_per_token * sum(
+            len(item.prompt_token_ids) + item.max_tokens for item in requests
+        )
+        summaries = {}
+        for name, timings in run_systems(model_dir, loaded, settings, requests).items():
+            summary = summarize(timings)
+            summary["model_flops_per_s"] = model_flops / summary["duration_s"]
+            summary["share_of_matmul_flops_per_s"] = summary["model_flops_per_s"] / matmul_rate
+            summaries[name] = summary
+        engine = summaries["engine"]
+        ratios = {
+            f"engine_over_{name}": _ratios(engine, summary)
+            for name, summary in summaries.items()
+            if name not in ("engine", "engine_http")
         }
+        if "engine_http" in summaries:
+            ratios["http_over_in_process"] = _ratios(summaries["engine_http"], engine)
+        return {"arrival_rate_per_s": rate, **summaries, **ratios}
 
     if "burst" in settings.modes:
         report["burst"] = compare(None)
@@ -188,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "see `python -m inference bench --quantization int8 --help`.",
     )
     defaults = BenchSettings()
-    parser.add_argument("--model-path", type=Path, default=None, help="default: the tiny demo model")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=defaults.dtype)
+    add_model_arguments(parser, default_shape=defaults.shape)
+    parser.add_argument(
+        "--peers", action="store_true", help="also run transformers' static batches and continuous batching"
+    )
+    parser.add_argument("--static-batch-size", type=int, default=defaults.static_batch_size)
+    parser.add_argument(
+        "--http", action="store_true", help="also run the engine behind `serve`, with streaming HTTP clients"
+    )
     parser.add_argument("--num-requests", type=int, default=defaults.num_requests)
     parser.add_argument(
         "--prompt-tokens", type=length_range, default=defaults.prompt_tokens, metavar="MIN:MAX"
@@ -217,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(
         model_path=args.model_path,
+        shape=args.shape,
         device=args.device,
         dtype=args.dtype,
         num_requests=args.num_requests,
@@ -227,6 +292,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         max_num_seqs=args.max_num_seqs,
         seed=args.seed,
         torch_threads=args.threads,
+        peers=args.peers,
+        http=args.http,
+        static_batch_size=args.static_batch_size,
     )
 
 

@@ -7,7 +7,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 
@@ -55,20 +55,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_shape: str) -> 
 
 
 @contextlib.contextmanager
-def model_directory(args: argparse.Namespace) -> Iterator[Path]:
-    """`--model-path`, or the `--shape` model written to a directory that lives as long as the block."""
-    if args.model_path is not None:
-        yield args.model_path
+def model_directory(model_path: Path | None, shape: str) -> Iterator[Path]:
+    """`model_path`, or the `shape` model written to a directory that lives as long as the block."""
+    if model_path is not None:
+        yield model_path
         return
     with tempfile.TemporaryDirectory() as scratch:
-        if args.shape == "tiny":
+        if shape == "tiny":
             yield make_tiny_model(Path(scratch) / "tiny")
         else:
-            yield make_random_llama(Path(scratch) / args.shape, args.shape)
+            yield make_random_llama(Path(scratch) / shape, shape)
 
 
 @contextlib.contextmanager
-def loaded_model(args: argparse.Namespace, **config: Any) -> Iterator[LoadedModel]:
+def loaded_model(model_path: Path | None, shape: str, device: str, dtype: str) -> Iterator[LoadedModel]:
     """The model `add_model_arguments`' flags pick, loaded as `serve` would load it."""
-    with model_directory(args) as model_dir:
-        yield load_model(ServerConfig(model_path=model_dir, device=args.device, dtype=args.dtype, **config))
+    with model_directory(model_path, shape) as model_dir:
+        yield load_model(ServerConfig(model_path=model_dir, device=device, dtype=dtype))

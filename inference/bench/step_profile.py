@@ -26,9 +26,11 @@ from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sampler import sample
 from inference.engine.sequence import Sequence
+from inference.quantize.memory import model_weight_bytes
 
 PHASES = ("schedule", "prepare", "forward", "sample", "commit")
 HOST_PHASES = ("schedule", "prepare", "sample", "commit")
+_COPY_REPEATS = 5
 
 
 class _PhaseClock:
@@ -51,6 +53,27 @@ class _PhaseClock:
             torch.cuda.synchronize(self.device)
 
 
+def copy_bytes_per_second(device: torch.device, megabytes: int = 256) -> float:
+    """Memory traffic (bytes read plus written) per second of a large device-to-device copy."""
+    source = torch.empty(megabytes << 20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    clock = _PhaseClock(device)
+    for _ in range(_COPY_REPEATS):
+        with clock.phase("forward"):
+            target.copy_(source)
+    return 2 * source.numel() / statistics.median(clock.times["forward"])
+
+
+def _weight_bytes_read_per_step(model: torch.nn.Module) -> int:
+    """Every weight, less the input embeddings (a step reads only its tokens' rows) unless the LM
+    head shares them."""
+    embeddings = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embeddings.data_ptr()
+    return model_weight_bytes(model) - (0 if tied else embeddings.nbytes)
+
+
 def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: int) -> dict[str, Any]:
     rng = random.Random(batch_size)
     sampling = SamplingParams(max_tokens=steps + 2, temperature=0.0, ignore_eos=True)
@@ -69,24 +92,27 @@ def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: 
         with clock.phase("forward"):
             logits = core.runner.forward(inputs)
         with clock.phase("sample"):
-            sampled = sample(logits, [chunk.seq for chunk in chunks if chunk.samples])
+            sampled = sample(logits, [chunk.seq for chunk in chunks if chunk.samples], core.eos_token_ids)
         with clock.phase("commit"):
             core.commit(chunks, sampled)
     for request_id in list(core.sequences):
         core.abort(request_id)
     medians_ms = {phase: 1000 * statistics.median(values) for phase, values in clock.times.items()}
+    mid_run_context = prompt_tokens + steps // 2 + 1
+    kv_bytes = batch_size * mid_run_context * core.runner.kv_bytes_per_token
     return {
         "batch_size": batch_size,
         "decode_steps": steps,
         "median_ms": medians_ms,
         "host_ms_per_step": sum(medians_ms[phase] for phase in HOST_PHASES),
         "host_share_of_step": sum(medians_ms[phase] for phase in HOST_PHASES) / sum(medians_ms.values()),
+        "kv_bytes_read_per_step": kv_bytes,
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or default_torch_threads())
-    with loaded_model(args) as loaded:
+    with loaded_model(args.model_path, args.shape, args.device, args.dtype) as loaded:
         largest = max(args.batch_sizes)
         config = ServerConfig(
             max_num_seqs=largest,
@@ -96,15 +122,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         core = EngineCore(loaded, config)
         core.warm_up()
+        weight_bytes = _weight_bytes_read_per_step(loaded.model)
+        bandwidth = copy_bytes_per_second(loaded.device, 256 if loaded.device.type == "cuda" else 64)
+        batches = [profile_batch(core, size, args.prompt_tokens, args.steps) for size in args.batch_sizes]
+        for batch in batches:
+            bytes_read = weight_bytes + batch["kv_bytes_read_per_step"]
+            bound_ms = 1000 * bytes_read / bandwidth
+            batch["bytes_read_per_step"] = bytes_read
+            batch["bandwidth_bound_ms"] = bound_ms
+            batch["forward_over_bandwidth_bound"] = batch["median_ms"]["forward"] / bound_ms
         return {
             "model": loaded.name,
             "device": loaded.device.type,
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "torch_threads": torch.get_num_threads(),
             "prompt_tokens": args.prompt_tokens,
-            "batches": [
-                profile_batch(core, size, args.prompt_tokens, args.steps) for size in args.batch_sizes
-            ],
+            "weight_bytes": weight_bytes,
+            "copy_bytes_per_s": bandwidth,
+            "decode_graphs": core.runner.graphs is not None,
+            "batches": batches,
         }
 
 

@@ -106,5 +106,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    with model_directory(args) as model_dir:
+    with model_directory(args.model_path, args.shape) as model_dir:
         return run_bench(args, model_dir)

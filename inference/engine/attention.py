@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -48,6 +48,7 @@ class StepLayout:
     prefills: list[PrefillSpan]
     decode_rows: torch.Tensor  # [B]: rows of single-token decodes, batched together
     decode_blocks: torch.Tensor  # [B, W]: each decode's block table, padded to W blocks
+    decode_ends: torch.Tensor  # [B]: each decode's context length, its new token included
     # Per sliding window of the model's layers (None: full attention): [1, B, 1, W * block_size],
     # 0 where a decode attends to the padded context position, -inf elsewhere.
     decode_masks: dict[int | None, torch.Tensor]
@@ -99,7 +100,15 @@ class StepContext:
     # Filled by a pass without layout: what each layer would store, to size the cache.
     observed: dict[int, LayerSpec]
     workspace: Workspace
+    # A kernel reading K/V straight from the block pool (inference.engine.paged_decode); None: the
+    # decodes attend over blocks gathered into the workspace.
+    decode_kernel: DecodeKernel | None = None
 
+
+DecodeKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float, int | None],
+    torch.Tensor,
+]
 
 _current_step: ContextVar[StepContext | None] = ContextVar("llm_serving_step", default=None)
 
@@ -156,7 +165,13 @@ def _decode_attention(
     scaling: float,
     sliding_window: int | None,
     workspace: Workspace,
+    kernel: DecodeKernel | None,
 ) -> torch.Tensor:
+    if kernel is not None:
+        return kernel(
+            query.transpose(0, 1), cache.keys, cache.values, layout.decode_blocks, layout.decode_ends,
+            cache.block_size, scaling, sliding_window,
+        )  # fmt: skip
     heads, batch, _ = query.shape
     kv_heads = cache.keys.shape[0]
     context = layout.decode_blocks.shape[1] * cache.block_size
@@ -209,7 +224,9 @@ def paged_attention(
     cache.values.index_copy_(1, layout.slot_mapping, value[0])
     if not layout.prefills:
         # A step of decodes only (the steady state): every row is one, in order.
-        attended = _decode_attention(query[0], cache, layout, scaling, sliding_window, context.workspace)
+        attended = _decode_attention(
+            query[0], cache, layout, scaling, sliding_window, context.workspace, context.decode_kernel
+        )
         return attended.unsqueeze(0), None
 
     output = query.new_empty(query.shape[2], query.shape[1], value.shape[3])  # [T, heads, value_head_dim]
@@ -232,8 +249,9 @@ def paged_attention(
 
     if layout.decode_rows.numel():
         output[layout.decode_rows] = _decode_attention(
-            query[0, :, layout.decode_rows], cache, layout, scaling, sliding_window, context.workspace
-        )
+            query[0, :, layout.decode_rows], cache, layout, scaling, sliding_window, context.workspace,
+            context.decode_kernel,
+        )  # fmt: skip
     return output.unsqueeze(0), None
 
 

@@ -15,6 +15,7 @@ import torch
 
 from inference.config import ServerConfig
 from inference.engine import fault_injection
+from inference.engine.architectures import check_supported
 from inference.engine.block_manager import BlockManager
 from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
@@ -100,9 +101,10 @@ def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, list) else [eos])
 
 
-def _runner_for(loaded: LoadedModel, block_size: int) -> ModelRunner:
+def _runner_for(loaded: LoadedModel, config: ServerConfig) -> ModelRunner:
+    block_size = config.kv_cache_block_size
     if loaded.workers is None:
-        return ModelRunner(loaded.model, loaded.device, block_size)
+        return ModelRunner(loaded.model, loaded.device, block_size, config.attention_backend)
     from inference.parallel.workers import TensorParallelRunner
 
     return TensorParallelRunner(loaded.model, loaded.device, block_size, loaded.workers)
@@ -114,13 +116,17 @@ class EngineCore:
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = _stop_token_ids(loaded)
+        check_supported(loaded.model.config, loaded.max_model_len)
         self.adapters = loaded.adapters
         self.tokenizer = loaded.tokenizer
         self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
         self._host_work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
-        self.runner = _runner_for(loaded, config.kv_cache_block_size)
+        self.runner = _runner_for(loaded, config)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
+        if not config.enforce_eager and loaded.workers is None:
+            # Before readiness: the capture's cost is paid, and logged, at start-up.
+            self.runner.capture_decode_graphs(config.max_num_seqs, loaded.max_model_len)
         self.blocks = BlockManager(num_blocks, config.kv_cache_block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}

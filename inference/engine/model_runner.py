@@ -8,7 +8,9 @@ prepare the next step while the device still runs this one.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -16,8 +18,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from inference.engine.architectures import check_attention_layers
 from inference.engine.attention import (
     ATTENTION_NAME,
+    DecodeKernel,
     LayerCache,
     LayerSpec,
     PrefillSpan,
@@ -26,6 +30,7 @@ from inference.engine.attention import (
     Workspace,
     step_context,
 )
+from inference.engine.cuda_graphs import DecodeGraphs
 from inference.engine.scheduler import Chunk
 from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
@@ -54,15 +59,20 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, device: torch.device, block_size: int) -> None:
+    def __init__(
+        self, model: PreTrainedModel, device: torch.device, block_size: int, attention_backend: str = "auto"
+    ) -> None:
         self.model = model
         self.device = device
         self.block_size = block_size
+        self.decode_kernel = pick_decode_kernel(attention_backend, device, block_size)
         model.set_attn_implementation(ATTENTION_NAME)
         self.layer_specs = self._probe()
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
         self.kv_dtype = next(iter(self.layer_specs.values())).dtype
         self.caches: dict[int, LayerCache] = {}
+        self.scratch_block = 0
+        self.graphs: DecodeGraphs | None = None
         self.workspace = Workspace(device)
         self.uploader = _Uploader(device)
 
@@ -74,7 +84,10 @@ class ModelRunner:
         )
 
     def allocate_cache(self, num_blocks: int) -> None:
-        slots = num_blocks * self.block_size
+        # One block more than the block manager hands out: a scratch block that the padding rows of a
+        # graph-replayed step write to.
+        slots = (num_blocks + 1) * self.block_size
+        self.scratch_block = num_blocks
 
         def zeros(spec: LayerSpec, head_dim: int) -> torch.Tensor:
             return torch.zeros(spec.kv_heads, slots, head_dim, dtype=spec.dtype, device=self.device)
@@ -85,15 +98,31 @@ class ModelRunner:
         }
 
     @torch.inference_mode()
+    def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """Capture CUDA graphs of decode steps (on CUDA, with the paged kernel; else a no-op)."""
+        if self.device.type != "cuda" or self.decode_kernel is None:
+            return
+        max_blocks = -(-max_model_len // self.block_size)
+        self.graphs = DecodeGraphs(
+            self._model_step, self.caches, self.decode_kernel, max_batch, max_blocks, self.scratch_block,
+            self.block_size, self.device,
+        )  # fmt: skip
+
+    def _model_step(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, sample_rows: torch.Tensor
+    ) -> torch.Tensor:
+        output = self.model(
+            input_ids=token_ids, position_ids=positions, use_cache=False, logits_to_keep=sample_rows
+        )
+        return output.logits[0]
+
+    @torch.inference_mode()
     def _probe(self) -> dict[int, LayerSpec]:
         context = StepContext(layout=None, caches={}, observed={}, workspace=Workspace(self.device))
         tokens = torch.zeros(1, _PROBE_TOKENS, dtype=torch.long, device=self.device)
         with step_context(context):
             self.model(input_ids=tokens, use_cache=False, logits_to_keep=1)
-        if not context.observed:
-            raise RuntimeError(
-                f"{type(self.model).__name__} does not route attention through AttentionInterface"
-            )
+        check_attention_layers(self.model.config, set(context.observed))
         return context.observed
 
     @torch.inference_mode()
@@ -146,6 +175,8 @@ class ModelRunner:
             ]
         )
         token_ids, positions, slot_mapping, sample_rows, decode_rows, decode_blocks, ends = uploaded[:7]
+        if self.graphs is not None and _replayable(inputs, self.graphs.max_batch):
+            return self.graphs.replay(token_ids, positions, slot_mapping, decode_blocks, ends).float()
         context_slots = iter(uploaded[7:])
         prefills = [
             PrefillSpan(first, last, position, None if context is None else next(context_slots))
@@ -156,23 +187,17 @@ class ModelRunner:
             prefills=prefills,
             decode_rows=decode_rows,
             decode_blocks=decode_blocks,
+            decode_ends=ends,
             decode_masks=self._decode_masks(decode_blocks.shape[1], ends),
         )
         segments = tuple(
             LoraSegment(lora_id, slice(first, last)) for lora_id, first, last in inputs.lora_segments
         )
         adapters = LoraStep(segments, len(inputs.token_ids)) if segments else None
-        with (
-            step_context(StepContext(layout, self.caches, observed={}, workspace=self.workspace)),
-            lora_step(adapters),
-        ):
-            output = self.model(
-                input_ids=token_ids[None],
-                position_ids=positions[None],
-                use_cache=False,
-                logits_to_keep=sample_rows,
-            )
-        return output.logits[0].float()
+        context = StepContext(layout, self.caches, {}, self.workspace, self.decode_kernel)
+        with step_context(context), lora_step(adapters):
+            return self._model_step(token_ids[None], positions[None], sample_rows).float()
+
 
     def _decode_masks(self, width: int, ends: torch.Tensor) -> dict[int | None, torch.Tensor]:
         """Per sliding window in the model, the additive attention bias of each decode's context,
@@ -188,6 +213,35 @@ class ModelRunner:
             bias = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device)
             masks[window] = bias.masked_fill_(~allowed, float("-inf"))[None, :, None, :]  # [1, B, 1, L]
         return masks
+
+
+def _replayable(inputs: StepInputs, max_batch: int) -> bool:
+    """Whether a captured decode graph can run the step: decodes only, each sampling (a one-token
+    piece of a chunked prompt looks like a decode but does not), no adapters, within the buckets."""
+    decodes = len(inputs.decode_rows)
+    return (
+        not inputs.prefills
+        and not inputs.lora_segments
+        and len(inputs.sample_rows) == decodes
+        and decodes <= max_batch
+    )
+
+
+def pick_decode_kernel(backend: str, device: torch.device, block_size: int) -> DecodeKernel | None:
+    """The paged decode kernel for `attention_backend`, or None for attention over gathered blocks."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    usable = importlib.util.find_spec("triton") is not None and (device.type == "cuda" or interpreted)
+    power_of_two = block_size & (block_size - 1) == 0
+    if backend == "triton" and not (usable and power_of_two):
+        raise ValueError(
+            "attention_backend=triton needs triton (the gpu extra), a CUDA device and a power-of-two "
+            f"kv_cache_block_size (got device {device.type}, block size {block_size})"
+        )
+    if backend == "triton" or (backend == "auto" and device.type == "cuda" and usable and power_of_two):
+        from inference.engine.paged_decode import paged_decode_attention
+
+        return paged_decode_attention
+    return None
 
 
 def _lora_segments(

@@ -107,3 +107,38 @@ def test_the_rate_flag_sets_the_steady_rate(tiny_model_dir, capsys):
 def test_percentiles_pick_by_nearest_rank():
     values = [float(value) for value in range(1, 101)]
     assert percentiles(values) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+
+
+PEERS = ("transformers_static", "transformers_continuous")
+
+
+@pytest.mark.slow
+def test_peers_serve_the_same_requests_in_the_same_run(small_settings):
+    report = run_bench(replace(small_settings, peers=True, modes=("burst",), static_batch_size=4))
+    burst = report["burst"]
+    for system in (*SYSTEMS, *PEERS):
+        assert burst[system]["requests"] == small_settings.num_requests
+    assert burst["transformers_static"]["output_tokens"] == burst["engine"]["output_tokens"]
+    assert burst["transformers_continuous"]["output_tokens"] == burst["engine"]["output_tokens"]
+    for peer in PEERS:
+        ratio = burst[f"engine_over_{peer}"]["output_tokens_per_s"]
+        assert ratio == burst["engine"]["output_tokens_per_s"] / burst[peer]["output_tokens_per_s"]
+
+
+def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
+    machine = report["machine"]
+    assert machine["model_flops_per_token"] > 0 and machine["matmul_flops_per_s"] > 0
+    for system in SYSTEMS:
+        summary = report["burst"][system]
+        share = summary["model_flops_per_s"] / machine["matmul_flops_per_s"]
+        assert summary["share_of_matmul_flops_per_s"] == share
+
+
+@pytest.mark.slow
+def test_http_mode_serves_the_same_tokens_through_a_real_server(small_settings):
+    report = run_bench(replace(small_settings, http=True, modes=("burst",)))
+    burst = report["burst"]
+    assert burst["engine_http"]["requests"] == small_settings.num_requests
+    assert burst["engine_http"]["output_tokens"] == burst["engine"]["output_tokens"]
+    ratio = burst["http_over_in_process"]["output_tokens_per_s"]
+    assert ratio == burst["engine_http"]["output_tokens_per_s"] / burst["engine"]["output_tokens_per_s"]

@@ -19,3 +19,14 @@ def test_the_step_profile_reports_every_phase_per_batch_size(tiny_model_dir, cap
         assert set(medians) == set(PHASES) and all(value > 0 for value in medians.values())
         assert batch["host_ms_per_step"] == sum(medians[phase] for phase in HOST_PHASES)
         assert 0 < batch["host_share_of_step"] < 1
+
+
+def test_the_step_profile_relates_the_forward_time_to_the_bytes_a_step_reads(tiny_model_dir, capsys):
+    argv = ["--step-profile", "--model-path", str(tiny_model_dir), "--batch-sizes", "2",
+            "--prompt-tokens", "5", "--steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    batch = report["batches"][0]
+    assert report["copy_bytes_per_s"] > 0 and report["weight_bytes"] > 0
+    assert batch["bytes_read_per_step"] == report["weight_bytes"] + batch["kv_bytes_read_per_step"]
+    assert batch["bandwidth_bound_ms"] == 1000 * batch["bytes_read_per_step"] / report["copy_bytes_per_s"]

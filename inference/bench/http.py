@@ -1,0 +1,101 @@
+"""The engine measured over HTTP: the same workload sent by concurrent streaming clients to a real
+`serve` process on loopback, to set beside the in-process run and see what the HTTP layer costs
+(SSE framing, detokenization, the event loop sharing a process with the engine loop).
+
+Each request is a `/v1/completions` call with the workload's prompt token ids, greedy,
+`ignore_eos` and `max_tokens` as in-process, streamed; a token's time is when its chunk arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from inference.bench.workload import RequestTiming, WorkItem
+
+_READY_TIMEOUT_SECONDS = 300.0
+_POLL_SECONDS = 0.1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(model_dir: Path, settings: dict[str, object], torch_threads: int) -> Iterator[str]:
+    """`python -m inference serve` on a free loopback port; yields its base URL once ready."""
+    port = _free_port()
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    command = [
+        sys.executable, "-m", "inference", "serve", f"--model-path={model_dir}", "--host=127.0.0.1",
+        f"--port={port}", f"--torch-threads={torch_threads}", "--log-level=warning", *flags,
+    ]  # fmt: skip
+    # The server's settings come from the flags alone, not from LLM_SERVING_* variables around the bench.
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_SERVING_")}
+    server = subprocess.Popen(command, env=environment)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base_url}/health/ready", timeout=5.0).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not become ready (exit status {server.poll()})")
+            time.sleep(_POLL_SECONDS)
+        yield base_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+async def _stream_one(client: httpx.AsyncClient, model: str, item: WorkItem, start: float) -> RequestTiming:
+    await asyncio.sleep(max(0.0, start + item.arrival_offset - time.monotonic()))
+    arrival = time.monotonic()
+    body = {
+        "model": model, "prompt": item.prompt_token_ids, "max_tokens": item.max_tokens, "temperature": 0.0,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    chunk_times: list[float] = []
+    completion_tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            if chunk.get("choices"):
+                chunk_times.append(time.monotonic())
+            if chunk.get("usage"):
+                completion_tokens = chunk["usage"]["completion_tokens"]
+    # A chunk can carry several tokens (text held back until a character is complete): those
+    # tokens arrived with it.
+    token_times = chunk_times + chunk_times[-1:] * (completion_tokens - len(chunk_times))
+    return RequestTiming(arrival, token_times[:completion_tokens])
+
+
+def run_over_http(base_url: str, workload: list[WorkItem]) -> list[RequestTiming]:
+    async def main() -> list[RequestTiming]:
+        limits = httpx.Limits(max_connections=len(workload), max_keepalive_connections=len(workload))
+        async with httpx.AsyncClient(base_url=base_url, timeout=None, limits=limits) as client:
+            model = (await client.get("/v1/models")).json()["data"][0]["id"]
+            start = time.monotonic()
+            return list(await asyncio.gather(*(_stream_one(client, model, item, start) for item in workload)))
+
+    return asyncio.run(main())

@@ -1,0 +1,114 @@
+"""The Triton paged decode kernel, run by Triton's interpreter on the CPU, against plain attention
+over each sequence's context gathered from the same block pool."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, MistralConfig
+
+from inference.config import ServerConfig
+from inference.engine.request import GenerationRequest, SamplingParams
+from inference.model_loading import load_model
+from inference.tiny_model import byte_level_token_ids, save_random_model
+
+from .conftest import run_with_engine
+
+# The package's __init__ sets TRITON_INTERPRET, where there is no GPU, before anything imports Triton.
+pytest.importorskip("triton", reason="the paged decode kernel needs the `gpu` extra (triton)")
+
+from inference.engine.paged_decode import paged_decode_attention
+
+BLOCK_SIZE = 8
+NUM_BLOCKS = 40
+
+
+def _reference(query, keys, values, tables, ends, scale, window):
+    outputs = []
+    group = query.shape[1] // keys.shape[0]
+    for row, end in enumerate(ends.tolist()):
+        blocks = torch.tensor(tables[row])
+        slots = (blocks[:, None] * BLOCK_SIZE + torch.arange(BLOCK_SIZE)).flatten()[:end]
+        first = max(0, end - window) if window else 0
+        seq_keys = keys[:, slots[first:]].repeat_interleave(group, 0)
+        seq_values = values[:, slots[first:]].repeat_interleave(group, 0)
+        attended = F.scaled_dot_product_attention(query[row][:, None], seq_keys, seq_values, scale=scale)
+        outputs.append(attended[:, 0])
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "value_dim", "window"),
+    [(4, 4, 16, 16, None), (8, 2, 16, 16, None), (6, 2, 12, 12, 11), (4, 4, 24, 12, None)],
+    ids=["multi-head", "grouped-query", "sliding-window-odd-dims", "latent-value-dim"],
+)
+def test_kernel_matches_attention_over_the_gathered_context(heads, kv_heads, head_dim, value_dim, window):
+    generator = torch.Generator().manual_seed(0)
+    rng = random.Random(0)
+    keys = torch.randn(kv_heads, NUM_BLOCKS * BLOCK_SIZE, head_dim, generator=generator)
+    values = torch.randn(kv_heads, NUM_BLOCKS * BLOCK_SIZE, value_dim, generator=generator)
+    ends = [1, 7, 8, 9, 30]
+    pool = list(range(NUM_BLOCKS))
+    rng.shuffle(pool)
+    tables = [[pool.pop() for _ in range(-(-end // BLOCK_SIZE))] for end in ends]
+    width = max(len(table) for table in tables)
+    padded = torch.tensor([table + [0] * (width - len(table)) for table in tables])
+    query = torch.randn(len(ends), heads, head_dim, generator=generator)
+    scale = head_dim**-0.5
+    ends_tensor = torch.tensor(ends)
+    output = paged_decode_attention(query, keys, values, padded, ends_tensor, BLOCK_SIZE, scale, window)
+    expected = _reference(query, keys, values, tables, ends_tensor, scale, window)
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_engine_with_the_kernel_matches_generate_under_preemption(tmp_path):
+    # Mixed prefill/decode steps, sliding-window layers and recomputation after preemption, all
+    # with decodes attending through the kernel.
+    model_dir = save_random_model(
+        MistralConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, sliding_window=12, max_position_embeddings=256, initializer_range=0.3,
+            tie_word_embeddings=False, **byte_level_token_ids(),
+        ),
+        tmp_path / "mistral",
+    )  # fmt: skip
+    rng = random.Random(3)
+    requests = [
+        GenerationRequest(
+            f"request-{index}",
+            [rng.randrange(256) for _ in range(rng.randint(1, 30))],
+            SamplingParams(max_tokens=rng.randint(1, 12), temperature=0.0),
+        )
+        for index in range(6)
+    ]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    expected = {}
+    for request in requests:
+        prompt = torch.tensor([request.prompt_token_ids])
+        generated = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=request.sampling.max_tokens,
+            do_sample=False,
+        )  # fmt: skip
+        expected[request.request_id] = generated[0, prompt.shape[1] :].tolist()
+    settings = {
+        "model_path": model_dir, "attention_backend": "triton", "max_model_len": 48,
+        "max_num_batched_tokens": 16, "kv_cache_block_size": 8,
+        "kv_cache_memory_bytes": 64 * 512,  # 64 tokens of 512 bytes: room for about 1.3 sequences
+    }  # fmt: skip
+    loaded = load_model(ServerConfig(**settings))
+
+    async def body(engine, registry):
+        async def one(request: GenerationRequest) -> list[int]:
+            return [event.token_id async for event in engine.generate(request)]
+
+        tokens = await asyncio.gather(*(one(request) for request in requests))
+        return dict(zip((request.request_id for request in requests), tokens, strict=True)), registry
+
+    outputs, registry = run_with_engine(loaded, body, **settings)
+    assert (registry.get_sample_value("llm_preemptions_total") or 0) > 0
+    assert outputs == expected

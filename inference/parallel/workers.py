@@ -214,11 +214,16 @@ class TensorParallelRunner(ModelRunner):
     first, which make the same call on their shards, so that the collectives inside line up."""
 
     def __init__(
-        self, model: PreTrainedModel, device: torch.device, block_size: int, workers: WorkerPool
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        block_size: int,
+        attention_backend: str,
+        workers: WorkerPool,
     ) -> None:
         self.workers = workers
-        workers.send(_START, block_size)
-        super().__init__(model, device, block_size)
+        workers.send(_START, block_size, attention_backend)
+        super().__init__(model, device, block_size, attention_backend)
 
     def allocate_cache(self, num_blocks: int) -> None:
         self.workers.send("allocate_cache", num_blocks)

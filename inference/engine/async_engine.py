@@ -95,6 +95,8 @@ class AsyncEngine:
         self._telemetry.model_loaded(self.loaded.name, self.loaded.dtype, self.loaded.quantization)
         workers = self.loaded.workers
         self._telemetry.ranks_up(lambda: 1 if workers is None else workers.ranks_up)
+        if workers is not None:
+            self._telemetry.worker_memory(workers.worker_memory)
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 

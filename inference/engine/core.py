@@ -107,7 +107,9 @@ def _runner_for(loaded: LoadedModel, config: ServerConfig) -> ModelRunner:
         return ModelRunner(loaded.model, loaded.device, block_size, config.attention_backend)
     from inference.parallel.workers import TensorParallelRunner
 
-    return TensorParallelRunner(loaded.model, loaded.device, block_size, loaded.workers)
+    return TensorParallelRunner(
+        loaded.model, loaded.device, block_size, config.attention_backend, loaded.workers
+    )
 
 
 class EngineCore:

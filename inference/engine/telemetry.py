@@ -16,7 +16,7 @@ from inference.engine.sequence import Sequence
 _DEVICE_MEMORY_REFRESH_SECONDS = 1.0
 
 
-def _device_memory(device: torch.device) -> tuple[int, int]:
+def device_memory(device: torch.device) -> tuple[int, int]:
     """(used, total) bytes: the accelerator's when there is one, else this process's resident set."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
@@ -38,6 +38,7 @@ class EngineTelemetry:
         self._device = device
         self._base_model = base_model
         self._memory_refreshed_at = float("-inf")
+        self._worker_memory: Callable[[], list[tuple[int, int]]] | None = None
 
     def _metric(self, spec: metrics.MetricSpec) -> MetricWrapperBase:
         return self._collectors[spec.name]
@@ -49,6 +50,10 @@ class EngineTelemetry:
     def ranks_up(self, count: Callable[[], int]) -> None:
         # Read at scrape time: a rank that dies while the engine loop waits is seen at the next scrape.
         self._metric(metrics.TENSOR_PARALLEL_RANKS_UP).set_function(count)
+
+    def worker_memory(self, readings: Callable[[], list[tuple[int, int]]]) -> None:
+        """(used, total) bytes of the devices of ranks 1, 2, ..., exported beside rank 0's."""
+        self._worker_memory = readings
 
     def rejected(self, reason: str) -> None:
         self._metric(metrics.REQUESTS_REJECTED).labels(reason=reason).inc()
@@ -88,6 +93,11 @@ class EngineTelemetry:
         now = time.monotonic()
         if now - self._memory_refreshed_at >= _DEVICE_MEMORY_REFRESH_SECONDS:
             self._memory_refreshed_at = now
-            used, total = _device_memory(self._device)
-            self._metric(metrics.DEVICE_MEMORY_USED).labels(device=self._device.type).set(used)
-            self._metric(metrics.DEVICE_MEMORY_TOTAL).labels(device=self._device.type).set(total)
+            readings = [device_memory(self._device)]
+            if self._worker_memory is not None:
+                readings += self._worker_memory()
+            for rank, (used, total) in enumerate(readings):
+                # Split over ranks, each device is named with its index (the rank's): cuda:0, cuda:1, ...
+                device = self._device.type if self._worker_memory is None else f"{self._device.type}:{rank}"
+                self._metric(metrics.DEVICE_MEMORY_USED).labels(device=device).set(used)
+                self._metric(metrics.DEVICE_MEMORY_TOTAL).labels(device=device).set(total)

@@ -57,6 +57,8 @@ def join_group(store: dist.Store, rank: int, world_size: int, device: torch.devi
     return RankGroup(rank, world_size, device, commands)
 
 
-def leave_group() -> None:
-    if dist.is_initialized():
+def leave_group(peers_alive: bool = True) -> None:
+    """Tear the groups down, so that a later group can form in this process. With a member dead, only
+    gloo's teardown is safe: NCCL's can block on the dead member, and the process is ending anyway."""
+    if dist.is_initialized() and (peers_alive or dist.get_backend() == "gloo"):
         dist.destroy_process_group()

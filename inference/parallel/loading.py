@@ -149,23 +149,23 @@ class ShardReader:
         return shard_range(size, self.rank, self.world_size)
 
     def linear(self, name: str, split: Split, linear: nn.Linear) -> nn.Module:
-        dim = 0 if split is Split.COLUMN else 1
-        size = linear.out_features if split is Split.COLUMN else linear.in_features
-        part = self._part(size)
+        column = split is Split.COLUMN
+        dim = 0 if column else 1
+        part = self._part(linear.out_features if column else linear.in_features)
+        # What is per output feature (bias, int8 scales): a column shard's own rows, a row shard's all.
+        per_output = (0, part) if column else ()
         bias = None
         # A row-parallel bias belongs to the summed output: only rank 0 adds it.
-        if linear.bias is not None and (split is Split.COLUMN or self.rank == 0):
-            bias = self.checkpoint.read(f"{name}.bias", 0, part) if split is Split.COLUMN else (
-                self.checkpoint.read(f"{name}.bias"))  # fmt: skip
-            bias = bias.to(self.dtype)
+        if linear.bias is not None and (column or self.rank == 0):
+            bias = self.checkpoint.read(f"{name}.bias", *per_output).to(self.dtype)
         if name in self.int8_in_checkpoint:
             assert self.scheme is not None
             weight = self.checkpoint.read(f"{name}.weight", dim, part)
-            scale = self.checkpoint.read(f"{name}.weight_scale", *((0, part) if dim == 0 else ()))
+            scale = self.checkpoint.read(f"{name}.weight_scale", *per_output)
             return int8_linear(self.scheme, weight.to(torch.int8), scale, bias, self.dtype)
         if self.scheme is None:
             return _float_linear(self.checkpoint.read(f"{name}.weight", dim, part).to(self.dtype), bias)
-        if split is Split.COLUMN:
+        if column:
             # Whole rows: the per-row scales are those of the unsplit weight.
             int8, scale = quantize_per_channel(self.checkpoint.read(f"{name}.weight", 0, part).to(self.dtype))
             return int8_linear(self.scheme, int8, scale, bias, self.dtype)
@@ -189,7 +189,7 @@ def _split_vocabulary(
     if type(embeddings) is nn.Embedding:
         part = vocab_range(embeddings.num_embeddings, rank, world_size)
         rows = checkpoint.read(embedding_key, 0, part).to(dtype)
-        swapped = VocabParallelEmbedding(rows, part.start, embeddings.num_embeddings, None)
+        swapped = VocabParallelEmbedding(rows, part.start, embeddings.num_embeddings)
         set_module(model, _module_name(model, embeddings), swapped)
     if type(output) is nn.Linear:
         name = _module_name(model, output)
@@ -200,7 +200,7 @@ def _split_vocabulary(
         elif rows is None:  # tied to an embedding kept whole
             rows = checkpoint.read(embedding_key, 0, part).to(dtype)
         bias = checkpoint.read(f"{name}.bias", 0, part).to(dtype) if output.bias is not None else None
-        set_module(model, name, VocabParallelLMHead(rows, bias, output.out_features, world_size, None))
+        set_module(model, name, VocabParallelLMHead(rows, bias, output.out_features, world_size))
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -233,7 +233,7 @@ def load_shard(
         reader = ShardReader(checkpoint, rank, world_size, dtype, scheme, int8_in_checkpoint)
         for name, split in plan.items():
             shard = reader.linear(name, split, model.get_submodule(name))
-            set_module(model, name, RowParallelLinear(shard, None) if split is Split.ROW else shard)
+            set_module(model, name, RowParallelLinear(shard) if split is Split.ROW else shard)
         if split_vocabulary:
             _split_vocabulary(model, checkpoint, rank, world_size, dtype)
         for name in _meta_tensors(model):

@@ -4,9 +4,10 @@ Megatron-style: in every decoder layer the projections that fan out (query/key/v
 column-parallel, each rank holding a slice of their output features, i.e. its own attention heads and
 its own share of the MLP; the projections that fan back in (attention output, down) are row-parallel,
 each rank holding the matching slice of their input features and producing a partial sum that one
-all-reduce completes. Attention itself then runs per rank on its heads with no communication, so the
-paged attention and its KV cache stay as they are, just with fewer heads. Norms are replicated; the
-embedding and the LM head are split by vocabulary (README: vocabulary-parallel against replicated).
+all-reduce (on the default process group, see group.py) completes. Attention itself then runs per rank
+on its heads with no communication, so the paged attention and its KV cache stay as they are, just
+with fewer heads. Norms are replicated; the embedding and the LM head are split by vocabulary
+(README: vocabulary-parallel against replicated).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from torch import nn
 from transformers import PretrainedConfig
 
 # Leaf names of the projections across the architectures the engine serves (Llama, Qwen2/3, Mistral,
-# Gemma, GPT-NeoX). GPT-NeoX's fused `query_key_value` stores its rows
-# head by head ([q, k, v] per head), so a contiguous slice of rows is whole heads.
+# Gemma, GPT-NeoX). GPT-NeoX's fused `query_key_value` stores its rows head by head ([q, k, v] per
+# head), so a contiguous slice of rows is whole heads.
 _COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "query_key_value",
                               "dense_h_to_4h"})  # fmt: skip
 _ROW_PARALLEL = frozenset({"o_proj", "down_proj", "dense", "dense_4h_to_h"})
@@ -92,14 +93,13 @@ class RowParallelLinear(nn.Module):
     """A linear whose input features are split over the ranks: each rank multiplies its slice and one
     all-reduce sums the partial outputs. Only rank 0's shard carries the bias, so it is added once."""
 
-    def __init__(self, shard: nn.Module, group: dist.ProcessGroup | None) -> None:
+    def __init__(self, shard: nn.Module) -> None:
         super().__init__()
         self.shard = shard
-        self.group = group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         partial = self.shard(x)
-        dist.all_reduce(partial, group=self.group)
+        dist.all_reduce(partial)
         return partial
 
 
@@ -130,20 +130,17 @@ class VocabParallelEmbedding(nn.Module):
     """The embedding rows of the rank's token ids: other ids look up zeros, and one all-reduce gives
     every rank every row."""
 
-    def __init__(
-        self, weight: torch.Tensor, first_id: int, num_embeddings: int, group: dist.ProcessGroup | None
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, first_id: int, num_embeddings: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.first_id = first_id
         self.num_embeddings = num_embeddings
-        self.group = group
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         local = token_ids - self.first_id
         outside = (local < 0) | (local >= self.weight.shape[0])
         rows = F.embedding(local.masked_fill(outside, 0), self.weight).masked_fill_(outside.unsqueeze(-1), 0)
-        dist.all_reduce(rows, group=self.group)
+        dist.all_reduce(rows)
         return rows
 
 
@@ -151,19 +148,13 @@ class VocabParallelLMHead(nn.Module):
     """The logits of the rank's token ids; one all-gather puts the whole vocabulary's logits together."""
 
     def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        vocab_size: int,
-        world_size: int,
-        group: dist.ProcessGroup | None,
+        self, weight: torch.Tensor, bias: torch.Tensor | None, vocab_size: int, world_size: int
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.vocab_size = vocab_size
         self.world_size = world_size
-        self.group = group
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = F.linear(hidden, self.weight, self.bias)
@@ -171,5 +162,5 @@ class VocabParallelLMHead(nn.Module):
         per_rank = -(-self.vocab_size // self.world_size)
         logits = F.pad(logits, (0, per_rank - logits.shape[-1])).contiguous()
         parts = [torch.empty_like(logits) for _ in range(self.world_size)]
-        dist.all_gather(parts, logits, group=self.group)
+        dist.all_gather(parts, logits)
         return torch.cat(parts, dim=-1)[..., : self.vocab_size]

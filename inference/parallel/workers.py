@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing import connection, get_context
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from transformers import PreTrainedModel
 
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.model_runner import ModelRunner, StepInputs
+from inference.engine.telemetry import device_memory
 from inference.logging import configure_logging
 from inference.parallel.group import (
     STARTUP_TIMEOUT,
@@ -45,6 +47,7 @@ _STOP = "stop"
 _EXIT_GRACE_SECONDS = 10.0
 _PARENT_POLL_SECONDS = 1.0
 _STARTUP_POLL_SECONDS = 0.05
+_MEMORY_REPORT_SECONDS = 1.0
 
 
 def _started_key(rank: int) -> str:
@@ -106,6 +109,8 @@ class WorkerSpec:
     config: ServerConfig
     split_vocabulary: bool
     parent_pid: int
+    # (used, total) device bytes per rank, shared with rank 0, which exports them.
+    memory: Any
 
 
 class WorkerPool:
@@ -121,11 +126,12 @@ class WorkerPool:
         # Workers need no credentials: they never see a request.
         worker_config = config.model_copy(update={"api_key": None, "api_key_file": None})
         spawn = get_context("spawn")
-        port, parent = self._store.port, os.getpid()
+        self._memory = spawn.Array("q", 2 * world_size, lock=False)
+        port, parent, memory = self._store.port, os.getpid(), self._memory
         self.processes = [
             spawn.Process(
                 target=run_worker,
-                args=(WorkerSpec(rank, port, model_dir, worker_config, split_vocabulary, parent),),
+                args=(WorkerSpec(rank, port, model_dir, worker_config, split_vocabulary, parent, memory),),
                 name=f"tensor-parallel-rank-{rank}",
                 daemon=True,
             )
@@ -164,6 +170,11 @@ class WorkerPool:
     def ranks_up(self) -> int:
         return 1 + sum(process.is_alive() for process in self.processes)
 
+    def worker_memory(self) -> list[tuple[int, int]]:
+        """(used, total) device bytes of ranks 1, 2, ..., as each last reported them."""
+        ranks = range(1, len(self.processes) + 1)
+        return [(self._memory[2 * rank], self._memory[2 * rank + 1]) for rank in ranks]
+
     def send(self, method: str, *arguments: object) -> None:
         assert self.group is not None
         self.group.broadcast((method, arguments))
@@ -194,9 +205,8 @@ class WorkerPool:
             if process.is_alive():
                 process.kill()
                 process.join()
-        if healthy:
-            # Tearing down a group with a dead member can block on NCCL; the process is ending anyway.
-            leave_group()
+        if self.group is not None:
+            leave_group(peers_alive=healthy)
 
 
 class TensorParallelRunner(ModelRunner):
@@ -204,11 +214,16 @@ class TensorParallelRunner(ModelRunner):
     first, which make the same call on their shards, so that the collectives inside line up."""
 
     def __init__(
-        self, model: PreTrainedModel, device: torch.device, block_size: int, workers: WorkerPool
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        block_size: int,
+        attention_backend: str,
+        workers: WorkerPool,
     ) -> None:
         self.workers = workers
-        workers.send(_START, block_size)
-        super().__init__(model, device, block_size)
+        workers.send(_START, block_size, attention_backend)
+        super().__init__(model, device, block_size, attention_backend)
 
     def allocate_cache(self, num_blocks: int) -> None:
         self.workers.send("allocate_cache", num_blocks)
@@ -263,6 +278,7 @@ def run_worker(spec: WorkerSpec) -> None:
     dtype = pick_dtype(config.dtype, device)
     model = ShardPlan.of(spec.model_dir, config, device, dtype, spec.split_vocabulary).load(group)
     runner: ModelRunner | None = None
+    reported_at = float("-inf")
     while True:
         method, arguments = group.broadcast()  # type: ignore[misc]
         if method == _STOP:
@@ -271,4 +287,7 @@ def run_worker(spec: WorkerSpec) -> None:
             runner = ModelRunner(model, device, *arguments)
         else:
             getattr(runner, method)(*arguments)
+        if time.monotonic() - reported_at >= _MEMORY_REPORT_SECONDS:
+            reported_at = time.monotonic()
+            spec.memory[2 * spec.rank], spec.memory[2 * spec.rank + 1] = device_memory(device)
     leave_group()

@@ -32,6 +32,7 @@ from inference.parallel.sharding import (
     plan_splits,
 )
 from inference.quantize import quantize_directory
+from inference.quantize.int8_linear import quantize_per_channel
 from inference.tiny_model import byte_level_token_ids, make_tiny_model, save_random_model
 
 from .conftest import run_with_engine
@@ -186,6 +187,25 @@ def test_int8_checkpoint_split_over_ranks_answers_as_served_whole(llama_dir, req
     assert split == whole
 
 
+def test_int8_at_load_gives_a_row_split_layer_the_scales_of_its_whole_rows(llama_dir):
+    model = empty_model(llama_dir, torch.float32)
+    files = checkpoint_files(llama_dir, None)
+    shard = load_shard(model, plan_splits(model, RANKS), files, rank=1, world_size=RANKS, dtype=torch.float32,
+                       scheme="int8-weight-only", int8_in_checkpoint=frozenset())  # fmt: skip
+    down = load_file(llama_dir / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    int8, scale = quantize_per_channel(down)
+    row_split = shard.get_submodule("model.layers.0.mlp.down_proj").shard
+    assert torch.equal(row_split.weight, int8[:, down.shape[1] // RANKS :])
+    assert torch.equal(row_split.weight_scale, scale)
+
+
+def test_int8_at_load_split_over_ranks_answers_as_served_whole(llama_dir, requests):
+    # Row-split layers are quantized whole, then sliced: each row's scale is that of the whole row.
+    whole, _ = _generate(llama_dir, requests, quantization="int8-weight-only")
+    split, _ = _generate(llama_dir, requests, quantization="int8-weight-only", tensor_parallel_size=RANKS)
+    assert split == whole
+
+
 def test_head_counts_that_do_not_divide_are_refused_before_any_process_starts(llama_dir):
     with pytest.raises(HeadsNotDivisibleError, match=r"num_attention_heads = 4 is not divisible by .*=3"):
         load_model(ServerConfig(model_path=llama_dir, tensor_parallel_size=3))
@@ -226,6 +246,8 @@ def test_a_killed_worker_fails_the_request_in_flight_and_takes_readiness_down(ll
     finally:
         loaded.close()
     assert (ready_before, ready_after, ranks_up) == (True, False, RANKS - 1)
+    # The broken group is gone: the same process can split a model again.
+    load_model(ServerConfig(model_path=llama_dir, tensor_parallel_size=RANKS)).close()
 
 
 def test_a_worker_that_dies_while_starting_fails_the_load_instead_of_waiting_for_it(llama_dir):

@@ -75,8 +75,12 @@ def test_openai_client_gets_the_single_process_answers(split_server: SplitServer
     assert _answers(split_server.openai()) == _answers(api_server.openai())
 
 
-def test_metrics_count_every_rank(split_server: SplitServer):
+def test_metrics_cover_every_rank(split_server: SplitServer):
     assert metric_value(split_server.base_url, "llm_tensor_parallel_ranks_up") == RANKS
+    for rank in range(RANKS):
+        device = {"device": f"cpu:{rank}"}
+        used = metric_value(split_server.base_url, "llm_device_memory_used_bytes", device)
+        assert 0 < used < metric_value(split_server.base_url, "llm_device_memory_total_bytes", device)
 
 
 def _worker_pids(server_pid: int) -> list[int]:

@@ -70,14 +70,15 @@ class BenchSettings:
 async def drive_engine(
     engine: AsyncEngine,
     workload: list[WorkItem],
-    grammar: CompiledGrammar | None = None,
+    grammars: list[CompiledGrammar] | None = None,
     lora_names: list[str | None] | None = None,
 ) -> list[RequestTiming]:
-    """Submit each item greedily at its arrival offset (its output constrained by `grammar`, and to the
-    LoRA adapter `lora_names` gives it, if given); when each of its tokens came back."""
+    """Submit each item greedily at its arrival offset (its output constrained by the grammar, and to
+    the LoRA adapter, that `grammars` and `lora_names` give it, if given); when each of its tokens came
+    back."""
     start = time.monotonic()
 
-    async def one(item: WorkItem, lora_name: str | None) -> RequestTiming:
+    async def one(item: WorkItem, grammar: CompiledGrammar | None, lora_name: str | None) -> RequestTiming:
         await asyncio.sleep(max(0.0, start + item.arrival_offset - time.monotonic()))
         arrival = time.monotonic()
         sampling = SamplingParams(
@@ -87,7 +88,9 @@ async def drive_engine(
         return RequestTiming(arrival, [time.monotonic() async for _ in engine.generate(request)])
 
     names = lora_names if lora_names is not None else [None] * len(workload)
-    return list(await asyncio.gather(*(one(item, name) for item, name in zip(workload, names, strict=True))))
+    constraints = grammars if grammars is not None else [None] * len(workload)
+    requests = zip(workload, constraints, names, strict=True)
+    return list(await asyncio.gather(*(one(item, grammar, name) for item, grammar, name in requests)))
 
 
 def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> list[RequestTiming]:

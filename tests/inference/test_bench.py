@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 
 from inference.bench.cli import main
+from inference.bench.peers import cache_for_workload
 from inference.bench.serving import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, run_bench
-from inference.bench.workload import make_workload, percentiles
+from inference.bench.workload import WorkItem, make_workload, percentiles
 from inference.config import default_torch_threads
 from inference.tiny_model import byte_level_tokenizer
 
@@ -142,3 +143,12 @@ def test_http_mode_serves_the_same_tokens_through_a_real_server(small_settings):
     assert burst["engine_http"]["output_tokens"] == burst["engine"]["output_tokens"]
     ratio = burst["http_over_in_process"]["output_tokens_per_s"]
     assert ratio == burst["engine_http"]["output_tokens_per_s"] / burst["engine"]["output_tokens_per_s"]
+
+
+def test_transformers_continuous_batching_gets_a_cache_for_the_workload_not_for_free_memory():
+    """Left to size its cache from free memory, transformers' manager took most of the host's RAM."""
+    workload = [WorkItem(f"r{i}", [1] * 300, 100, 0.0) for i in range(4)]
+    cache = cache_for_workload(workload)
+    assert cache.num_blocks is not None and cache.max_memory_percent is None
+    assert (cache.num_blocks - 1) * cache.page_size >= sum(400 for _ in workload)
+    assert cache.num_blocks * cache.page_size < 3 * sum(400 for _ in workload)

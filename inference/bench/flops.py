@@ -1,8 +1,10 @@
 """How close a run comes to the machine: model FLOPs done per second against the matmul FLOP/s
 that the same weight shapes reach on this device, measured in the same process.
 
-A token costs two FLOPs per weight of every linear layer it passes (the LM head included);
-attention scores are left out, so the figure slightly understates the work done.
+A token costs two FLOPs per weight of every linear layer it passes; the LM head counts only for
+the tokens whose logits are needed (one per output token), attention scores not at all, so the
+figure slightly understates the work done. The matmul rate of each shape is the best of several
+timings: on a shared machine the others are slowed by neighbours, not by the shape.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Timed repetitions of each shape; the first call of each is a warm-up.
-_REPEATS = 5
+# Timed repetitions of each shape, the best kept; a first call warms up.
+_REPEATS = 10
 
 
 def linear_shapes(model: nn.Module) -> Counter[tuple[int, int]]:
@@ -28,8 +30,25 @@ def linear_shapes(model: nn.Module) -> Counter[tuple[int, int]]:
     return shapes
 
 
-def flops_per_token(model: nn.Module) -> int:
-    return sum(2 * rows * columns * count for (rows, columns), count in linear_shapes(model).items())
+def _head_shape(model: nn.Module) -> tuple[int, int] | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return None if head is None else (head.out_features, head.in_features)
+
+
+def flops_per_token(model: nn.Module) -> tuple[int, int]:
+    """(FLOPs of a token through the layers, FLOPs of one row of the LM head)."""
+    shapes = linear_shapes(model)
+    head = _head_shape(model)
+    if head is not None:
+        shapes[head] -= 1
+    body = sum(2 * rows * columns * count for (rows, columns), count in shapes.items())
+    return body, 0 if head is None else 2 * head[0] * head[1]
+
+
+def model_flops(model: nn.Module, prompt_tokens: int, output_tokens: int) -> int:
+    """The linear-layer FLOPs of prefilling `prompt_tokens` and generating `output_tokens`."""
+    body, head = flops_per_token(model)
+    return body * (prompt_tokens + output_tokens) + head * output_tokens
 
 
 def _synchronize(device: torch.device) -> None:
@@ -45,11 +64,13 @@ def matmul_flops_per_second(model: nn.Module, tokens: int, device: torch.device,
         inputs = torch.randn(tokens, in_features, device=device, dtype=dtype)
         weight = torch.randn(out_features, in_features, device=device, dtype=dtype)
         F.linear(inputs, weight)
-        _synchronize(device)
-        start = time.perf_counter()
+        best = float("inf")
         for _ in range(_REPEATS):
+            _synchronize(device)
+            start = time.perf_counter()
             F.linear(inputs, weight)
-        _synchronize(device)
-        total_seconds += (time.perf_counter() - start) / _REPEATS * count
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        total_seconds += best * count
         total_flops += 2 * tokens * out_features * in_features * count
     return total_flops / total_seconds

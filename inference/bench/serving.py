@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from inference.bench.baseline import WindowBatchingBaseline
-from inference.bench.flops import flops_per_token, matmul_flops_per_second
+from inference.bench.flops import flops_per_token, matmul_flops_per_second, model_flops
 from inference.bench.http import run_over_http, serve_process
 from inference.bench.peers import run_static_batches, run_transformers_continuous
 from inference.bench.shapes import add_model_arguments, model_directory
@@ -159,7 +159,7 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
 
 
 def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) -> dict[str, object]:
-    model_flops_per_token = flops_per_token(loaded.model)
+    layer_flops, head_flops = flops_per_token(loaded.model)
     matmul_rate = matmul_flops_per_second(loaded.model, settings.max_num_seqs, loaded.device, loaded.dtype)
     report: dict[str, object] = {
         "model": loaded.name,
@@ -177,7 +177,8 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
             "batch_window_s": settings.batch_window_seconds,
         },
         "machine": {
-            "model_flops_per_token": model_flops_per_token,
+            "layer_flops_per_token": layer_flops,
+            "lm_head_flops_per_output_token": head_flops,
             "matmul_rows": settings.max_num_seqs,
             "matmul_flops_per_s": matmul_rate,
         },
@@ -197,13 +198,12 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
 
     def compare(rate: float | None) -> dict[str, object]:
         requests = workload(rate)
-        model_flops = model_flops_per_token * sum(
-            len(item.prompt_token_ids) + item.max_tokens for item in requests
-        )
+        prompt_tokens = sum(len(item.prompt_token_ids) for item in requests)
+        flops = model_flops(loaded.model, prompt_tokens, sum(item.max_tokens for item in requests))
         summaries = {}
         for name, timings in run_systems(model_dir, loaded, settings, requests).items():
             summary = summarize(timings)
-            summary["model_flops_per_s"] = model_flops / summary["duration_s"]
+            summary["model_flops_per_s"] = flops / summary["duration_s"]
             summary["share_of_matmul_flops_per_s"] = summary["model_flops_per_s"] / matmul_rate
             summaries[name] = summary
         engine = summaries["engine"]

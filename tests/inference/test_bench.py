@@ -6,8 +6,10 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from inference.bench.cli import main
+from inference.bench.flops import model_flops
 from inference.bench.peers import cache_for_workload
 from inference.bench.serving import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, run_bench
 from inference.bench.workload import WorkItem, make_workload, percentiles
@@ -128,7 +130,8 @@ def test_peers_serve_the_same_requests_in_the_same_run(small_settings):
 
 def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
     machine = report["machine"]
-    assert machine["model_flops_per_token"] > 0 and machine["matmul_flops_per_s"] > 0
+    assert machine["layer_flops_per_token"] > machine["lm_head_flops_per_output_token"] > 0
+    assert machine["matmul_flops_per_s"] > 0
     for system in SYSTEMS:
         summary = report["burst"][system]
         share = summary["model_flops_per_s"] / machine["matmul_flops_per_s"]
@@ -152,3 +155,12 @@ def test_transformers_continuous_batching_gets_a_cache_for_the_workload_not_for_
     assert cache.num_blocks is not None and cache.max_memory_percent is None
     assert (cache.num_blocks - 1) * cache.page_size >= sum(400 for _ in workload)
     assert cache.num_blocks * cache.page_size < 3 * sum(400 for _ in workload)
+
+
+def test_flops_count_two_per_linear_weight_and_the_head_only_for_output_tokens(tiny_loaded):
+    model = tiny_loaded.model
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    linear_weights = sum(module.weight.numel() for module in linears)
+    head_weights = model.get_output_embeddings().weight.numel()
+    assert model_flops(model, 10, 0) == 10 * 2 * (linear_weights - head_weights)
+    assert model_flops(model, 0, 3) == 3 * 2 * linear_weights

@@ -44,7 +44,7 @@ class WindowBatchingBaseline:
         self.max_batch_size = max_batch_size
         self.batch_window_seconds = batch_window_seconds
         # generate's first call pays one-off set-up costs; the engine warms up too before it is timed.
-        self._generate([(WorkItem("warm-up", [pad_token_id] * 4, 2, 0.0), time.monotonic())])
+        self.generate([(WorkItem("warm-up", [pad_token_id] * 4, 2, 0.0), time.monotonic())])
 
     def run(self, workload: list[WorkItem]) -> list[RequestTiming]:
         inbox: queue.Queue[tuple[WorkItem, float]] = queue.Queue()
@@ -54,7 +54,7 @@ class WindowBatchingBaseline:
         timings: dict[str, RequestTiming] = {}
         while len(timings) < len(workload):
             batch = self._collect(inbox)
-            timings.update(self._generate(batch))
+            timings.update(self.generate(batch))
         arrivals.join()
         return [timings[item.request_id] for item in workload]
 
@@ -78,7 +78,8 @@ class WindowBatchingBaseline:
         return batch
 
     @torch.inference_mode()
-    def _generate(self, batch: list[tuple[WorkItem, float]]) -> dict[str, RequestTiming]:
+    def generate(self, batch: list[tuple[WorkItem, float]]) -> dict[str, RequestTiming]:
+        """One padded `generate` over `batch` (each item with its arrival time), run to its longest."""
         longest = max(len(item.prompt_token_ids) for item, _ in batch)
         device = self.model.device
         input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)

@@ -29,11 +29,19 @@ _NO_EOS = -1
 
 
 def run_static_batches(loaded: LoadedModel, batch_size: int, workload: list[WorkItem]) -> list[RequestTiming]:
-    """`generate` on padded batches of up to `batch_size` requests, each batch run to its longest."""
+    """`generate` on padded batches of `batch_size` requests in arrival order, each batch run to its
+    longest and started once its last request has arrived and the batch before it is done."""
     pad_token_id = loaded.tokenizer.pad_token_id
     if pad_token_id is None:
         pad_token_id = loaded.tokenizer.eos_token_id
-    return WindowBatchingBaseline(loaded.model, pad_token_id, batch_size, 0.0).run(workload)
+    generator = WindowBatchingBaseline(loaded.model, pad_token_id, batch_size, 0.0)
+    timings: dict[str, RequestTiming] = {}
+    start = time.monotonic()
+    for first in range(0, len(workload), batch_size):
+        batch = workload[first : first + batch_size]
+        time.sleep(max(0.0, start + max(item.arrival_offset for item in batch) - time.monotonic()))
+        timings.update(generator.generate([(item, start + item.arrival_offset) for item in batch]))
+    return [timings[item.request_id] for item in workload]
 
 
 def cache_for_workload(workload: list[WorkItem]) -> ContinuousBatchingConfig:

@@ -10,7 +10,7 @@ import torch
 
 from inference.bench.cli import main
 from inference.bench.flops import model_flops
-from inference.bench.peers import cache_for_workload
+from inference.bench.peers import cache_for_workload, run_static_batches
 from inference.bench.serving import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, run_bench
 from inference.bench.workload import WorkItem, make_workload, percentiles
 from inference.config import default_torch_threads
@@ -164,3 +164,22 @@ def test_flops_count_two_per_linear_weight_and_the_head_only_for_output_tokens(t
     head_weights = model.get_output_embeddings().weight.numel()
     assert model_flops(model, 10, 0) == 10 * 2 * (linear_weights - head_weights)
     assert model_flops(model, 0, 3) == 3 * 2 * linear_weights
+
+
+def test_static_batches_are_full_batches_in_arrival_order(tiny_loaded):
+    workload = make_workload(6, (3, 6), (2, 2), len(byte_level_tokenizer()), None, seed=1)
+    model = tiny_loaded.model
+    batch_sizes: list[int] = []
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        batch_sizes.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    try:
+        timings = run_static_batches(tiny_loaded, 4, workload)
+    finally:
+        del model.generate
+    assert batch_sizes[1:] == [4, 2]  # after the one-request warm-up
+    assert [len(timing.token_times) for timing in timings] == [2] * 6

@@ -9,24 +9,23 @@ start-up with UnsupportedArchitectureError naming why.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 import transformers
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
 from inference.config import ServerConfig
 from inference.engine.architectures import UnsupportedArchitectureError
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.model_runner import ModelRunner
-from inference.engine.request import GenerationRequest, SamplingParams
+from inference.engine.request import GenerationRequest
 from inference.model_loading import load_model
 from inference.tiny_model import byte_level_token_ids, save_random_model
 
 from .conftest import run_with_engine
+from .greedy_reference import generate_each, load_reference, random_greedy_requests
 
 NUM_REQUESTS = 8
 MAX_PROMPT_TOKENS = 60
@@ -101,28 +100,11 @@ REFUSED = {
 
 @pytest.fixture(scope="module")
 def requests() -> list[GenerationRequest]:
-    rng = random.Random(11)
-    return [
-        GenerationRequest(
-            request_id=f"request-{index}",
-            prompt_token_ids=[rng.randrange(256) for _ in range(rng.randint(1, MAX_PROMPT_TOKENS))],
-            sampling=SamplingParams(max_tokens=rng.randint(1, MAX_NEW_TOKENS), temperature=0.0),
-        )
-        for index in range(NUM_REQUESTS)
-    ]
+    return random_greedy_requests(11, NUM_REQUESTS, MAX_PROMPT_TOKENS, MAX_NEW_TOKENS)
 
 
 def _generate_alone(model_dir: Path, requests: list[GenerationRequest]) -> dict[str, list[int]]:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    outputs = {}
-    for request in requests:
-        prompt = torch.tensor([request.prompt_token_ids])
-        generated = model.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=request.sampling.max_tokens,
-            do_sample=False,
-        )  # fmt: skip
-        outputs[request.request_id] = generated[0, prompt.shape[1] :].tolist()
-    return outputs
+    return generate_each(load_reference(model_dir), requests)
 
 
 def _engine_outputs(model_dir: Path, requests: list[GenerationRequest]) -> tuple[dict[str, list[int]], float]:

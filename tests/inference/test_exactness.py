@@ -9,7 +9,6 @@ prefilled in chunks and sequences are preempted and recomputed, and must still m
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     GPTNeoXConfig,
     MistralConfig,
     PretrainedConfig,
@@ -26,11 +24,12 @@ from transformers import (
 
 from inference.config import ServerConfig
 from inference.engine.async_engine import AsyncEngine
-from inference.engine.request import GenerationRequest, SamplingParams
+from inference.engine.request import GenerationRequest
 from inference.model_loading import load_model
 from inference.tiny_model import byte_level_token_ids, make_tiny_model, save_random_model
 
 from .conftest import run_with_engine
+from .greedy_reference import generate_each, load_reference, random_greedy_requests
 
 NUM_REQUESTS = 20
 MAX_PROMPT_TOKENS = 90
@@ -78,32 +77,13 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def requests() -> list[GenerationRequest]:
-    rng = random.Random(7)
-    return [
-        GenerationRequest(
-            request_id=f"request-{index}",
-            prompt_token_ids=[rng.randrange(256) for _ in range(rng.randint(1, MAX_PROMPT_TOKENS))],
-            sampling=SamplingParams(max_tokens=rng.randint(1, MAX_NEW_TOKENS), temperature=0.0),
-        )
-        for index in range(NUM_REQUESTS)
-    ]
+    return random_greedy_requests(7, NUM_REQUESTS, MAX_PROMPT_TOKENS, MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")
 def expected(model_dir: Path, requests: list[GenerationRequest]) -> dict[str, list[int]]:
     """What `generate` gives for each request alone (the model's default attention, its own cache)."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    outputs = {}
-    for request in requests:
-        prompt = torch.tensor([request.prompt_token_ids])
-        generated = model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=request.sampling.max_tokens,
-            do_sample=False,
-        )
-        outputs[request.request_id] = generated[0, prompt.shape[1] :].tolist()
-    return outputs
+    return generate_each(load_reference(model_dir), requests)
 
 
 async def _generate_concurrently(

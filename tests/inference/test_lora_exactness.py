@@ -9,11 +9,10 @@ merged by peft. Also with preemption, on a second architecture, and on an int8 b
 from __future__ import annotations
 
 import asyncio
-import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from peft import PeftModel
 from prometheus_client import CollectorRegistry
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -27,6 +26,7 @@ from inference.model_loading import load_model
 from inference.tiny_model import make_tiny_model, save_random_model
 
 from .conftest import run_with_engine
+from .greedy_reference import generate_alone, random_greedy_requests
 from .test_exactness import RANDOM_ARCHITECTURES, _kv_bytes_per_token
 
 NUM_REQUESTS = 16
@@ -67,25 +67,12 @@ def adapter_dirs(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 @pytest.fixture(scope="module")
 def requests() -> list[GenerationRequest]:
-    rng = random.Random(11)
     return [
-        GenerationRequest(
-            request_id=f"request-{index}",
-            prompt_token_ids=[rng.randrange(256) for _ in range(rng.randint(1, MAX_PROMPT_TOKENS))],
-            sampling=SamplingParams(max_tokens=rng.randint(1, MAX_NEW_TOKENS), temperature=0.0),
-            lora_name=MODEL_CYCLE[index % len(MODEL_CYCLE)],
+        replace(request, lora_name=MODEL_CYCLE[index % len(MODEL_CYCLE)])
+        for index, request in enumerate(
+            random_greedy_requests(11, NUM_REQUESTS, MAX_PROMPT_TOKENS, MAX_NEW_TOKENS)
         )
-        for index in range(NUM_REQUESTS)
     ]
-
-
-def _generate_alone(model: PreTrainedModel, request: GenerationRequest) -> list[int]:
-    prompt = torch.tensor([request.prompt_token_ids])
-    generated = model.generate(
-        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=request.sampling.max_tokens,
-        do_sample=False,
-    )  # fmt: skip
-    return generated[0, prompt.shape[1] :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +87,7 @@ def merged_models(model_dir, adapter_dirs) -> dict[str | None, PreTrainedModel]:
 @pytest.fixture(scope="module")
 def expected(merged_models, requests) -> dict[str, list[int]]:
     return {
-        request.request_id: _generate_alone(merged_models[request.lora_name], request) for request in requests
+        request.request_id: generate_alone(merged_models[request.lora_name], request) for request in requests
     }
 
 
@@ -130,7 +117,7 @@ def test_adapters_change_the_output(model_dir, requests, expected):
     changed = {
         request.lora_name
         for request in requests
-        if request.lora_name is not None and _generate_alone(base, request) != expected[request.request_id]
+        if request.lora_name is not None and generate_alone(base, request) != expected[request.request_id]
     }
     assert changed == set(ADAPTERS)
 
@@ -169,8 +156,8 @@ def test_int8_base_with_float_adapters_matches_generate_with_one_adapter(tiny_mo
     expected = {}
     for request in requests:
         with one_adapter(reference.adapters.id_of(request.lora_name)):
-            expected[request.request_id] = _generate_alone(reference.model, request)
-    base_outputs = {request.request_id: _generate_alone(reference.model, request) for request in requests}
+            expected[request.request_id] = generate_alone(reference.model, request)
+    base_outputs = {request.request_id: generate_alone(reference.model, request) for request in requests}
 
     outputs, _ = _run_engine(requests, **settings)
     assert outputs == expected
@@ -208,5 +195,5 @@ def test_the_prefix_cache_is_keyed_by_adapter(model_dir, adapter_dirs, merged_mo
     assert cached[:-1] == [0] * len(MODEL_CYCLE)
     assert cached[-1] == (len(prompt) - 1) // 8 * 8
     assert [tokens for _, tokens in results] == [
-        _generate_alone(merged_models[request.lora_name], request) for request in same_prompt
+        generate_alone(merged_models[request.lora_name], request) for request in same_prompt
     ]

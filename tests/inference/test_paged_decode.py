@@ -9,10 +9,10 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, MistralConfig
+from transformers import MistralConfig
 
 from inference.config import ServerConfig
-from inference.engine.request import GenerationRequest, SamplingParams
+from inference.engine.request import GenerationRequest
 from inference.model_loading import load_model
 from inference.tiny_model import byte_level_token_ids, save_random_model
 
@@ -22,6 +22,8 @@ from .conftest import run_with_engine
 pytest.importorskip("triton", reason="the paged decode kernel needs the `gpu` extra (triton)")
 
 from inference.engine.paged_decode import paged_decode_attention
+
+from .greedy_reference import generate_each, load_reference, random_greedy_requests
 
 BLOCK_SIZE = 8
 NUM_BLOCKS = 40
@@ -77,24 +79,8 @@ def test_engine_with_the_kernel_matches_generate_under_preemption(tmp_path):
         ),
         tmp_path / "mistral",
     )  # fmt: skip
-    rng = random.Random(3)
-    requests = [
-        GenerationRequest(
-            f"request-{index}",
-            [rng.randrange(256) for _ in range(rng.randint(1, 30))],
-            SamplingParams(max_tokens=rng.randint(1, 12), temperature=0.0),
-        )
-        for index in range(6)
-    ]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    expected = {}
-    for request in requests:
-        prompt = torch.tensor([request.prompt_token_ids])
-        generated = model.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=request.sampling.max_tokens,
-            do_sample=False,
-        )  # fmt: skip
-        expected[request.request_id] = generated[0, prompt.shape[1] :].tolist()
+    requests = random_greedy_requests(3, 6, max_prompt_tokens=30, max_new_tokens=12)
+    expected = generate_each(load_reference(model_dir), requests)
     settings = {
         "model_path": model_dir, "attention_backend": "triton", "max_model_len": 48,
         "max_num_batched_tokens": 16, "kv_cache_block_size": 8,

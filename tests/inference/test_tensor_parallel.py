@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
-import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from inference.quantize.int8_linear import quantize_per_channel
 from inference.tiny_model import byte_level_token_ids, make_tiny_model, save_random_model
 
 from .conftest import run_with_engine
+from .greedy_reference import random_greedy_requests
 from .test_exactness import RANDOM_ARCHITECTURES
 
 RANKS = 2
@@ -58,15 +58,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def requests() -> list[GenerationRequest]:
-    rng = random.Random(17)
-    return [
-        GenerationRequest(
-            request_id=f"request-{index}",
-            prompt_token_ids=[rng.randrange(256) for _ in range(rng.randint(1, MAX_PROMPT_TOKENS))],
-            sampling=SamplingParams(max_tokens=rng.randint(2, MAX_NEW_TOKENS), temperature=0.0),
-        )
-        for index in range(NUM_REQUESTS)
-    ]
+    return random_greedy_requests(17, NUM_REQUESTS, MAX_PROMPT_TOKENS, MAX_NEW_TOKENS, min_new_tokens=2)
 
 
 def _generate(

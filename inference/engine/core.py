@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +32,7 @@ from inference.engine.request import (
     TokenLogprobs,
     UnknownModelError,
 )
-from inference.engine.sampler import Sampled, grammar_bitmask, sample
+from inference.engine.sampler import Sampled, sample
 from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
 from inference.lora import BASE_LORA_ID
@@ -127,7 +126,6 @@ class EngineCore:
         self.adapters = loaded.adapters
         self.tokenizer = loaded.tokenizer
         self.grammars = grammar_compiler(loaded.tokenizer, loaded.vocab_size, self.eos_token_ids)
-        self._host_work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
         self.runner = _runner_for(loaded, config)
         num_blocks = plan_num_blocks(config, self.runner, loaded.max_model_len)
         self.runner.allocate_cache(num_blocks)
@@ -216,12 +214,11 @@ class EngineCore:
     def execute(self, chunks: list[Chunk]) -> Sampled:
         seqs = [chunk.seq for chunk in chunks if chunk.samples]
         fault_injection.check(seqs)
-        if not any(seq.grammar is not None for seq in seqs):
-            return sample(self.runner.run(chunks), seqs, self.eos_token_ids)
-        # Grammar masks are host work: computed on their own thread while the model runs.
-        masks = self._host_work.submit(grammar_bitmask, seqs, self.grammars)
-        logits = self.runner.run(chunks)
-        return sample(logits, seqs, self.eos_token_ids, masks.result())
+        # Grammar work is done by the sampler on this thread, after the forward is launched and before
+        # its logits are read, and masks only where they change the draw: on a GPU (asynchronous) that
+        # overlaps the forward without a thread; on a CPU a thread filling every mask during the forward
+        # competed with it for the cores (both ran slower).
+        return sample(self.runner.run(chunks), seqs, self.eos_token_ids, self.grammars)
 
     def execute_isolated(self, chunks: list[Chunk]) -> ExecutedStep:
         """`execute`, but when the batch raises, each chunk runs again alone so that only the requests

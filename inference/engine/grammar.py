@@ -7,8 +7,10 @@ step the sampler asks for the allowed tokens of every constrained sequence at on
 
 A grammar alone does not make a model stop: a random model can open strings and arrays forever.
 So when a sequence's token budget gets close to the shortest way to finish what it has opened, the
-mask narrows to that way (closing quotes and brackets, then end of sequence), and the output is
-complete and valid rather than cut off. Only if even that does not fit does it end with `length`.
+output follows that way (closing quotes and brackets, then end of sequence), and is complete and valid
+rather than cut off. Near the end of the budget a token that would open more than the rest of the budget
+can close (a second tool call, say) is not taken: the output closes instead. Only if even the way to the
+end does not fit does it end with `length`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ _GROWTH_MARGIN = 8
 # _RECHECK_EVERY steps before (it grows by about a token per step at most, so no check is missed).
 _CHECK_WINDOW = _GROWTH_MARGIN + 8
 _RECHECK_EVERY = 8
+# But one token can also open a long mandatory structure (`<tool_call>` and the call's JSON): within
+# this many tokens of the end, every token is checked to leave a way to the end that fits the budget.
+_JUMP_WINDOW = 128
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -216,15 +221,17 @@ class GrammarState:
         self.matcher = compiled.matcher.deep_copy()
         self._closing_estimate = 0
         self._steps_since_check = _RECHECK_EVERY
-        self._closing: list[int] | None = None  # the way to the end being followed, once closing began
+        # The way to the end being followed once closing began, reversed: its next token is the last.
+        self._closing: list[int] = []
 
     def forced_token(self, remaining: int) -> int | None:
         """The token to take now so that the output can still end within `remaining` tokens, if the
-        budget is that tight. The closing distance grows by a few tokens at most per step, so it is
-        walked every step only near the end of the budget, now and then before, and not again once
-        the sequence follows it."""
+        budget is that tight. Call once per step. The closing distance grows by a few tokens at most
+        per step (`keep_within_budget` catches the tokens that open more), so it is walked every step
+        only near the end of the budget, now and then before, and not again once the sequence follows
+        it."""
         if self._closing:
-            return self._closing[0]
+            return self._closing[-1]
         self._steps_since_check += 1
         near_end = remaining <= self._closing_estimate + _CHECK_WINDOW
         if not near_end and self._steps_since_check < _RECHECK_EVERY:
@@ -236,33 +243,46 @@ class GrammarState:
         self._closing_estimate = len(path)
         if len(path) + _GROWTH_MARGIN < remaining:
             return None
-        self._closing = path
+        self._closing = path[::-1]
+        return path[0]
+
+    def allows(self, token_id: int) -> bool:
+        return self.matcher.validate_tokens([token_id]) == 1
+
+    def keep_within_budget(self, token_id: int, remaining: int) -> int:
+        """`token_id` (an allowed token), unless after it the output could no longer end within the
+        `remaining` tokens (this one included): then the first token of the way to the end, which the
+        output follows from then on. Checked only near the end of the budget, where such a token can
+        matter."""
+        if self._closing or remaining > self._closing_estimate + _JUMP_WINDOW:
+            return token_id
+        after = self.matcher.deep_copy()
+        if after.consume_token(token_id) and self.compiler.closing_path(after, remaining - 1) is not None:
+            return token_id
+        path = self.compiler.closing_path(self.matcher, remaining)
+        if not path:  # no way to the end fits either way
+            return token_id
+        self._closing_estimate = len(path)
+        self._closing = path[::-1]
         return path[0]
 
     def accept(self, token_id: int) -> bool:
         """Advance past `token_id`; True when the grammar is complete (or broken) and the output ends."""
         if self._closing:
-            self._closing = self._closing[1:] if self._closing[0] == token_id else None
+            if self._closing[-1] == token_id:
+                self._closing.pop()
+            else:
+                self._closing = []
         self.matcher.consume_token(token_id)
         return self.matcher.is_stopped()
 
 
-def fill_bitmask(
-    compiler: GrammarCompiler, rows: Sequence[tuple[int, GrammarState, int]], batch: int
-) -> torch.Tensor:
-    """The allowed tokens of every row as a bitmask `[batch, ceil(vocab/32)]` (int32, on the host);
-    `rows` are (row, state, tokens left in its budget); rows not listed allow everything."""
-    bitmask = llguidance.torch.allocate_token_bitmask(batch, compiler.vocab_size)
-    free = []
-    for row, state, remaining in rows:
-        token = state.forced_token(remaining)
-        if token is None:
-            free.append((state.matcher, row))
-        else:
-            bitmask[row] = 0
-            bitmask[row, token // 32] = 1 << (token % 32) if token % 32 != 31 else -(2**31)
-    if free:
-        llguidance.torch.fill_next_token_bitmask_par(compiler.executor, free, bitmask)
+def fill_bitmask(compiler: GrammarCompiler, matchers: Sequence[llguidance.LLMatcher]) -> torch.Tensor:
+    """The tokens each matcher allows next, as a bitmask `[len(matchers), ceil(vocab/32)]` (int32, on
+    the host)."""
+    bitmask = llguidance.torch.allocate_token_bitmask(len(matchers), compiler.vocab_size)
+    rows = [(matcher, row) for row, matcher in enumerate(matchers)]
+    llguidance.torch.fill_next_token_bitmask_par(compiler.executor, rows, bitmask)
     return bitmask
 
 

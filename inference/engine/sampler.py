@@ -5,6 +5,12 @@ In order, as vLLM applies them: grammar masks, end-of-sequence suppression befor
 draw. Log-probabilities are those of the model's own logits (before any of this), as OpenAI
 reports them. Each step runs only the parts that some row of the batch asks for.
 
+Grammar masks are computed only where they change the draw (as llama.cpp's sampler does): a row whose
+draw is an argmax of its logits plus noise (greedy, or temperature alone) draws the token the mask
+would let it draw whenever its unmasked choice is allowed, so only the rows whose choice the grammar
+rejects are masked and drawn again. Top-k, top-p and min-p keep a set of tokens that depends on which
+tokens are allowed, so rows that use them are always masked.
+
 Randomness is counter-based: the noise for token `t` of a request's output position `p` is a hash of
 (seed, p, t). A seeded request therefore draws the same tokens whatever else shares its batch and
 however often it is preempted and recomputed, and no per-request generator state is kept.
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from inference.engine.grammar import GrammarCompiler, fill_bitmask, unpack_bitmask
-from inference.engine.request import TokenLogprobs
+from inference.engine.request import SamplingParams, TokenLogprobs
 from inference.engine.sequence import Sequence
 
 _MASK32 = 0xFFFFFFFF
@@ -79,16 +85,6 @@ def _mask_unless_empty(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tens
     masked = logits.masked_fill(banned, float("-inf"))
     empty = torch.isneginf(masked).all(-1, keepdim=True)
     return torch.where(empty, logits, masked)
-
-
-def grammar_bitmask(seqs: Rows[Sequence], compiler: GrammarCompiler | None) -> torch.Tensor | None:
-    """The allowed tokens of the constrained rows (host work, done while the model runs), or None."""
-    rows = [
-        (row, seq.grammar, seq.remaining_tokens) for row, seq in enumerate(seqs) if seq.grammar is not None
-    ]
-    if not rows or compiler is None:
-        return None
-    return fill_bitmask(compiler, rows, len(seqs))
 
 
 def _apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor | None) -> None:
@@ -181,7 +177,9 @@ def _filter(scaled: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
             probabilities = ordered.masked_fill(drop, float("-inf")).softmax(-1)
             # Drop a token once the tokens more likely than it cover top_p; the first always stays.
             covered = probabilities.cumsum(-1) - probabilities
-            drop |= covered >= _column(top_p, scaled)[:, None]
+            # Rows without top-p keep every token, whatever rounding does to their sums.
+            cutoffs = _column([p if p < 1.0 else float("inf") for p in top_p], scaled)
+            drop |= covered >= cutoffs[:, None]
         drop[:, 0] = False
         scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
     if max(min_p) > 0.0:
@@ -191,7 +189,8 @@ def _filter(scaled: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
     return scaled
 
 
-def _choose(logits: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
+def choose(logits: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
+    """Each row's token from its processed logits: the argmax, or a draw (temperature, filters, noise)."""
     chosen = argmax(logits)
     drawn = [row for row, seq in enumerate(seqs) if not seq.sampling.greedy]
     if not drawn:
@@ -205,6 +204,43 @@ def _choose(logits: torch.Tensor, seqs: Rows[Sequence]) -> torch.Tensor:
     positions = _column([seq.num_output_tokens for seq in picked], logits, torch.long)
     noise = gumbel_noise(seeds, positions, logits.shape[1])
     return chosen.index_copy(0, rows, argmax(scaled + noise))
+
+
+def _draws_as_argmax(params: SamplingParams) -> bool:
+    """Whether the row's draw is the argmax of its logits (plus noise), which a mask cannot change
+    unless it bans the token chosen."""
+    return params.greedy or (params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0)
+
+
+def _keep_to_grammars(
+    chosen: torch.Tensor,
+    raw: torch.Tensor,
+    rows: list[int],
+    seqs: Rows[Sequence],
+    eos_token_ids: frozenset[int],
+    compiler: GrammarCompiler,
+) -> list[int]:
+    """The tokens `chosen` without masks, made ones the constrained `rows`' grammars allow: choose,
+    validate, mask the rejected rows and choose again; then keep each row within its budget. `raw` holds
+    the model's logits of `rows` as they were before processing."""
+    # Host work first: on a GPU it overlaps the forward and the draw, which `tolist` waits for.
+    forced = [seqs[row].grammar.forced_token(seqs[row].remaining_tokens) for row in rows]
+    tokens = chosen.tolist()
+    rejected: list[int] = []  # indices into `rows`
+    for index, (row, token) in enumerate(zip(rows, forced, strict=True)):
+        if token is not None:
+            tokens[row] = token
+        elif not (_draws_as_argmax(seqs[row].sampling) and seqs[row].grammar.allows(tokens[row])):
+            rejected.append(index)
+    if rejected:
+        picked = [seqs[rows[index]] for index in rejected]
+        bitmask = fill_bitmask(compiler, [seq.grammar.matcher for seq in picked])
+        logits = process_logits(raw[rejected], picked, eos_token_ids, bitmask)
+        for index, token in zip(rejected, choose(logits, picked).tolist(), strict=True):
+            tokens[rows[index]] = token
+    for row in rows:
+        tokens[row] = seqs[row].grammar.keep_within_budget(tokens[row], seqs[row].remaining_tokens)
+    return tokens
 
 
 @torch.inference_mode()
@@ -227,12 +263,19 @@ def sample(
     logits: torch.Tensor,
     seqs: Rows[Sequence],
     eos_token_ids: frozenset[int] = frozenset(),
-    bitmask: torch.Tensor | None = None,
+    grammars: GrammarCompiler | None = None,
 ) -> Sampled:
     """One token per row of `logits` `[S, vocab]` (float32, modified in place), and its log-probabilities
-    where the request asked; `bitmask` is `grammar_bitmask` of the same rows."""
+    where the request asked; rows with a grammar keep to it when `grammars` is given."""
     log_probs = logits.log_softmax(-1) if any(seq.sampling.logprobs for seq in seqs) else None
-    chosen = _choose(process_logits(logits, seqs, eos_token_ids, bitmask), seqs)
+    constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None and grammars is not None]
+    raw = logits[constrained] if constrained else None  # a copy: processing works in place
+    chosen = choose(process_logits(logits, seqs, eos_token_ids), seqs)
+    if constrained:
+        tokens = _keep_to_grammars(chosen, raw, constrained, seqs, eos_token_ids, grammars)
+        if log_probs is None:
+            return Sampled(tokens, [None] * len(seqs))
+        chosen = _column(tokens, logits, torch.long)
     if log_probs is None:
         return Sampled(chosen.tolist(), [None] * len(seqs))
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from inference.api.schemas import Tool
 from inference.api.tools import StreamingToolParser, forced_call_grammar, parse_reply, template_tool_parser
-from inference.engine.grammar import GrammarCompiler, GrammarState, fill_bitmask, unpack_bitmask
+from inference.engine.grammar import GrammarCompiler
 from inference.tiny_model import CHAT_TEMPLATE, byte_level_tokenizer
+
+from .grammar_walk import random_constrained_output
 
 HERMES = (
     'Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
@@ -64,17 +65,8 @@ def test_a_forced_call_is_always_well_formed(parser: str) -> None:
     compiler = GrammarCompiler(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
     tools = [Tool.model_validate(tool) for tool in (WEATHER, NOOP)]
     grammar = compiler.compile(forced_call_grammar(parser, tools, None, parallel=False))
-    rng = random.Random(0)
-    for _ in range(10):
-        state, output = GrammarState(compiler, grammar), []
-        for remaining in range(80, 0, -1):
-            allowed = unpack_bitmask(fill_bitmask(compiler, [(0, state, remaining)], 1), compiler.vocab_size)
-            token = rng.choice(allowed[0].nonzero()[:, 0].tolist())
-            if token in compiler.eos_token_ids:
-                break
-            output.append(token)
-            if state.accept(token):
-                break
+    for seed in range(10):
+        output = random_constrained_output(compiler, grammar, 80, seed)
         reply = compiler.tokenizer.decode_bytes(output).decode(errors="replace")
         calls = parse_reply(parser, reply).tool_calls
         assert len(calls) == 1 and calls[0].function.name in {"get_weather", "noop"}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from inference.engine.grammar import GrammarCompiler, GrammarSpec, GrammarState, fill_bitmask, unpack_bitmask
-from inference.engine.request import InvalidGrammarError
+from inference.config import ServerConfig
+from inference.engine.core import EngineCore
+from inference.engine.grammar import GrammarCompiler, GrammarSpec
+from inference.engine.request import GenerationRequest, InvalidGrammarError, SamplingParams
+from inference.engine.sequence import Sequence
+from inference.model_loading import LoadedModel
 from inference.tiny_model import byte_level_tokenizer
+
+from .grammar_walk import random_constrained_output
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +41,21 @@ def test_a_bad_regex_is_refused_and_a_good_one_cached(compiler: GrammarCompiler)
 def test_random_walks_end_as_valid_json_within_the_budget(compiler: GrammarCompiler, budget: int) -> None:
     schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}}
     grammar = compiler.compile(GrammarSpec.json_schema(schema))
-    rng = random.Random(budget)
-    for _ in range(20):
-        state, output = GrammarState(compiler, grammar), []
-        for remaining in range(budget, 0, -1):
-            allowed = unpack_bitmask(fill_bitmask(compiler, [(0, state, remaining)], 1), compiler.vocab_size)
-            token = rng.choice(allowed[0].nonzero()[:, 0].tolist())
-            if token in compiler.eos_token_ids:
-                break
-            output.append(token)
-            if state.accept(token):
-                break
+    for seed in range(20):
+        output = random_constrained_output(compiler, grammar, budget, seed)
         assert isinstance(json.loads(compiler.tokenizer.decode_bytes(output)), dict)
+
+
+def test_a_token_that_opens_more_than_the_budget_can_close_is_not_taken(tiny_loaded: LoadedModel) -> None:
+    # Each item is 28 mandatory tokens once its `<` is taken. The model is made to want `<` whenever it
+    # can: after one item, 21 tokens are left, too few for a second, so the output must end there.
+    core = EngineCore(tiny_loaded, ServerConfig(max_num_seqs=1))
+    grammar = core.compile_grammar(GrammarSpec("regex", "(<c>x{25})+"))
+    (opener,) = tiny_loaded.tokenizer.encode("<", add_special_tokens=False)
+    sampling = SamplingParams(max_tokens=50, temperature=0.0, logit_bias={opener: 100.0}, grammar=grammar)
+    seq = Sequence.from_request(GenerationRequest("r", [1, 2, 3], sampling), 0.0, core.grammars)
+    core.add(seq)
+    while not seq.is_finished:
+        core.step()
+    text = tiny_loaded.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
+    assert (text, seq.finish_reason) == ("<c>" + "x" * 25, "stop")

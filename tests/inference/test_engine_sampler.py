@@ -6,9 +6,11 @@ import math
 
 import torch
 
+from inference.engine.grammar import GrammarCompiler, GrammarSpec, GrammarState, fill_bitmask, unpack_bitmask
 from inference.engine.request import GenerationRequest, SamplingParams
-from inference.engine.sampler import argmax, process_logits, sample
+from inference.engine.sampler import argmax, choose, process_logits, sample
 from inference.engine.sequence import Sequence
+from inference.tiny_model import byte_level_tokenizer
 
 VOCAB = 50
 
@@ -133,3 +135,47 @@ def test_logprobs_are_the_models_own_log_softmax():
     top = torch.topk(reference, 3)
     assert [token for token, _ in entry.top] == top.indices.tolist()
     assert [value for _, value in entry.top] == top.values.tolist()
+
+
+def test_grammar_rows_draw_what_an_always_applied_mask_draws() -> None:
+    """Masks are applied only to rows whose unmasked choice the grammar rejects; the tokens (greedy and
+    seeded draws alike, with processing) must be those of masking every row first, and the logprobs the
+    model's own."""
+    tokenizer = byte_level_tokenizer()
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
+    schema = {"type": "array", "items": {"type": "string"}, "minItems": 20}
+    grammar = compiler.compile(GrammarSpec.json_schema(schema))
+    settings = [
+        {"temperature": 0.0, "logprobs": True},
+        {"temperature": 0.0, "repetition_penalty": 1.5},
+        {"temperature": 1.0, "seed": 1},
+        {"temperature": 2.0, "seed": 2, "logit_bias": {ord("a"): 3.0}},
+        {"temperature": 1.0, "seed": 3, "top_p": 0.3},
+        {"temperature": 1.0, "seed": 4, "min_p": 0.3},
+        {"temperature": 1.0, "seed": 5, "top_k": 3},
+    ]
+
+    def constrained_rows() -> list[Sequence]:
+        seqs = [_sequence(max_tokens=1000, grammar=grammar, **params) for params in settings]
+        for seq in seqs:
+            seq.grammar = GrammarState(compiler, grammar)
+        return seqs
+
+    speculative, masked = constrained_rows(), constrained_rows()
+    generator = torch.Generator().manual_seed(0)
+    kept = rejected = 0
+    for _ in range(40):
+        logits = torch.randn(len(settings), compiler.vocab_size, generator=generator)
+        bitmask = fill_bitmask(compiler, [seq.grammar.matcher for seq in masked])
+        expected = choose(process_logits(logits.clone(), masked, compiler.eos_token_ids, bitmask), masked)
+        unmasked = choose(process_logits(logits.clone(), masked, compiler.eos_token_ids), masked)
+        allowed = unpack_bitmask(bitmask, compiler.vocab_size).gather(1, unmasked[:, None])
+        kept, rejected = kept + int(allowed.sum()), rejected + int((~allowed).sum())
+        sampled = sample(logits.clone(), speculative, compiler.eos_token_ids, compiler)
+        assert sampled.token_ids == expected.tolist()
+        assert sampled.logprobs[0].logprob == logits[0].log_softmax(-1)[expected[0]].item()
+        for seqs in (speculative, masked):
+            for seq, token in zip(seqs, expected.tolist(), strict=True):
+                seq.token_ids.append(token)
+                seq.grammar.accept(token)
+    assert kept > 0 and rejected > 0  # both ways were taken

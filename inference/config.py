@@ -88,10 +88,12 @@ class ServerConfig(BaseSettings):
     enable_prefix_caching: bool = Field(
         True, description="Reuse the KV cache of prompt prefixes already computed (hashed full blocks)."
     )
-    attention_backend: Literal["auto", "sdpa", "triton"] = Field(
+    attention_backend: Literal["auto", "sdpa", "triton", "compiled"] = Field(
         "auto",
         description="Decode attention: triton reads K/V straight from the KV block pool (needs the gpu "
-        "extra and CUDA); sdpa attends over blocks gathered per step; auto picks triton on CUDA.",
+        "extra and CUDA); compiled does too, compiled by torch.compile (the CPU's; needs a C++ "
+        "compiler); sdpa attends over blocks gathered per step; auto picks triton on CUDA, compiled "
+        "on the CPU.",
     )
     enforce_eager: bool = Field(
         False, description="Run decode steps eagerly instead of replaying captured CUDA graphs."

@@ -7,7 +7,9 @@ isolates failures: what one request's computation raises ends that request alone
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +18,7 @@ from inference.config import ServerConfig
 from inference.engine import fault_injection
 from inference.engine.architectures import check_supported
 from inference.engine.block_manager import BlockManager
+from inference.engine.compiled_decode import untied_sizes
 from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
@@ -34,6 +37,8 @@ from inference.engine.scheduler import Chunk, Scheduler
 from inference.engine.sequence import Sequence, SequenceStatus
 from inference.lora import BASE_LORA_ID
 from inference.model_loading import LoadedModel
+
+logger = logging.getLogger(__name__)
 
 # Without an explicit budget, the KV cache takes this share of the memory free after loading.
 _CUDA_FREE_MEMORY_SHARE = 0.85
@@ -276,12 +281,17 @@ class EngineCore:
         return StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason, cached))
 
     def warm_up(self) -> int:
-        """Generate one token from a one-token prompt, so that ready means the model produces output."""
-        sampling = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        """Generate two tokens from a one-token prompt, a prefill and a decode step: ready then means
+        that the model produces output and that the decode kernel is compiled (logged, as it can take
+        seconds). Returns the first token."""
+        started = time.perf_counter()
+        sampling = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         seq = Sequence("warm-up", [0], sampling, arrival_time=0.0)
         self.add(seq)
-        while not seq.is_finished:
-            self.step()
+        with untied_sizes():
+            while not seq.is_finished:
+                self.step()
+        logger.info("warm-up (first prefill and decode steps) took %.1f s", time.perf_counter() - started)
         return seq.output_token_ids[0]
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:

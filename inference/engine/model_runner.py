@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import sysconfig
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -229,19 +231,42 @@ def _replayable(inputs: StepInputs, max_batch: int) -> bool:
 
 def pick_decode_kernel(backend: str, device: torch.device, block_size: int) -> DecodeKernel | None:
     """The paged decode kernel for `attention_backend`, or None for attention over gathered blocks."""
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        return _triton_kernel(backend, device, block_size)
+    if backend == "compiled" or (backend == "auto" and device.type == "cpu" and _can_compile_cpu_kernels()):
+        from inference.engine.compiled_decode import paged_decode_attention
+
+        return paged_decode_attention
+    return None
+
+
+def _triton_kernel(backend: str, device: torch.device, block_size: int) -> DecodeKernel | None:
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     usable = importlib.util.find_spec("triton") is not None and (device.type == "cuda" or interpreted)
     power_of_two = block_size & (block_size - 1) == 0
-    if backend == "triton" and not (usable and power_of_two):
+    if not (usable and power_of_two):
+        if backend == "auto":
+            return None
         raise ValueError(
             "attention_backend=triton needs triton (the gpu extra), a CUDA device and a power-of-two "
             f"kv_cache_block_size (got device {device.type}, block size {block_size})"
         )
-    if backend == "triton" or (backend == "auto" and device.type == "cuda" and usable and power_of_two):
-        from inference.engine.paged_decode import paged_decode_attention
+    from inference.engine.paged_decode import paged_decode_attention
 
-        return paged_decode_attention
-    return None
+    return paged_decode_attention
+
+
+def _can_compile_cpu_kernels() -> bool:
+    """Whether torch.compile can build CPU kernels here: it compiles C++ against Python's headers.
+    Without them, decodes on the CPU attend over gathered blocks."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return False
+    return Path(sysconfig.get_paths()["include"], "Python.h").exists()
 
 
 def _lora_segments(

@@ -190,13 +190,20 @@ class GrammarCompiler:
         return best
 
     def way_through(self, matcher: llguidance.LLMatcher, tokens: list[int]) -> list[int] | None:
-        """`tokens` as a way to the end from `matcher` (with the end of sequence it then needs, or
-        without one it does not), or None if they do not lead to an end."""
-        body = tokens[:-1] if tokens and tokens[-1] in self.eos_token_ids else tokens
-        if matcher.validate_tokens(body) != len(body):  # cheap, so first
-            return None
+        """`tokens`, a way to the end from elsewhere, if `matcher` takes every one of them. A cheap check:
+        exact when the way ends with end of sequence (taken only where the grammar accepts), trusting
+        that the last token still completes the grammar otherwise (`confirmed_way` makes sure)."""
+        if not tokens:
+            return tokens if matcher.is_stopped() else None
+        return tokens if matcher.validate_tokens(tokens) == len(tokens) else None
+
+    def confirmed_way(self, matcher: llguidance.LLMatcher, way: list[int]) -> list[int] | None:
+        """`way` if it takes `matcher` to the end (plus the end of sequence, or less it, as the grammar
+        then needs), else None."""
+        body = way[:-1] if way and way[-1] in self.eos_token_ids else way
         walker = matcher.deep_copy()
-        walker.consume_tokens(body)
+        if not walker.consume_tokens(body):
+            return None
         if walker.is_stopped():
             return body
         return [*body, min(self.eos_token_ids)] if walker.is_accepting() else None
@@ -255,7 +262,9 @@ class GrammarState:
 
     Near the end of the budget the way is kept up to date from one step to the next: the token taken
     is the way's first, takes its place (another character of a string) or comes before it, which a
-    cheap check tells; only a token that changes the structure costs a new walk.
+    cheap check tells; only a token that changes the structure costs a new walk. The cheap check can
+    miss what a token opens only when the way's own tokens then read as its content (a quote before
+    closing brackets), so the way is confirmed when closing starts, a few tokens early.
     """
 
     def __init__(self, compiler: GrammarCompiler, compiled: CompiledGrammar) -> None:
@@ -273,8 +282,17 @@ class GrammarState:
         way = self._known_way(remaining)
         if not way or (not self._closing and len(way) + _CLOSING_MARGIN < remaining):
             return None
-        self._closing = True
-        return way[0]
+        return self._close(remaining)
+
+    def _close(self, remaining: int) -> int | None:
+        """Start following the way to the end (confirmed first: a way carried from step to step was
+        only checked cheaply), and return its first token; None if no way fits."""
+        if not self._closing:
+            way = self.compiler.confirmed_way(self.matcher, self._way or [])
+            if way is None or len(way) > remaining:
+                way = self.compiler.closing_path(self.matcher, remaining)
+            self._way, self._closing = way, bool(way)
+        return self._way[0] if self._way else None
 
     def _known_way(self, remaining: int) -> list[int] | None:
         if self._way is None:
@@ -296,11 +314,11 @@ class GrammarState:
         if self._closing or not way or remaining > len(way) + _END_WINDOW:
             return token_id
         after = self.compiler.way_after(self.matcher, token_id, way, remaining - 1)
-        if after is None:
-            self._closing = True
-            token_id, after = way[0], way[1:]
-        self._checked = (token_id, after)
-        return token_id
+        if after is not None:
+            self._checked = (token_id, after)
+            return token_id
+        closing = self._close(remaining)
+        return token_id if closing is None else closing
 
     def accept(self, token_id: int) -> bool:
         """Advance past `token_id`; True when the grammar is complete (or broken) and the output ends."""

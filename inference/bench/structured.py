@@ -7,6 +7,11 @@ a busy machine. Each request's schema is one string field with a minimum length 
 budget, so that constrained outputs run about as long as plain ones (the grammar closes the string as
 the budget runs out) and output tokens/s compares like with like. The report also gives the mean
 compile time of a new schema (every request compiles its own) and of one from the cache.
+
+With a minimum length near the budget, the shortest way to the end fills the budget from the first
+token, so every token is the grammar's and none the model's: `--min-length-share 0.5` asks for half
+the budget instead, and the model writes the rest of the string, its tokens checked (and masked where
+the grammar rejects them) as a model's output is.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from inference.model_loading import LoadedModel, load_model
 _SCHEMA_OVERHEAD_TOKENS = 16
 
 
-def schema_for(max_tokens: int) -> dict[str, object]:
+def schema_for(max_tokens: int, min_length_share: float = 1.0) -> dict[str, object]:
     """One string field long enough that the output runs to about `max_tokens`, as the plain one does:
-    otherwise a schema run would count fewer tokens in as many steps and look slower for it alone."""
-    answer = {"type": "string", "minLength": max(0, max_tokens - _SCHEMA_OVERHEAD_TOKENS)}
+    otherwise a schema run would count fewer tokens in as many steps and look slower for it alone.
+    With a `min_length_share` below 1 the string must fill only that share of the budget."""
+    min_length = round(min_length_share * max_tokens) - _SCHEMA_OVERHEAD_TOKENS
+    answer = {"type": "string", "minLength": max(0, min_length)}
     return {"type": "object", "properties": {"answer": answer}, "required": ["answer"],
             "additionalProperties": False}  # fmt: skip
 
@@ -51,6 +58,7 @@ class StructuredBenchSettings:
     repeats: int = 1
     seed: int = 0
     torch_threads: int | None = None
+    min_length_share: float = 1.0
 
 
 def run_once(loaded: LoadedModel, settings: StructuredBenchSettings, constrained: bool) -> dict[str, object]:
@@ -62,7 +70,8 @@ def run_once(loaded: LoadedModel, settings: StructuredBenchSettings, constrained
 
     async def main() -> tuple[list, float, float]:
         async with AsyncEngine(loaded, config) as engine:
-            specs = [GrammarSpec.json_schema(schema_for(item.max_tokens)) for item in workload]
+            schemas = [schema_for(item.max_tokens, settings.min_length_share) for item in workload]
+            specs = [GrammarSpec.json_schema(schema) for schema in schemas]
             # Each request compiles its schema (most are new to the cache), as a server would.
             started = time.perf_counter()
             grammars = [engine.compile_grammar(spec) for spec in specs] if constrained else None
@@ -88,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     settings = StructuredBenchSettings(
         model_path=args.model_path, device=args.device, dtype=args.dtype, num_requests=args.num_requests,
         max_num_seqs=args.max_num_seqs, repeats=args.repeats, seed=args.seed, torch_threads=args.threads,
+        min_length_share=args.min_length_share,
     )  # fmt: skip
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
     loaded = load_model(
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "workload": {"num_requests": settings.num_requests, "prompt_tokens": settings.prompt_tokens,
                      "output_tokens": settings.output_tokens, "seed": settings.seed,
-                     "schema": schema_for(settings.output_tokens[1])},
+                     "schema": schema_for(settings.output_tokens[1], settings.min_length_share)},
         "repeats": settings.repeats,
         "output_tokens_per_s": {"schema_off": off, "schema_on": on},
         "output_tokens": {"schema_off": median(False, "output_tokens"),
@@ -134,4 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of each setting")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
+    parser.add_argument(
+        "--min-length-share", type=float, default=defaults.min_length_share,
+        help="share of each request's budget the schema's string must fill (1: all, every token forced)",
+    )  # fmt: skip
     return parser

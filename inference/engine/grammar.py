@@ -46,9 +46,9 @@ _CACHE_SIZE = 256
 _CLOSER_ORDERS = (('"', "}", "]", "0", ","), ("}", "]", '"', "0", ","))
 # Tokens that open something new are never taken on the way to the end.
 _OPENERS = frozenset(("{", "[", '"'))
-# Closing starts this many tokens before the budget strictly needs it: the way is then followed without
-# masks or checks.
-_CLOSING_MARGIN = 8
+# Closing starts this many tokens before the budget strictly needs it, room for a way that the cheap
+# check of a token underestimated (see GrammarState) to be walked again and still fit.
+_CLOSING_MARGIN = 4
 # Within this many tokens of the way to the end, the way is kept up to date every step and every token
 # is checked to leave one that fits the budget (one token can open a long mandatory structure: a
 # second `<tool_call>` and its JSON). Before, it is walked every _RECHECK_EVERY steps.
@@ -190,12 +190,16 @@ class GrammarCompiler:
         return best
 
     def way_through(self, matcher: llguidance.LLMatcher, tokens: list[int]) -> list[int] | None:
-        """`tokens`, a way to the end from elsewhere, if `matcher` takes every one of them. A cheap check:
-        exact when the way ends with end of sequence (taken only where the grammar accepts), trusting
-        that the last token still completes the grammar otherwise (`confirmed_way` makes sure)."""
+        """`tokens`, a way to the end from elsewhere, if it is one from `matcher` as far as one validation
+        tells: exactly for a way that ends with end of sequence (taken only where the grammar accepts);
+        for one that ends by completing the grammar, by its last token not being taken once more (a
+        complete grammar takes nothing; a string opened before the way's closing brackets takes them
+        again). `confirmed_way` makes sure."""
         if not tokens:
             return tokens if matcher.is_stopped() else None
-        return tokens if matcher.validate_tokens(tokens) == len(tokens) else None
+        if tokens[-1] in self.eos_token_ids:
+            return tokens if matcher.validate_tokens(tokens) == len(tokens) else None
+        return tokens if matcher.validate_tokens([*tokens, tokens[-1]]) == len(tokens) else None
 
     def confirmed_way(self, matcher: llguidance.LLMatcher, way: list[int]) -> list[int] | None:
         """`way` if it takes `matcher` to the end (plus the end of sequence, or less it, as the grammar
@@ -262,9 +266,8 @@ class GrammarState:
 
     Near the end of the budget the way is kept up to date from one step to the next: the token taken
     is the way's first, takes its place (another character of a string) or comes before it, which a
-    cheap check tells; only a token that changes the structure costs a new walk. The cheap check can
-    miss what a token opens only when the way's own tokens then read as its content (a quote before
-    closing brackets), so the way is confirmed when closing starts, a few tokens early.
+    cheap check tells; only a token that changes the structure costs a new walk. The check can be
+    fooled, so the way is confirmed when closing starts, a few tokens early.
     """
 
     def __init__(self, compiler: GrammarCompiler, compiled: CompiledGrammar) -> None:

@@ -136,6 +136,9 @@ def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
         summary = report["burst"][system]
         share = summary["model_flops_per_s"] / machine["matmul_flops_per_s"]
         assert summary["share_of_matmul_flops_per_s"] == share
+        # At the matmul rate, the system's FLOP/s would be the matmul rate: the ceiling scales by 1/share.
+        ceiling = report["burst"]["output_tokens_per_s_at_matmul_rate"]
+        assert ceiling == pytest.approx(summary["output_tokens_per_s"] / share)
 
 
 @pytest.mark.slow

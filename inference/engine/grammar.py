@@ -3,7 +3,8 @@
 A request's grammar (a JSON schema, a regex, a choice of strings, a Lark grammar) is compiled when
 the request arrives, so that a bad one is a 400 and not a failure mid-generation; compiled grammars
 are cached by their text. Each sequence gets its own matcher, a copy of the compiled one. Every
-step the sampler asks for the allowed tokens of every constrained sequence at once, as one bitmask.
+step the sampler checks each constrained sequence's token, and asks for the allowed tokens of those
+it rejects at once, as one bitmask.
 
 A grammar alone does not make a model stop: a random model can open strings and arrays forever.
 So when a sequence's token budget gets close to the shortest way to finish what it has opened, the
@@ -45,16 +46,16 @@ _CACHE_SIZE = 256
 _CLOSER_ORDERS = (('"', "}", "]", "0", ","), ("}", "]", '"', "0", ","))
 # Tokens that open something new are never taken on the way to the end.
 _OPENERS = frozenset(("{", "[", '"'))
-# One token the model picks can lengthen the way to the end by a few tokens (a `{`, the first byte of
-# a four-byte character), so closing starts this many tokens before the budget strictly needs it.
-_GROWTH_MARGIN = 8
-# The way to the end is walked every step once the budget is within this of it, and every
-# _RECHECK_EVERY steps before (it grows by about a token per step at most, so no check is missed).
-_CHECK_WINDOW = _GROWTH_MARGIN + 8
+# Closing starts this many tokens before the budget strictly needs it: the way is then followed without
+# masks or checks.
+_CLOSING_MARGIN = 8
+# Within this many tokens of the way to the end, the way is kept up to date every step and every token
+# is checked to leave one that fits the budget (one token can open a long mandatory structure: a
+# second `<tool_call>` and its JSON). Before, it is walked every _RECHECK_EVERY steps.
+_END_WINDOW = 128
 _RECHECK_EVERY = 8
-# But one token can also open a long mandatory structure (`<tool_call>` and the call's JSON): within
-# this many tokens of the end, every token is checked to leave a way to the end that fits the budget.
-_JUMP_WINDOW = 128
+# A token off the known way often rejoins it within a step or two (the bytes of one character).
+_REJOIN_STEPS = 3
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -69,6 +70,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 
 _BYTE_LEVEL_BYTES = _byte_level_alphabet()
+_ALLOWED = 200  # llguidance's logit bias of an allowed token
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,42 @@ class GrammarCompiler:
             best = path if path is not None else best
         return best
 
+    def way_through(self, matcher: llguidance.LLMatcher, tokens: list[int]) -> list[int] | None:
+        """`tokens` as a way to the end from `matcher` (with the end of sequence it then needs, or
+        without one it does not), or None if they do not lead to an end."""
+        body = tokens[:-1] if tokens and tokens[-1] in self.eos_token_ids else tokens
+        if matcher.validate_tokens(body) != len(body):  # cheap, so first
+            return None
+        walker = matcher.deep_copy()
+        walker.consume_tokens(body)
+        if walker.is_stopped():
+            return body
+        return [*body, min(self.eos_token_ids)] if walker.is_accepting() else None
+
+    def way_after(
+        self, matcher: llguidance.LLMatcher, token_id: int, way: list[int], limit: int
+    ) -> list[int] | None:
+        """A way to the end after `token_id` (an allowed token) of at most `limit` tokens, given `way`,
+        one from `matcher`; or None. Usually `way` rejoined within a few steps (`token_id` takes the
+        place of its first token, as another character of a string does, or comes before it), else a
+        new walk."""
+        if way and token_id == way[0]:
+            return way[1:] if len(way) - 1 <= limit else None
+        after = matcher.deep_copy()
+        if not after.consume_token(token_id):
+            return None
+        walker, detour = after.deep_copy(), []
+        for _ in range(_REJOIN_STEPS):
+            for tail in (way[1:], way):
+                rest = self.way_through(walker, tail)
+                if rest is not None:
+                    return [*detour, *rest] if len(detour) + len(rest) <= limit else None
+            step = walker.compute_ff_tokens() or self._next_closer(walker, self._closer_orders[0])
+            if not step or not walker.consume_tokens(step):
+                break
+            detour.extend(step)
+        return self.closing_path(after, limit)
+
     def _walk(self, matcher: llguidance.LLMatcher, limit: int, closers: Sequence[int]) -> list[int] | None:
         walker = matcher.deep_copy()
         path: list[int] = []
@@ -205,74 +243,76 @@ class GrammarCompiler:
         for token in closers:
             if walker.validate_tokens([token]) == 1:
                 return [token]
-        allowed = llguidance.torch.allocate_token_bitmask(1, self.vocab_size)
-        llguidance.torch.fill_next_token_bitmask(walker, allowed)
-        for token in unpack_bitmask(allowed, self.vocab_size)[0].nonzero()[:, 0].tolist():
-            if token not in self._openers and token not in self.eos_token_ids:
-                return [token]
-        return []
+        allowed = walker.compute_logit_bias()  # a byte per token: nonzero where allowed
+        token = allowed.find(_ALLOWED)
+        while token in self._openers or token in self.eos_token_ids:
+            token = allowed.find(_ALLOWED, token + 1)
+        return [token] if token >= 0 else []
 
 
 class GrammarState:
-    """One sequence's progress through its grammar."""
+    """One sequence's progress through its grammar, and a way to its end (when known).
+
+    Near the end of the budget the way is kept up to date from one step to the next: the token taken
+    is the way's first, takes its place (another character of a string) or comes before it, which a
+    cheap check tells; only a token that changes the structure costs a new walk.
+    """
 
     def __init__(self, compiler: GrammarCompiler, compiled: CompiledGrammar) -> None:
         self.compiler = compiler
         self.matcher = compiled.matcher.deep_copy()
-        self._closing_estimate = 0
-        self._steps_since_check = _RECHECK_EVERY
-        # The way to the end being followed once closing began, reversed: its next token is the last.
-        self._closing: list[int] = []
+        self._way: list[int] | None = None  # a way to the end from here, if known
+        self._way_length = 0  # its length when last known
+        self._closing = False  # the output follows the way to the end
+        self._steps_unknown = _RECHECK_EVERY
+        self._checked: tuple[int, list[int]] | None = None  # a token checked this step, the way after it
 
     def forced_token(self, remaining: int) -> int | None:
         """The token to take now so that the output can still end within `remaining` tokens, if the
-        budget is that tight. Call once per step. The closing distance grows by a few tokens at most
-        per step (`keep_within_budget` catches the tokens that open more), so it is walked every step
-        only near the end of the budget, now and then before, and not again once the sequence follows
-        it."""
-        if self._closing:
-            return self._closing[-1]
-        self._steps_since_check += 1
-        near_end = remaining <= self._closing_estimate + _CHECK_WINDOW
-        if not near_end and self._steps_since_check < _RECHECK_EVERY:
+        budget is that tight. Call once per step, before `keep_within_budget`."""
+        way = self._known_way(remaining)
+        if not way or (not self._closing and len(way) + _CLOSING_MARGIN < remaining):
             return None
-        self._steps_since_check = 0
-        path = self.compiler.closing_path(self.matcher, remaining)
-        if not path:
-            return None
-        self._closing_estimate = len(path)
-        if len(path) + _GROWTH_MARGIN < remaining:
-            return None
-        self._closing = path[::-1]
-        return path[0]
+        self._closing = True
+        return way[0]
+
+    def _known_way(self, remaining: int) -> list[int] | None:
+        if self._way is None:
+            self._steps_unknown += 1
+            if remaining <= self._way_length + _END_WINDOW or self._steps_unknown >= _RECHECK_EVERY:
+                self._steps_unknown = 0
+                self._way = self.compiler.closing_path(self.matcher, remaining)
+                self._way_length = self._way_length if self._way is None else len(self._way)
+        return self._way
 
     def allows(self, token_id: int) -> bool:
         return self.matcher.validate_tokens([token_id]) == 1
 
     def keep_within_budget(self, token_id: int, remaining: int) -> int:
         """`token_id` (an allowed token), unless after it the output could no longer end within the
-        `remaining` tokens (this one included): then the first token of the way to the end, which the
-        output follows from then on. Checked only near the end of the budget, where such a token can
-        matter."""
-        if self._closing or remaining > self._closing_estimate + _JUMP_WINDOW:
+        `remaining` tokens (this one included): then the way's first token, and the output follows
+        the way from then on. Checked near the end of the budget, where such a token matters."""
+        way = self._way
+        if self._closing or not way or remaining > len(way) + _END_WINDOW:
             return token_id
-        after = self.matcher.deep_copy()
-        if after.consume_token(token_id) and self.compiler.closing_path(after, remaining - 1) is not None:
-            return token_id
-        path = self.compiler.closing_path(self.matcher, remaining)
-        if not path:  # no way to the end fits either way
-            return token_id
-        self._closing_estimate = len(path)
-        self._closing = path[::-1]
-        return path[0]
+        after = self.compiler.way_after(self.matcher, token_id, way, remaining - 1)
+        if after is None:
+            self._closing = True
+            token_id, after = way[0], way[1:]
+        self._checked = (token_id, after)
+        return token_id
 
     def accept(self, token_id: int) -> bool:
         """Advance past `token_id`; True when the grammar is complete (or broken) and the output ends."""
-        if self._closing:
-            if self._closing[-1] == token_id:
-                self._closing.pop()
-            else:
-                self._closing = []
+        if self._checked is not None and self._checked[0] == token_id:
+            self._way = self._checked[1]
+        elif self._way and self._way[0] == token_id:
+            self._way = self._way[1:]
+        else:
+            self._way, self._closing = None, False
+        self._checked = None
+        if self._way is not None:
+            self._way_length = len(self._way)
         self.matcher.consume_token(token_id)
         return self.matcher.is_stopped()
 

@@ -29,7 +29,9 @@ from inference.engine.sequence import Sequence
 
 _MASK32 = 0xFFFFFFFF
 _GOLDEN32 = 0x9E3779B9
-_UNIFORM_BITS = 24
+# With 23 bits, (bits + 0.5) / 2^23 is exact in float32 and so strictly inside (0, 1); with 24 the
+# largest rounds to 1.0, whose noise is infinite and turns a masked-out token's -inf into NaN, the max.
+_UNIFORM_BITS = 23
 BAN_BIAS = -100.0
 
 

@@ -5,7 +5,10 @@ Two arrival patterns: every request at once (`burst`) and Poisson arrivals at a 
 each, the systems serve the same requests in-process (no HTTP, so that the comparison is of
 batching alone) and the run prints JSON: output tokens/s, time to first token and inter-token
 latency percentiles per system, the engine's ratios to each, and how close each came to the
-machine (model FLOP/s against the matmul FLOP/s of the model's own shapes, measured in the run).
+machine (model FLOP/s against the matmul FLOP/s of the model's own shapes, measured in the run),
+and the output tokens/s a system would reach if every FLOP of the workload ran at that matmul rate:
+a ceiling for ratios (prefill's larger matmuls can run a little faster than the decode-sized ones
+measured).
 `--peers` adds `transformers`' static padded batches and its own continuous batching to the systems;
 `--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients.
 """
@@ -199,7 +202,8 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
     def compare(rate: float | None) -> dict[str, object]:
         requests = workload(rate)
         prompt_tokens = sum(len(item.prompt_token_ids) for item in requests)
-        flops = model_flops(loaded.model, prompt_tokens, sum(item.max_tokens for item in requests))
+        output_tokens = sum(item.max_tokens for item in requests)
+        flops = model_flops(loaded.model, prompt_tokens, output_tokens)
         summaries = {}
         for name, timings in run_systems(model_dir, loaded, settings, requests).items():
             summary = summarize(timings)
@@ -214,7 +218,12 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
         }
         if "engine_http" in summaries:
             ratios["http_over_in_process"] = _ratios(summaries["engine_http"], engine)
-        return {"arrival_rate_per_s": rate, **summaries, **ratios}
+        return {
+            "arrival_rate_per_s": rate,
+            "output_tokens_per_s_at_matmul_rate": output_tokens * matmul_rate / flops,
+            **summaries,
+            **ratios,
+        }
 
     if "burst" in settings.modes:
         report["burst"] = compare(None)

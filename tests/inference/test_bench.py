@@ -97,7 +97,8 @@ def test_the_cli_prints_the_report_as_json(tiny_model_dir, capsys):
     argv = ["--model-path", str(tiny_model_dir), "--num-requests", "2", "--prompt-tokens", "3:5"]
     assert main([*argv, "--output-tokens", "2", "--modes", "burst"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed["burst"]) == {"arrival_rate_per_s", "engine", "baseline", "engine_over_baseline"}
+    expected = {"arrival_rate_per_s", "output_tokens_per_s_at_matmul_rate", "engine", "baseline"}
+    assert set(printed["burst"]) == {*expected, "engine_over_baseline"}
 
 
 def test_the_rate_flag_sets_the_steady_rate(tiny_model_dir, capsys):
@@ -136,6 +137,9 @@ def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
         summary = report["burst"][system]
         share = summary["model_flops_per_s"] / machine["matmul_flops_per_s"]
         assert summary["share_of_matmul_flops_per_s"] == share
+        # At the matmul rate, the system's FLOP/s would be the matmul rate: the ceiling scales by 1/share.
+        ceiling = report["burst"]["output_tokens_per_s_at_matmul_rate"]
+        assert ceiling == pytest.approx(summary["output_tokens_per_s"] / share)
 
 
 @pytest.mark.slow

@@ -190,13 +190,11 @@ class GrammarCompiler:
         return best
 
     def way_through(self, matcher: llguidance.LLMatcher, tokens: list[int]) -> list[int] | None:
-        """`tokens`, a way to the end from elsewhere, if it is one from `matcher` as far as one validation
-        tells: exactly for a way that ends with end of sequence (taken only where the grammar accepts);
-        for one that ends by completing the grammar, by its last token not being taken once more (a
-        complete grammar takes nothing; a string opened before the way's closing brackets takes them
-        again). `confirmed_way` makes sure."""
-        if not tokens:
-            return tokens if matcher.is_stopped() else None
+        """`tokens` (ending with a way to the end from elsewhere), if it is one from `matcher` as far as
+        one validation tells: exactly for a way that ends with end of sequence (taken only where the
+        grammar accepts); for one that ends by completing the grammar, by its last token not being taken
+        once more (a complete grammar takes nothing; a string opened before the way's closing brackets
+        takes them again). `confirmed_way` makes sure."""
         if tokens[-1] in self.eos_token_ids:
             return tokens if matcher.validate_tokens(tokens) == len(tokens) else None
         return tokens if matcher.validate_tokens([*tokens, tokens[-1]]) == len(tokens) else None
@@ -221,20 +219,30 @@ class GrammarCompiler:
         new walk."""
         if way and token_id == way[0]:
             return way[1:] if len(way) - 1 <= limit else None
+        if (rejoined := self._rejoined(matcher, [token_id], way)) is not None:
+            return rejoined[1:] if len(rejoined) - 1 <= limit else None
         after = matcher.deep_copy()
         if not after.consume_token(token_id):
             return None
         walker, detour = after.deep_copy(), []
         for _ in range(_REJOIN_STEPS):
-            for tail in (way[1:], way):
-                rest = self.way_through(walker, tail)
-                if rest is not None:
-                    return [*detour, *rest] if len(detour) + len(rest) <= limit else None
             step = walker.compute_ff_tokens() or self._next_closer(walker, self._closer_orders[0])
             if not step or not walker.consume_tokens(step):
                 break
             detour.extend(step)
+            if (rejoined := self._rejoined(walker, [], way)) is not None:
+                return [*detour, *rejoined] if len(detour) + len(rejoined) <= limit else None
         return self.closing_path(after, limit)
+
+    def _rejoined(self, matcher: llguidance.LLMatcher, prefix: list[int], way: list[int]) -> list[int] | None:
+        """`prefix` and then `way` less its first token (which the prefix stands in for) or whole, if
+        that is a way to the end from `matcher`; without any of the way's tokens, the end is confirmed."""
+        for tail in (way[1:], way):
+            tokens = [*prefix, *tail]
+            through = self.way_through(matcher, tokens) if tail else self.confirmed_way(matcher, tokens)
+            if through is not None:
+                return through
+        return None
 
     def _walk(self, matcher: llguidance.LLMatcher, limit: int, closers: Sequence[int]) -> list[int] | None:
         walker = matcher.deep_copy()

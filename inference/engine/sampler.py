@@ -222,9 +222,9 @@ def _keep_to_grammars(
     eos_token_ids: frozenset[int],
     compiler: GrammarCompiler,
 ) -> list[int]:
-    """The tokens `chosen` without masks, made ones the constrained `rows`' grammars allow: choose,
-    validate, mask the rejected rows and choose again; then keep each row within its budget. `raw` holds
-    the model's logits of `rows` as they were before processing."""
+    """Every row's token, from `chosen` (drawn without masks): for the constrained `rows`, choose,
+    validate, mask the rejected rows and choose again, then keep each row within its budget. `raw`
+    holds the model's logits of `rows` as they were before processing."""
     # Host work first: on a GPU it overlaps the forward and the draw, which `tolist` waits for.
     forced = [seqs[row].grammar.forced_token(seqs[row].remaining_tokens) for row in rows]
     tokens = chosen.tolist()

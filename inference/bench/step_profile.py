@@ -2,7 +2,9 @@
 
 For each batch size the engine core is filled with that many sequences, their prompts prefilled,
 and then a number of decode-only steps are timed phase by phase: scheduling, building the step's
-tensors (`prepare`), the model's forward pass, sampling, and committing the tokens. Everything
+tensors (`prepare`), the model's forward pass, sampling, committing the tokens, and recording the
+token metrics that the serving loop records each step (`metrics`: latency histograms and counters,
+in a registry of the profile's own). Everything
 except the forward pass is host work that a faster model does not shrink; the report gives it per
 step beside the forward time. On a GPU the device is synchronised around the forward pass so that
 its kernels are not billed to the phase after it.
@@ -26,10 +28,11 @@ from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sampler import sample
 from inference.engine.sequence import Sequence
+from inference.engine.telemetry import EngineTelemetry
 from inference.quantize.memory import model_weight_bytes
 
-PHASES = ("schedule", "prepare", "forward", "sample", "commit")
-HOST_PHASES = ("schedule", "prepare", "sample", "commit")
+PHASES = ("schedule", "prepare", "forward", "sample", "commit", "metrics")
+HOST_PHASES = ("schedule", "prepare", "sample", "commit", "metrics")
 _COPY_REPEATS = 5
 
 
@@ -74,7 +77,9 @@ def _weight_bytes_read_per_step(model: torch.nn.Module) -> int:
     return model_weight_bytes(model) - (0 if tied else embeddings.nbytes)
 
 
-def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: int) -> dict[str, Any]:
+def profile_batch(
+    core: EngineCore, telemetry: EngineTelemetry, batch_size: int, prompt_tokens: int, steps: int
+) -> dict[str, Any]:
     rng = random.Random(batch_size)
     sampling = SamplingParams(max_tokens=steps + 2, temperature=0.0, ignore_eos=True)
     for index in range(batch_size):
@@ -94,7 +99,11 @@ def profile_batch(core: EngineCore, batch_size: int, prompt_tokens: int, steps: 
         with clock.phase("sample"):
             sampled = sample(logits, [chunk.seq for chunk in chunks if chunk.samples], core.eos_token_ids)
         with clock.phase("commit"):
-            core.commit(chunks, sampled)
+            outputs, _ = core.commit(chunks, sampled)
+        with clock.phase("metrics"):
+            now = time.monotonic()
+            for output in outputs:
+                telemetry.token(output.seq, now)
     for request_id in list(core.sequences):
         core.abort(request_id)
     medians_ms = {phase: 1000 * statistics.median(values) for phase, values in clock.times.items()}
@@ -124,7 +133,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         core.warm_up()
         weight_bytes = _weight_bytes_read_per_step(loaded.model)
         bandwidth = copy_bytes_per_second(loaded.device, 256 if loaded.device.type == "cuda" else 64)
-        batches = [profile_batch(core, size, args.prompt_tokens, args.steps) for size in args.batch_sizes]
+        # The token metrics the serving loop records per step, into a registry of their own.
+        telemetry = EngineTelemetry(None, loaded.device, loaded.name)
+        batches = [
+            profile_batch(core, telemetry, size, args.prompt_tokens, args.steps) for size in args.batch_sizes
+        ]
         for batch in batches:
             bytes_read = weight_bytes + batch["kv_bytes_read_per_step"]
             bound_ms = 1000 * bytes_read / bandwidth

@@ -113,6 +113,8 @@ class BlockManager:
 
     def grow(self, seq: Sequence, num_tokens: int) -> None:
         missing = self.blocks_for(num_tokens) - len(seq.block_table)
+        if missing <= 0:
+            return
         if missing > self.num_available:
             raise RuntimeError(f"{seq.request_id}: {missing} KV blocks needed, {self.num_available} left")
         for _ in range(missing):

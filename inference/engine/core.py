@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -53,8 +54,7 @@ class EngineStats:
     preemptions: int  # since the engine started
 
 
-@dataclass(frozen=True)
-class StepOutput:
+class StepOutput(NamedTuple):
     seq: Sequence
     event: TokenEvent
 

@@ -269,6 +269,8 @@ def sample(
 ) -> Sampled:
     """One token per row of `logits` `[S, vocab]` (float32, modified in place), and its log-probabilities
     where the request asked; rows with a grammar keep to it when `grammars` is given."""
+    if all(seq.sampling.plain_greedy for seq in seqs):  # nothing but the argmax: skip the rest's checks
+        return Sampled(argmax(logits).tolist(), [None] * len(seqs))
     log_probs = logits.log_softmax(-1) if any(seq.sampling.logprobs for seq in seqs) else None
     constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None and grammars is not None]
     raw = logits[constrained] if constrained else None  # a copy: processing works in place

@@ -12,15 +12,15 @@ whatever of its blocks is still cached by then. Nothing fails for lack of memory
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from inference.engine.block_manager import BlockManager
 from inference.engine.sequence import Sequence, SequenceStatus
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """Tokens `[start, start + length)` of `seq` go through the model this step."""
+class Chunk(NamedTuple):
+    """Tokens `[start, start + length)` of `seq` go through the model this step. (A named tuple, as
+    the other per-token records of a step: made several times faster than a frozen dataclass.)"""
 
     seq: Sequence
     start: int
@@ -59,10 +59,13 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         chunks: list[Chunk] = []
         index = 0
+        block_size = self.blocks.block_size
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
             length = min(seq.num_uncomputed_tokens, budget)
-            if self._make_room(seq, seq.num_computed_tokens + length):
+            end = seq.num_computed_tokens + length
+            # Most steps' decodes fit in the blocks they hold: no block accounting for those.
+            if end <= len(seq.block_table) * block_size or self._make_room(seq, end):
                 chunks.append(self._take(seq, length))
                 budget -= length
                 index += 1
@@ -85,11 +88,11 @@ class Scheduler:
 
     def _take(self, seq: Sequence, length: int) -> Chunk:
         start = seq.num_computed_tokens
-        chunk = Chunk(seq, start, length, samples=start + length == len(seq.token_ids))
-        self.blocks.grow(seq, chunk.end)
+        end = start + length
+        self.blocks.grow(seq, end)
         # Counted as computed now: the forward pass that fills them runs before the next schedule.
-        seq.num_computed_tokens = chunk.end
-        return chunk
+        seq.num_computed_tokens = end
+        return Chunk(seq, start, length, end == len(seq.token_ids))
 
     def _make_room(self, seq: Sequence, num_tokens: int) -> bool:
         """Preempt the newest running sequences until `seq` fits; False if `seq` itself had to go."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from inference.logging import ACCESS_LOGGER
 from inference.model_loading import LoadedModel
 
 from .conftest import RunningServer, metric_value, sse_payloads, stop_string_from
+from .greedy_reference import load_reference
 
 CHAT = {"messages": [{"role": "user", "content": "Say something."}]}
 
@@ -65,13 +67,16 @@ def test_usage_total_is_prompt_plus_completion(client: httpx.Client) -> None:
 
 
 def test_greedy_completion_matches_transformers_generate(
-    client: httpx.Client, tiny_loaded: LoadedModel
+    client: httpx.Client, tiny_loaded: LoadedModel, tiny_model_dir: Path
 ) -> None:
     tokenizer = tiny_loaded.tokenizer
     prompt_ids = tokenizer("The engine and transformers agree")["input_ids"]
+    # A model of its own: an engine built earlier on the shared `tiny_loaded` switched its attention
+    # to the paged one, which runs only inside engine steps.
+    reference = load_reference(tiny_model_dir)
     with torch.no_grad():
         prompt = torch.tensor([prompt_ids])
-        output = tiny_loaded.model.generate(
+        output = reference.generate(
             prompt, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
     expected = tokenizer.decode(output[0, len(prompt_ids) :], skip_special_tokens=True)

@@ -272,8 +272,8 @@ class AsyncEngine:
     def _publish(self, outputs: list[StepOutput]) -> None:
         now = time.monotonic()
         deliveries: list[tuple[RequestStream, StreamItem]] = []
+        self._telemetry.tokens([output.seq for output in outputs], now)
         for output in outputs:
-            self._telemetry.token(output.seq, now)
             if output.event.finish_reason is not None:
                 self._telemetry.finished(output.seq, now)
                 latency = now - output.seq.arrival_time

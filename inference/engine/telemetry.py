@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -39,6 +40,7 @@ class EngineTelemetry:
         self._base_model = base_model
         self._memory_refreshed_at = float("-inf")
         self._worker_memory: Callable[[], list[tuple[int, int]]] | None = None
+        self._children: dict[tuple[str, str], MetricWrapperBase] = {}
 
     def _metric(self, spec: metrics.MetricSpec) -> MetricWrapperBase:
         return self._collectors[spec.name]
@@ -69,18 +71,32 @@ class EngineTelemetry:
         # Only the base model and loaded adapters reach the engine: the label's values stay few.
         return seq.lora_name or self._base_model
 
-    def token(self, seq: Sequence, now: float) -> None:
-        model = self._model_of(seq)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-            self._metric(metrics.TIME_TO_FIRST_TOKEN).labels(model=model).observe(now - seq.arrival_time)
-            self._metric(metrics.PROMPT_TOKENS).labels(model=model).inc(seq.num_prompt_tokens)
-            self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
-            self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
-        else:
-            self._metric(metrics.INTER_TOKEN_LATENCY).labels(model=model).observe(now - seq.last_token_time)
-        seq.last_token_time = now
-        self._metric(metrics.GENERATION_TOKENS).labels(model=model).inc()
+    def _child(self, spec: metrics.MetricSpec, model: str) -> MetricWrapperBase:
+        """The `model`-labelled series of a metric, looked up once: `labels()` costs microseconds, paid
+        per token at every step otherwise."""
+        key = (spec.name, model)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric(spec).labels(model=model)
+        return child
+
+    def tokens(self, seqs: Iterable[Sequence], now: float) -> None:
+        """A step gave each of `seqs` one token at `now`."""
+        generated: Counter[str] = Counter()
+        for seq in seqs:
+            model = self._model_of(seq)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                self._child(metrics.TIME_TO_FIRST_TOKEN, model).observe(now - seq.arrival_time)
+                self._child(metrics.PROMPT_TOKENS, model).inc(seq.num_prompt_tokens)
+                self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
+                self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
+            else:
+                self._child(metrics.INTER_TOKEN_LATENCY, model).observe(now - seq.last_token_time)
+            seq.last_token_time = now
+            generated[model] += 1
+        for model, count in generated.items():
+            self._child(metrics.GENERATION_TOKENS, model).inc(count)
 
     def finished(self, seq: Sequence, now: float) -> None:
         labels = {"model": self._model_of(seq), "finish_reason": seq.finish_reason or "abort"}

@@ -20,6 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -29,7 +30,7 @@ from inference.bench.http import run_over_http, serve_process
 from inference.bench.peers import run_static_batches, run_transformers_continuous
 from inference.bench.shapes import add_model_arguments, model_directory
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
-from inference.config import ServerConfig, default_torch_threads
+from inference.config import KvCacheDtype, ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
 from inference.engine.grammar import CompiledGrammar
 from inference.engine.request import GenerationRequest, SamplingParams
@@ -68,6 +69,8 @@ class BenchSettings:
     peers: bool = False  # also run transformers' static batches and its continuous batching
     http: bool = False  # also run the engine behind `serve`, over HTTP
     static_batch_size: int = 32
+    # The engine's (`--kv-cache-dtype`): a narrower one makes its outputs differ from the others'.
+    kv_cache_dtype: str = "auto"
 
 
 async def drive_engine(
@@ -98,7 +101,10 @@ async def drive_engine(
 
 def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> list[RequestTiming]:
     config = ServerConfig(
-        max_num_seqs=settings.max_num_seqs, max_queue_len=len(workload), max_model_len=loaded.max_model_len
+        max_num_seqs=settings.max_num_seqs,
+        max_queue_len=len(workload),
+        max_model_len=loaded.max_model_len,
+        kv_cache_dtype=settings.kv_cache_dtype,
     )
 
     async def main() -> list[RequestTiming]:
@@ -125,6 +131,7 @@ def run_engine_over_http(
     server_settings = {
         "max_num_seqs": settings.max_num_seqs, "max_queue_len": len(workload),
         "max_model_len": loaded.max_model_len, "device": settings.device, "dtype": settings.dtype,
+        "kv_cache_dtype": settings.kv_cache_dtype,
     }  # fmt: skip
     with serve_process(model_dir, server_settings, torch.get_num_threads()) as base_url:
         return run_over_http(base_url, workload)
@@ -168,6 +175,7 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
         "model": loaded.name,
         "device": loaded.device.type,
         "dtype": str(loaded.dtype).removeprefix("torch."),
+        "engine_kv_cache_dtype": settings.kv_cache_dtype,
         "torch_threads": torch.get_num_threads(),
         "workload": {
             "num_requests": settings.num_requests,
@@ -285,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--kv-cache-dtype", choices=get_args(KvCacheDtype), default=defaults.kv_cache_dtype,
+        help="the engine's KV cache dtype (not exact: its outputs then differ from the other systems')",
+    )  # fmt: skip
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads for both systems (default: as `serve`)"
     )
     return parser
@@ -307,6 +319,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         peers=args.peers,
         http=args.http,
         static_batch_size=args.static_batch_size,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 

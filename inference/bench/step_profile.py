@@ -18,12 +18,12 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from inference.bench.shapes import add_model_arguments, loaded_model
-from inference.config import ServerConfig, default_torch_threads
+from inference.config import KvCacheDtype, ServerConfig, default_torch_threads
 from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sampler import sample
@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             max_num_batched_tokens=max(2048, largest * args.prompt_tokens),
             max_model_len=max(16, args.prompt_tokens + args.steps + 8),
             kv_cache_memory_bytes=1 << 40,  # bounded by max_num_seqs sequences of max_model_len anyway
+            kv_cache_dtype=args.kv_cache_dtype,
         )
         core = EngineCore(loaded, config)
         core.warm_up()
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": loaded.name,
             "device": loaded.device.type,
             "dtype": str(loaded.dtype).removeprefix("torch."),
+            "kv_cache_dtype": str(core.runner.cache_dtype).removeprefix("torch."),
             "torch_threads": torch.get_num_threads(),
             "prompt_tokens": args.prompt_tokens,
             "weight_bytes": weight_bytes,
@@ -163,5 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
     parser.add_argument("--threads", type=int, help="torch threads (default: as `serve`)")
+    parser.add_argument("--kv-cache-dtype", choices=get_args(KvCacheDtype), default="auto")
     return parser
 

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AttentionInterface
 
 ATTENTION_NAME = "llm_serving_paged"
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Attention variants some architectures ask for (Gemma 2 soft-capping, attention sinks).
 _UNSUPPORTED_OPTIONS = ("softcap", "s_aux", "sinks")
 
@@ -68,10 +69,23 @@ class LayerSpec:
 @dataclass
 class LayerCache:
     # [kv_heads, num_slots, head_dim]: head-major, so that gathered blocks come out as
-    # [kv_heads, B, L, head_dim], the layout attention reads, without a transposing copy.
+    # [kv_heads, B, L, head_dim], the layout attention reads, without a transposing copy. Their dtype
+    # may be narrower than the model's (`--kv-cache-dtype`): written rounded, read widened.
     keys: torch.Tensor
     values: torch.Tensor
     block_size: int
+
+    def write(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store `[kv_heads, T, head_dim]` keys and values at `slots`, in the cache's dtype."""
+        for cache_tensor, new in ((self.keys, keys), (self.values, values)):
+            if cache_tensor.dtype in _FP8_DTYPES:
+                # Saturated rather than overflowed (e5m2 has infinities), and copied as bytes: the CPU
+                # has no float8 index_copy_.
+                limit = torch.finfo(cache_tensor.dtype).max
+                rounded = new.clamp(-limit, limit).to(cache_tensor.dtype)
+                cache_tensor.view(torch.uint8).index_copy_(1, slots, rounded.view(torch.uint8))
+            else:
+                cache_tensor.index_copy_(1, slots, new.to(cache_tensor.dtype))
 
 
 class Workspace:
@@ -180,7 +194,9 @@ def _decode_attention(
         out = workspace.take(name, (kv_heads, batch, context, cache_tensor.shape[2]), cache_tensor.dtype)
         return _gather_blocks(cache_tensor, layout.decode_blocks, cache.block_size, out)
 
-    keys, values = gathered("keys", cache.keys), gathered("values", cache.values)
+    # Widened from a narrower cache dtype, for SDPA.
+    keys = gathered("keys", cache.keys).to(query.dtype)
+    values = gathered("values", cache.values).to(query.dtype)
     head_dim = query.shape[2]
     # The query heads sharing a KV head become that head's query rows: GQA without copying KV.
     grouped_query = query.reshape(kv_heads, heads // kv_heads, batch, head_dim).transpose(1, 2)
@@ -220,8 +236,7 @@ def paged_attention(
         return _attend(query, key, value, scaling, mask, False).transpose(1, 2), None
 
     layout, cache = context.layout, context.caches[layer]
-    cache.keys.index_copy_(1, layout.slot_mapping, key[0])
-    cache.values.index_copy_(1, layout.slot_mapping, value[0])
+    cache.write(layout.slot_mapping, key[0], value[0])
     if not layout.prefills:
         # A step of decodes only (the steady state): every row is one, in order.
         attended = _decode_attention(
@@ -237,8 +252,8 @@ def paged_attention(
             attended = _attend(span_query, key[:, :, rows], value[:, :, rows], scaling, None, True)
         else:
             slots = span.context_slots if span.context_slots is not None else layout.slot_mapping[rows]
-            span_keys = cache.keys.index_select(1, slots)[None]
-            span_values = cache.values.index_select(1, slots)[None]
+            span_keys = cache.keys.index_select(1, slots).to(query.dtype)[None]
+            span_values = cache.values.index_select(1, slots).to(query.dtype)[None]
             query_positions = torch.arange(
                 span.position, span.position + span_query.shape[2], device=query.device
             )

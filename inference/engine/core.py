@@ -107,13 +107,12 @@ def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
 
 def _runner_for(loaded: LoadedModel, config: ServerConfig) -> ModelRunner:
     block_size = config.kv_cache_block_size
+    options = (block_size, config.attention_backend, config.kv_cache_dtype)
     if loaded.workers is None:
-        return ModelRunner(loaded.model, loaded.device, block_size, config.attention_backend)
+        return ModelRunner(loaded.model, loaded.device, *options)
     from inference.parallel.workers import TensorParallelRunner
 
-    return TensorParallelRunner(
-        loaded.model, loaded.device, block_size, config.attention_backend, loaded.workers
-    )
+    return TensorParallelRunner(loaded.model, loaded.device, options, loaded.workers)
 
 
 class EngineCore:

@@ -39,6 +39,13 @@ from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 _START, _LENGTH, _SAMPLES = attrgetter("start"), attrgetter("length"), attrgetter("samples")
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
 _PROBE_TOKENS = 8
+# `--kv-cache-dtype` values other than auto (the dtype attention computes in).
+_CACHE_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,12 @@ class StepInputs:
 
 class ModelRunner:
     def __init__(
-        self, model: PreTrainedModel, device: torch.device, block_size: int, attention_backend: str = "auto"
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        block_size: int,
+        attention_backend: str = "auto",
+        kv_cache_dtype: str = "auto",
     ) -> None:
         self.model = model
         self.device = device
@@ -71,7 +83,8 @@ class ModelRunner:
         model.set_attn_implementation(ATTENTION_NAME)
         self.layer_specs = self._probe()
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
-        self.kv_dtype = next(iter(self.layer_specs.values())).dtype
+        self.attention_dtype = next(iter(self.layer_specs.values())).dtype
+        self.cache_dtype = _CACHE_DTYPES.get(kv_cache_dtype, self.attention_dtype)  # what the KV cache stores
         self.caches: dict[int, LayerCache] = {}
         self.scratch_block = 0
         self.graphs: DecodeGraphs | None = None
@@ -81,9 +94,8 @@ class ModelRunner:
     @property
     def kv_bytes_per_token(self) -> int:
         specs = self.layer_specs.values()
-        return sum(
-            spec.kv_heads * (spec.head_dim + spec.value_head_dim) * spec.dtype.itemsize for spec in specs
-        )
+        itemsize = self.cache_dtype.itemsize
+        return sum(spec.kv_heads * (spec.head_dim + spec.value_head_dim) * itemsize for spec in specs)
 
     def allocate_cache(self, num_blocks: int) -> None:
         # One block more than the block manager hands out: a scratch block that the padding rows of a
@@ -92,7 +104,7 @@ class ModelRunner:
         self.scratch_block = num_blocks
 
         def zeros(spec: LayerSpec, head_dim: int) -> torch.Tensor:
-            return torch.zeros(spec.kv_heads, slots, head_dim, dtype=spec.dtype, device=self.device)
+            return torch.zeros(spec.kv_heads, slots, head_dim, dtype=self.cache_dtype, device=self.device)
 
         self.caches = {
             layer: LayerCache(zeros(spec, spec.head_dim), zeros(spec, spec.value_head_dim), self.block_size)
@@ -212,7 +224,7 @@ class ModelRunner:
         masks = {}
         for window in self.sliding_windows:
             allowed = causal if window is None else causal & (key_positions >= ends[:, None] - window)
-            bias = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device)
+            bias = torch.zeros(allowed.shape, dtype=self.attention_dtype, device=self.device)
             masks[window] = bias.masked_fill_(~allowed, float("-inf"))[None, :, None, :]  # [1, B, 1, L]
         return masks
 

@@ -218,13 +218,12 @@ class TensorParallelRunner(ModelRunner):
         self,
         model: PreTrainedModel,
         device: torch.device,
-        block_size: int,
-        attention_backend: str,
+        options: tuple[int, str, str],  # ModelRunner's: block size, attention backend, KV cache dtype
         workers: WorkerPool,
     ) -> None:
         self.workers = workers
-        workers.send(_START, block_size, attention_backend)
-        super().__init__(model, device, block_size, attention_backend)
+        workers.send(_START, *options)
+        super().__init__(model, device, *options)
 
     def allocate_cache(self, num_blocks: int) -> None:
         self.workers.send("allocate_cache", num_blocks)

@@ -1,5 +1,6 @@
 """The paged decode kernels (Triton's, run by its interpreter on the CPU, and the one torch.compile
-builds) against plain attention over each sequence's context gathered from the same block pool."""
+builds) against plain attention over each sequence's context gathered from the same block pool, with
+the model's dtype in the cache and with narrower ones (`--kv-cache-dtype`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from transformers import MistralConfig
 
 from inference.config import ServerConfig
 from inference.engine import compiled_decode
+from inference.engine.attention import LayerCache
+from inference.engine.core import EngineCore
 from inference.engine.request import GenerationRequest
+from inference.engine.sequence import Sequence
 from inference.model_loading import load_model
 from inference.tiny_model import byte_level_token_ids, save_random_model
 
@@ -34,6 +38,14 @@ def _kernel(backend: str):
     from inference.engine.paged_decode import paged_decode_attention
 
     return paged_decode_attention
+
+
+def _attend_with(backend, query, keys, values, tables, ends, scale, window):
+    """The kernel's output, on the CPU; Triton's runs on the GPU where there is one (its interpreter
+    only where there is none)."""
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    inputs = [tensor.to(device) for tensor in (query, keys, values, tables, ends)]
+    return _kernel(backend)(*inputs, BLOCK_SIZE, scale, window).cpu()
 
 
 BLOCK_SIZE = 8
@@ -76,12 +88,11 @@ def test_kernel_matches_attention_over_the_gathered_context(
     query = torch.randn(len(ends), heads, head_dim, generator=generator)
     scale = head_dim**-0.5
     ends_tensor = torch.tensor(ends)
-    kernel = _kernel(backend)
-    output = kernel(query, keys, values, padded, ends_tensor, BLOCK_SIZE, scale, window)
+    output = _attend_with(backend, query, keys, values, padded, ends_tensor, scale, window)
     expected = _reference(query, keys, values, tables, ends_tensor, scale, window)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
     # One decode alone (padded to two rows inside the compiled kernel) gets its own row's answer.
-    alone = kernel(query[-1:], keys, values, padded[-1:], ends_tensor[-1:], BLOCK_SIZE, scale, window)
+    alone = _attend_with(backend, query[-1:], keys, values, padded[-1:], ends_tensor[-1:], scale, window)
     torch.testing.assert_close(alone, expected[-1:], rtol=1e-4, atol=1e-5)
 
 
@@ -146,3 +157,78 @@ def test_engine_with_the_kernel_matches_generate_under_preemption(tmp_path, back
     outputs, registry = run_with_engine(loaded, body, **settings)
     assert (registry.get_sample_value("llm_preemptions_total") or 0) > 0
     assert outputs == expected
+
+
+# The narrower KV cache dtypes (`--kv-cache-dtype`); Triton's interpreter reads no float8.
+NARROW_DTYPES = (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+CACHE_DTYPES = [
+    *(pytest.param("triton", dtype, marks=needs_triton, id=f"triton-{dtype}")
+      for dtype in (NARROW_DTYPES if torch.cuda.is_available() else NARROW_DTYPES[:1])),
+    *(pytest.param("compiled", dtype, id=f"compiled-{dtype}") for dtype in NARROW_DTYPES),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("backend", "cache_dtype"), CACHE_DTYPES)
+def test_a_narrower_cache_is_written_rounded_and_attended_over_widened(backend, cache_dtype):
+    """Keys and values stored through `LayerCache.write` in a narrower dtype: the kernel's answer is
+    attention over them rounded to that dtype (and saturated at its largest finite value)."""
+    generator = torch.Generator().manual_seed(1)
+    slots = NUM_BLOCKS * BLOCK_SIZE
+    keys = torch.randn(2, slots, 16, generator=generator) * 4
+    values = torch.randn(2, slots, 16, generator=generator)
+    keys[:, :3] = 1e6  # beyond every float8's range: saturated, never infinite or NaN
+    empty = torch.zeros(2, slots, 16, dtype=cache_dtype)
+    cache = LayerCache(empty, empty.clone(), BLOCK_SIZE)
+    cache.write(torch.arange(slots), keys, values)
+    limit = torch.finfo(cache_dtype).max
+    rounded_keys = keys.clamp(-limit, limit).to(cache_dtype).float()
+    rounded_values = values.to(cache_dtype).float()
+    assert torch.isfinite(cache.keys.float()).all()
+    tables = [[0, 5, 9], [2], [7, 3]]
+    ends = torch.tensor([20, 6, 16])
+    padded = torch.tensor([table + [0] * (3 - len(table)) for table in tables])
+    query = torch.randn(3, 4, 16, generator=generator)
+    output = _attend_with(backend, query, cache.keys, cache.values, padded, ends, 0.25, None)
+    expected = _reference(query, rounded_keys, rounded_values, tables, ends, 0.25, None)
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("attention_backend", "kv_cache_dtype"),
+    [("compiled", "bfloat16"), ("compiled", "fp8"), ("compiled", "fp8_e5m2"), ("sdpa", "fp8")],
+)
+def test_engine_with_a_narrower_cache_holds_more_tokens_and_starts_as_generate(
+    tmp_path, attention_backend, kv_cache_dtype
+):
+    """The cache holds 2x (bfloat16) or 4x (fp8) the tokens of a float32 one in the same budget; a
+    prompt's first token comes from its prefill, which attends over its own unrounded keys, so it
+    is `generate`'s; later tokens read rounded keys and values and may differ."""
+    model_dir = save_random_model(
+        MistralConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, sliding_window=None, max_position_embeddings=256,
+            tie_word_embeddings=False, **byte_level_token_ids(),
+        ),
+        tmp_path / "mistral",
+    )  # fmt: skip
+    requests = random_greedy_requests(5, 6, max_prompt_tokens=30, max_new_tokens=12, min_new_tokens=12)
+    expected = generate_each(load_reference(model_dir), requests)
+    budget = {
+        "model_path": model_dir, "device": "cpu", "kv_cache_memory_bytes": 1 << 20, "kv_cache_block_size": 8,
+    }  # fmt: skip
+    loaded = load_model(ServerConfig(**budget))
+    full = EngineCore(loaded, ServerConfig(**budget, attention_backend=attention_backend))
+    narrow_config = ServerConfig(**budget, attention_backend=attention_backend, kv_cache_dtype=kv_cache_dtype)
+    narrow = EngineCore(loaded, narrow_config)
+    assert narrow.blocks.num_blocks == full.blocks.num_blocks * (4 // narrow.runner.cache_dtype.itemsize)
+    assert narrow.runner.caches[0].keys.dtype == narrow.runner.cache_dtype != torch.float32
+
+    for request in requests:
+        narrow.add(Sequence.from_request(request, 0.0))
+    outputs: dict[str, list[int]] = {request.request_id: [] for request in requests}
+    while narrow.sequences:
+        for output in narrow.step():
+            outputs[output.seq.request_id].append(output.event.token_id)
+    for request in requests:
+        assert len(outputs[request.request_id]) == request.sampling.max_tokens
+        assert outputs[request.request_id][0] == expected[request.request_id][0]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one short run (well under 8 minutes on one GPU): the GPU tests, then the GPU
+# The GPU check in one short run (at most about 8 minutes on one GPU, every step bounded by a timeout): the GPU tests, then the GPU
 # benchmarks, each writing its JSON (or JUnit XML) into OUTDIR.
 #   scripts/gpu-check.sh OUTDIR
 # Without a CUDA device it says so and exits at once (status 2).
@@ -17,7 +17,7 @@ mkdir -p "$out"
 
 # 1. GPU tests: the Triton kernel compiled for the device, the engine with the kernel and with CUDA
 #    graphs against `generate`, and the exactness suite on the GPU.
-timeout 180 "$python" -m pytest -q tests/inference/test_paged_decode.py tests/inference/test_cuda_graphs.py \
+timeout 150 "$python" -m pytest -q tests/inference/test_paged_decode.py tests/inference/test_cuda_graphs.py \
   tests/inference/test_exactness.py --junitxml "$out/tests.xml" || echo "gpu-check: tests failed (see $out/tests.xml)" >&2
 
 # 2. Benchmarks on a Llama-shaped 1.2B model (hidden 2048, 16 layers, 32 heads, 8 KV heads, vocab
@@ -28,11 +28,13 @@ bench() { local name="$1" limit="$2"; shift 2
   timeout "$limit" "$python" -m inference bench --model-path "$model" --dtype bfloat16 "$@" > "$out/$name.json" \
     || echo "gpu-check: bench $name failed or ran out of time" >&2; }
 # Host time and device time per decode step, bytes read per step against the copy bandwidth.
-bench step-profile 60 --step-profile --batch-sizes 1 16 64 128 --prompt-tokens 256 --steps 10
+bench step-profile 50 --step-profile --batch-sizes 1 16 64 128 --prompt-tokens 256 --steps 10
+# The same decode steps reading an fp8 KV cache (half the KV bytes of bfloat16).
+bench step-profile-fp8-kv 40 --step-profile --batch-sizes 64 128 --prompt-tokens 256 --steps 10 --kv-cache-dtype fp8
 # The engine against transformers' static batches of 64 and its continuous batching, same requests.
-bench peers 240 --peers --num-requests 128 --prompt-tokens 128:512 --output-tokens 256:256 \
+bench peers 190 --peers --num-requests 128 --prompt-tokens 128:512 --output-tokens 256:256 \
   --max-num-seqs 128 --static-batch-size 64 --modes burst
 # int8 weight-only decode against bfloat16 at batch 1.
-bench int8 90 --quantization int8-weight-only --batch-sizes 1 16 --prompt-tokens 128 --new-tokens 64 --repeats 2
+bench int8 60 --quantization int8-weight-only --batch-sizes 1 16 --prompt-tokens 128 --new-tokens 64 --repeats 2
 rm -rf "$(dirname "$model")"
 echo "gpu-check: results in $out"

@@ -196,6 +196,7 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
     }
     if settings.peers:
         report["transformers_static"] = {"batch_size": settings.static_batch_size}
+        report["transformers_continuous"] = {"cuda_graphs": loaded.device.type == "cuda"}
 
     def workload(rate: float | None) -> list[WorkItem]:
         return make_workload(

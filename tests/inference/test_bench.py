@@ -155,10 +155,18 @@ def test_http_mode_serves_the_same_tokens_through_a_real_server(small_settings):
 def test_transformers_continuous_batching_gets_a_cache_for_the_workload_not_for_free_memory():
     """Left to size its cache from free memory, transformers' manager took most of the host's RAM."""
     workload = [WorkItem(f"r{i}", [1] * 300, 100, 0.0) for i in range(4)]
-    cache = cache_for_workload(workload)
+    cache = cache_for_workload(workload, torch.device("cpu"))
     assert cache.num_blocks is not None and cache.max_memory_percent is None
     assert (cache.num_blocks - 1) * cache.page_size >= sum(400 for _ in workload)
     assert cache.num_blocks * cache.page_size < 3 * sum(400 for _ in workload)
+
+
+def test_transformers_continuous_batching_runs_with_its_cuda_graphs_where_there_is_cuda():
+    """The issue's peer is `generate_batch` with its CUDA-graph option on; its own default turns the
+    graphs off for attention that needs a mask (the paged SDPA it picks), so it is asked for them."""
+    workload = [WorkItem("r", [1] * 8, 4, 0.0)]
+    assert cache_for_workload(workload, torch.device("cuda")).use_cuda_graph is True
+    assert cache_for_workload(workload, torch.device("cpu")).use_cuda_graph is False
 
 
 def test_flops_count_two_per_linear_weight_and_the_head_only_for_output_tokens(tiny_loaded):

@@ -58,8 +58,13 @@ def cache_for_workload(workload: list[WorkItem], device: torch.device) -> Contin
     return ContinuousBatchingConfig(
         num_blocks=pages + 1,  # + the warm-up request
         max_batch_tokens=ServerConfig.model_fields["max_num_batched_tokens"].default,
-        use_cuda_graph=device.type == "cuda",
+        use_cuda_graph=uses_cuda_graphs(device),
     )
+
+
+def uses_cuda_graphs(device: torch.device) -> bool:
+    """Whether the continuous-batching manager is run with its CUDA graphs: wherever there is CUDA."""
+    return device.type == "cuda"
 
 
 def run_transformers_continuous(loaded: LoadedModel, workload: list[WorkItem]) -> list[RequestTiming]:

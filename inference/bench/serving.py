@@ -27,7 +27,7 @@ import torch
 from inference.bench.baseline import WindowBatchingBaseline
 from inference.bench.flops import flops_per_token, matmul_flops_per_second, model_flops
 from inference.bench.http import run_over_http, serve_process
-from inference.bench.peers import run_static_batches, run_transformers_continuous
+from inference.bench.peers import run_static_batches, run_transformers_continuous, uses_cuda_graphs
 from inference.bench.shapes import add_model_arguments, model_directory
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import KvCacheDtype, ServerConfig, default_torch_threads
@@ -70,7 +70,7 @@ class BenchSettings:
     http: bool = False  # also run the engine behind `serve`, over HTTP
     static_batch_size: int = 32
     # The engine's (`--kv-cache-dtype`): a narrower one makes its outputs differ from the others'.
-    kv_cache_dtype: str = "auto"
+    kv_cache_dtype: KvCacheDtype = "auto"
 
 
 async def drive_engine(
@@ -196,7 +196,7 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
     }
     if settings.peers:
         report["transformers_static"] = {"batch_size": settings.static_batch_size}
-        report["transformers_continuous"] = {"cuda_graphs": loaded.device.type == "cuda"}
+        report["transformers_continuous"] = {"cuda_graphs": uses_cuda_graphs(loaded.device)}
 
     def workload(rate: float | None) -> list[WorkItem]:
         return make_workload(

@@ -107,6 +107,10 @@ class BlockManager:
         seq.block_table = list(cached)
         seq.num_computed_tokens = len(cached) * self.block_size
 
+    def holds(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether the blocks `seq` already has take `num_tokens` KV entries: nothing to allocate."""
+        return num_tokens <= len(seq.block_table) * self.block_size
+
     def can_hold(self, seq: Sequence, num_tokens: int) -> bool:
         """Whether `seq` could grow to `num_tokens` KV entries with the blocks available now."""
         return self.blocks_for(num_tokens) - len(seq.block_table) <= self.num_available

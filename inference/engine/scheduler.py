@@ -59,13 +59,12 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         chunks: list[Chunk] = []
         index = 0
-        block_size = self.blocks.block_size
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
             length = min(seq.num_uncomputed_tokens, budget)
             end = seq.num_computed_tokens + length
             # Most steps' decodes fit in the blocks they hold: no block accounting for those.
-            if end <= len(seq.block_table) * block_size or self._make_room(seq, end):
+            if self.blocks.holds(seq, end) or self._make_room(seq, end):
                 chunks.append(self._take(seq, length))
                 budget -= length
                 index += 1

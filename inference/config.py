@@ -99,9 +99,9 @@ class ServerConfig(BaseSettings):
     attention_backend: Literal["auto", "sdpa", "triton", "compiled"] = Field(
         "auto",
         description="Decode attention: triton reads K/V straight from the KV block pool (needs the gpu "
-        "extra and CUDA); compiled does too, compiled by torch.compile (the CPU's; needs a C++ "
-        "compiler); sdpa attends over blocks gathered per step; auto picks triton on CUDA, compiled "
-        "on the CPU.",
+        "extra and CUDA); compiled does too on the CPU, with a C++ kernel built at start-up (needs a "
+        "C++ compiler); sdpa attends over blocks gathered per step; auto picks triton on CUDA, compiled "
+        "on the CPU (sdpa where the kernel cannot be built).",
     )
     enforce_eager: bool = Field(
         False, description="Run decode steps eagerly instead of replaying captured CUDA graphs."

@@ -19,7 +19,6 @@ from inference.config import ServerConfig
 from inference.engine import fault_injection
 from inference.engine.architectures import check_supported
 from inference.engine.block_manager import BlockManager
-from inference.engine.compiled_decode import untied_sizes
 from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
@@ -281,15 +280,14 @@ class EngineCore:
 
     def warm_up(self) -> int:
         """Generate two tokens from a one-token prompt, a prefill and a decode step: ready then means
-        that the model produces output and that the decode kernel is compiled (logged, as it can take
-        seconds). Returns the first token."""
+        that the model produces output and that the decode kernel has run (Triton's compiles on its
+        first call; logged, as it can take seconds). Returns the first token."""
         started = time.perf_counter()
         sampling = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         seq = Sequence("warm-up", [0], sampling, arrival_time=0.0)
         self.add(seq)
-        with untied_sizes():
-            while not seq.is_finished:
-                self.step()
+        while not seq.is_finished:
+            self.step()
         logger.info("warm-up (first prefill and decode steps) took %.1f s", time.perf_counter() - started)
         return seq.output_token_ids[0]
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import logging
 import os
-import sysconfig
 from dataclasses import dataclass
 from operator import attrgetter
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,8 @@ from inference.engine.attention import (
 from inference.engine.cuda_graphs import DecodeGraphs
 from inference.engine.scheduler import Chunk
 from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
+
+logger = logging.getLogger(__name__)
 
 _START, _LENGTH, _SAMPLES = attrgetter("start"), attrgetter("length"), attrgetter("samples")
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
@@ -245,10 +246,8 @@ def pick_decode_kernel(backend: str, device: torch.device, block_size: int) -> D
     """The paged decode kernel for `attention_backend`, or None for attention over gathered blocks."""
     if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         return _triton_kernel(backend, device, block_size)
-    if backend == "compiled" or (backend == "auto" and device.type == "cpu" and _can_compile_cpu_kernels()):
-        from inference.engine.compiled_decode import paged_decode_attention
-
-        return paged_decode_attention
+    if backend == "compiled" or (backend == "auto" and device.type == "cpu"):
+        return _cpu_kernel(backend, device)
     return None
 
 
@@ -268,17 +267,21 @@ def _triton_kernel(backend: str, device: torch.device, block_size: int) -> Decod
     return paged_decode_attention
 
 
-def _can_compile_cpu_kernels() -> bool:
-    """Whether torch.compile can build CPU kernels here: it compiles C++ against Python's headers.
-    Without them, decodes on the CPU attend over gathered blocks."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
-    from torch._inductor.exc import InvalidCxxCompiler
+def _cpu_kernel(backend: str, device: torch.device) -> DecodeKernel | None:
+    """The C++ kernel, built now (or loaded from the build cache). Where it cannot be built, `auto`
+    falls back to attention over gathered blocks, with a warning saying why."""
+    from inference.engine import cpu_decode
 
     try:
-        get_cpp_compiler()
-    except InvalidCxxCompiler:
-        return False
-    return Path(sysconfig.get_paths()["include"], "Python.h").exists()
+        if device.type != "cpu":
+            raise cpu_decode.KernelBuildError(f"it runs on the CPU, not on {device.type}")
+        cpu_decode.load()
+    except cpu_decode.KernelBuildError as error:
+        if backend == "auto":
+            logger.warning("no CPU decode kernel (%s): decodes attend over gathered blocks", error)
+            return None
+        raise ValueError(f"attention_backend=compiled is unavailable: {error}") from error
+    return cpu_decode.paged_decode_attention
 
 
 def _lora_segments(

@@ -23,7 +23,6 @@ import torch.distributed as dist
 from transformers import PreTrainedModel
 
 from inference.config import ServerConfig, default_torch_threads
-from inference.engine.compiled_decode import untied_sizes
 from inference.engine.model_runner import ModelRunner, StepInputs
 from inference.engine.telemetry import device_memory
 from inference.logging import configure_logging
@@ -279,18 +278,15 @@ def run_worker(spec: WorkerSpec) -> None:
     model = ShardPlan.of(spec.model_dir, config, device, dtype, spec.split_vocabulary).load(group)
     runner: ModelRunner | None = None
     reported_at = float("-inf")
-    # The decode kernel compiles on the first decode step rank 0 sends (its warm-up): traced, as there,
-    # with untied sizes, so that it serves every later step with the same one graph.
-    with untied_sizes():
-        while True:
-            method, arguments = group.broadcast()  # type: ignore[misc]
-            if method == _STOP:
-                break
-            if method == _START:
-                runner = ModelRunner(model, device, *arguments)
-            else:
-                getattr(runner, method)(*arguments)
-            if time.monotonic() - reported_at >= _MEMORY_REPORT_SECONDS:
-                reported_at = time.monotonic()
-                spec.memory[2 * spec.rank], spec.memory[2 * spec.rank + 1] = device_memory(device)
+    while True:
+        method, arguments = group.broadcast()  # type: ignore[misc]
+        if method == _STOP:
+            break
+        if method == _START:
+            runner = ModelRunner(model, device, *arguments)
+        else:
+            getattr(runner, method)(*arguments)
+        if time.monotonic() - reported_at >= _MEMORY_REPORT_SECONDS:
+            reported_at = time.monotonic()
+            spec.memory[2 * spec.rank], spec.memory[2 * spec.rank + 1] = device_memory(device)
     leave_group()

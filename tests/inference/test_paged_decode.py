@@ -1,5 +1,5 @@
-"""The paged decode kernels (Triton's, run by its interpreter on the CPU, and the one torch.compile
-builds) against plain attention over each sequence's context gathered from the same block pool, with
+"""The paged decode kernels (Triton's, run by its interpreter on the CPU, and the CPU's C++ kernel)
+against plain attention over each sequence's context gathered from the same block pool, with
 the model's dtype in the cache and with narrower ones (`--kv-cache-dtype`)."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from transformers import MistralConfig
 
 from inference.config import ServerConfig
-from inference.engine import compiled_decode
+from inference.engine import cpu_decode
 from inference.engine.attention import LayerCache
 from inference.engine.core import EngineCore
+from inference.engine.model_runner import pick_decode_kernel
 from inference.engine.request import GenerationRequest
 from inference.engine.sequence import Sequence
 from inference.model_loading import load_model
@@ -34,7 +35,8 @@ BACKENDS = [pytest.param("triton", marks=needs_triton), "compiled"]
 
 def _kernel(backend: str):
     if backend == "compiled":
-        return compiled_decode.paged_decode_attention
+        cpu_decode.load()
+        return cpu_decode.paged_decode_attention
     from inference.engine.paged_decode import paged_decode_attention
 
     return paged_decode_attention
@@ -91,38 +93,21 @@ def test_kernel_matches_attention_over_the_gathered_context(
     output = _attend_with(backend, query, keys, values, padded, ends_tensor, scale, window)
     expected = _reference(query, keys, values, tables, ends_tensor, scale, window)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
-    # One decode alone (padded to two rows inside the compiled kernel) gets its own row's answer.
+    # One decode alone gets its own row's answer.
     alone = _attend_with(backend, query[-1:], keys, values, padded[-1:], ends_tensor[-1:], scale, window)
     torch.testing.assert_close(alone, expected[-1:], rtol=1e-4, atol=1e-5)
 
 
-def test_the_compiled_kernel_traces_one_graph_for_every_batch_and_context(monkeypatch):
-    """Warmed up once with untied sizes, it never compiles again while serving, whatever the batch
-    size or context length (sizes 0 and 1 included, which torch.compile would specialise)."""
-    traced = []
-    compiled = torch.compile(compiled_decode._attend, dynamic=True, backend=_counting(traced))
-    monkeypatch.setattr(compiled_decode, "_compiled_attend", compiled)
-    keys = torch.randn(2, NUM_BLOCKS * BLOCK_SIZE, 16)
-    with compiled_decode.untied_sizes():
-        _decode(keys, batch=2, width=2)
-    for batch, width in [(1, 1), (1, 3), (2, 1), (5, 4), (16, 2)]:
-        _decode(keys, batch, width)
-    assert len(traced) == 1
-
-
-def _counting(traced: list):
-    def backend(graph, example_inputs):
-        traced.append(graph)
-        return graph.forward
-
-    return backend
-
-
-def _decode(keys: torch.Tensor, batch: int, width: int) -> torch.Tensor:
-    tables = torch.randint(0, NUM_BLOCKS, (batch, width))
-    ends = torch.full((batch,), width * BLOCK_SIZE)
-    query = torch.randn(batch, 4, keys.shape[2])
-    return compiled_decode.paged_decode_attention(query, keys, keys, tables, ends, BLOCK_SIZE, 0.25, None)
+def test_auto_attends_over_gathered_blocks_where_the_cpu_kernel_cannot_be_built(monkeypatch, caplog):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    cpu_decode.load.cache_clear()
+    try:
+        assert pick_decode_kernel("auto", torch.device("cpu"), BLOCK_SIZE) is None
+        assert "no CPU decode kernel (no C++ compiler (no-such-compiler) on the PATH)" in caplog.text
+        with pytest.raises(ValueError, match=r"attention_backend=compiled is unavailable: no C\+\+ compiler"):
+            pick_decode_kernel("compiled", torch.device("cpu"), BLOCK_SIZE)
+    finally:
+        cpu_decode.load.cache_clear()  # built again (from the cache) by the next user
 
 
 @pytest.mark.slow
@@ -191,6 +176,20 @@ def test_a_narrower_cache_is_written_rounded_and_attended_over_widened(backend, 
     output = _attend_with(backend, query, cache.keys, cache.values, padded, ends, 0.25, None)
     expected = _reference(query, rounded_keys, rounded_values, tables, ends, 0.25, None)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_cpu_kernel_attends_in_a_half_precision_models_dtype(dtype):
+    """A float16 or bfloat16 model's query and cache, answered in its dtype."""
+    generator = torch.Generator().manual_seed(2)
+    keys, values = torch.randn(2, 2, NUM_BLOCKS * BLOCK_SIZE, 16, generator=generator).to(dtype)
+    tables = [[4, 1], [6]]
+    ends = torch.tensor([13, 5])
+    query = torch.randn(2, 4, 16, generator=generator).to(dtype)
+    output = _attend_with("compiled", query, keys, values, torch.tensor([[4, 1], [6, 0]]), ends, 0.25, None)
+    expected = _reference(query.float(), keys.float(), values.float(), tables, ends, 0.25, None)
+    assert output.dtype == dtype
+    torch.testing.assert_close(output.float(), expected, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize(

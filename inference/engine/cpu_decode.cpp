@@ -1,0 +1,138 @@
+// Paged decode attention for the CPU: one new token per sequence attends over its cached context,
+// read where it lies in the KV block pool, position by position, up to its own length. Nothing is
+// gathered, and no work is spent on the padding that a batch's block tables carry up to the longest
+// context. Each task is one sequence and one KV head, with every query head that shares it (GQA), so
+// each key and value is read once. Scores and sums in float32 whatever the cache's dtype.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// Per-thread buffers, reused from task to task.
+struct Scratch {
+  std::vector<float> scores, maxima, sums;
+};
+
+struct Shape {
+  int64_t heads, kv_heads, head_dim, value_dim, slots, width, block_size, sliding_window;
+  float scale;
+};
+
+template <typename cache_t>
+float dot(const float* query, const cache_t* key, int64_t size) {
+  float sum = 0.f;
+  for (int64_t d = 0; d < size; ++d) sum += query[d] * static_cast<float>(key[d]);
+  return sum;
+}
+
+template <typename cache_t>
+void accumulate(float* into, float weight, const cache_t* value, int64_t size) {
+  for (int64_t d = 0; d < size; ++d) into[d] += weight * static_cast<float>(value[d]);
+}
+
+// Sequence `row`, KV head `kv_head`: writes the attended values of its `group` query heads.
+template <typename cache_t>
+void attend(const Shape& s, const float* query, const cache_t* keys, const cache_t* values,
+            const int64_t* table, int64_t end, float* out, int64_t row, int64_t kv_head, Scratch& scratch) {
+  const int64_t group = s.heads / s.kv_heads;
+  const int64_t first = s.sliding_window > 0 ? std::max<int64_t>(0, end - s.sliding_window) : 0;
+  const int64_t length = end - first;
+  const float* queries = query + (row * s.heads + kv_head * group) * s.head_dim;
+  const cache_t* head_keys = keys + kv_head * s.slots * s.head_dim;
+  const cache_t* head_values = values + kv_head * s.slots * s.value_dim;
+  std::vector<float>& scores = scratch.scores;
+  std::vector<float>& maxima = scratch.maxima;
+  std::vector<float>& sums = scratch.sums;
+  scores.resize(group * length);
+  maxima.assign(group, -std::numeric_limits<float>::infinity());
+  sums.resize(group);
+  for (int64_t position = first; position < end; ++position) {
+    const int64_t slot = table[position / s.block_size] * s.block_size + position % s.block_size;
+    const cache_t* key = head_keys + slot * s.head_dim;
+    for (int64_t g = 0; g < group; ++g) {
+      const float score = dot(queries + g * s.head_dim, key, s.head_dim) * s.scale;
+      scores[g * length + position - first] = score;
+      maxima[g] = std::max(maxima[g], score);
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    float* weights = scores.data() + g * length;
+    float total = 0.f;
+    for (int64_t i = 0; i < length; ++i) {
+      weights[i] = std::exp(weights[i] - maxima[g]);
+      total += weights[i];
+    }
+    sums[g] = total;
+  }
+  float* outputs = out + (row * s.heads + kv_head * group) * s.value_dim;
+  std::fill(outputs, outputs + group * s.value_dim, 0.f);
+  for (int64_t position = first; position < end; ++position) {
+    const int64_t slot = table[position / s.block_size] * s.block_size + position % s.block_size;
+    const cache_t* value = head_values + slot * s.value_dim;
+    for (int64_t g = 0; g < group; ++g)
+      accumulate(outputs + g * s.value_dim, scores[g * length + position - first], value, s.value_dim);
+  }
+  for (int64_t g = 0; g < group; ++g)
+    for (int64_t d = 0; d < s.value_dim; ++d) outputs[g * s.value_dim + d] /= sums[g];
+}
+
+template <typename cache_t>
+void run(const Shape& s, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+         const at::Tensor& tables, const at::Tensor& ends, at::Tensor& out) {
+  const float* query_data = query.data_ptr<float>();
+  const auto* key_data = reinterpret_cast<const cache_t*>(keys.data_ptr());
+  const auto* value_data = reinterpret_cast<const cache_t*>(values.data_ptr());
+  const int64_t* table_data = tables.data_ptr<int64_t>();
+  const int64_t* end_data = ends.data_ptr<int64_t>();
+  float* out_data = out.data_ptr<float>();
+  const int64_t tasks = query.size(0) * s.kv_heads;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t stop) {
+    Scratch scratch;
+    for (int64_t task = begin; task < stop; ++task) {
+      const int64_t row = task / s.kv_heads, kv_head = task % s.kv_heads;
+      attend<cache_t>(s, query_data, key_data, value_data, table_data + row * s.width, end_data[row],
+                      out_data, row, kv_head, scratch);
+    }
+  });
+}
+
+at::Tensor paged_decode(const at::Tensor& query,   // [B, heads, head_dim] float32
+                        const at::Tensor& keys,    // [kv_heads, slots, head_dim]
+                        const at::Tensor& values,  // [kv_heads, slots, value_dim]
+                        const at::Tensor& tables,  // [B, W] int64
+                        const at::Tensor& ends,    // [B] int64: context length, the new token included
+                        int64_t block_size, int64_t sliding_window, double scale) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat && query.is_contiguous(), "query: contiguous float32");
+  TORCH_CHECK(keys.is_contiguous() && values.is_contiguous(), "the KV cache must be contiguous");
+  TORCH_CHECK(keys.scalar_type() == values.scalar_type(), "keys and values differ in dtype");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.is_contiguous(), "tables: contiguous int64");
+  TORCH_CHECK(ends.scalar_type() == at::kLong && ends.is_contiguous(), "ends: contiguous int64");
+  TORCH_CHECK(query.size(1) % keys.size(0) == 0, "query heads must be a multiple of KV heads");
+  const Shape s{query.size(1), keys.size(0), keys.size(2), values.size(2), keys.size(1),
+                tables.size(1), block_size, sliding_window, static_cast<float>(scale)};
+  auto out = at::empty({query.size(0), s.heads, s.value_dim}, query.options());
+  switch (keys.scalar_type()) {
+    case at::kFloat: run<float>(s, query, keys, values, tables, ends, out); break;
+    case at::kBFloat16: run<c10::BFloat16>(s, query, keys, values, tables, ends, out); break;
+    case at::kHalf: run<c10::Half>(s, query, keys, values, tables, ends, out); break;
+    case at::kFloat8_e4m3fn: run<c10::Float8_e4m3fn>(s, query, keys, values, tables, ends, out); break;
+    case at::kFloat8_e5m2: run<c10::Float8_e5m2>(s, query, keys, values, tables, ends, out); break;
+    default: TORCH_CHECK(false, "unsupported KV cache dtype ", keys.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llm_serving, m) {
+  m.def("paged_decode(Tensor query, Tensor keys, Tensor values, Tensor tables, Tensor ends, "
+        "int block_size, int sliding_window, float scale) -> Tensor",
+        &paged_decode);
+}

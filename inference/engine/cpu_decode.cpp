@@ -92,11 +92,14 @@ void run(const Shape& s, const at::Tensor& query, const at::Tensor& keys, const 
   const int64_t* table_data = tables.data_ptr<int64_t>();
   const int64_t* end_data = ends.data_ptr<int64_t>();
   float* out_data = out.data_ptr<float>();
-  const int64_t tasks = query.size(0) * s.kv_heads;
+  const int64_t batch = query.size(0), tasks = batch * s.kv_heads;
+  // Tasks in KV-head-major order: the threads' contiguous ranges of tasks then hold similar amounts
+  // of context even when a batch's lengths differ widely (a row-major split would give one thread
+  // the short rows and another the long ones).
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t stop) {
     Scratch scratch;
     for (int64_t task = begin; task < stop; ++task) {
-      const int64_t row = task / s.kv_heads, kv_head = task % s.kv_heads;
+      const int64_t row = task % batch, kv_head = task / batch;
       attend<cache_t>(s, query_data, key_data, value_data, table_data + row * s.width, end_data[row],
                       out_data, row, kv_head, scratch);
     }

@@ -213,7 +213,6 @@ class ModelRunner:
         with step_context(context), lora_step(adapters):
             return self._model_step(token_ids[None], positions[None], sample_rows).float()
 
-
     def _decode_masks(self, width: int, ends: torch.Tensor) -> dict[int | None, torch.Tensor]:
         """Per sliding window in the model, the additive attention bias of each decode's context,
         padded to `width` blocks.

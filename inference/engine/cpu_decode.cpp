@@ -106,6 +106,22 @@ void run(const Shape& s, const at::Tensor& query, const at::Tensor& keys, const 
   });
 }
 
+// The kernel reads wherever the tables point: every block a context uses must lie in the pool.
+void check_in_bounds(const Shape& s, const at::Tensor& tables, const at::Tensor& ends) {
+  const int64_t* table = tables.data_ptr<int64_t>();
+  const int64_t* end = ends.data_ptr<int64_t>();
+  const int64_t num_blocks = s.slots / s.block_size;
+  for (int64_t row = 0; row < tables.size(0); ++row) {
+    TORCH_CHECK(end[row] >= 1 && end[row] <= s.width * s.block_size, "row ", row, ": context length ",
+                end[row], " outside [1, ", s.width * s.block_size, "]");
+    for (int64_t block = 0; block * s.block_size < end[row]; ++block) {
+      const int64_t id = table[row * s.width + block];
+      TORCH_CHECK(id >= 0 && id < num_blocks, "row ", row, ": block ", id, " outside the pool of ",
+                  num_blocks);
+    }
+  }
+}
+
 at::Tensor paged_decode(const at::Tensor& query,   // [B, heads, head_dim] float32
                         const at::Tensor& keys,    // [kv_heads, slots, head_dim]
                         const at::Tensor& values,  // [kv_heads, slots, value_dim]
@@ -118,8 +134,11 @@ at::Tensor paged_decode(const at::Tensor& query,   // [B, heads, head_dim] float
   TORCH_CHECK(tables.scalar_type() == at::kLong && tables.is_contiguous(), "tables: contiguous int64");
   TORCH_CHECK(ends.scalar_type() == at::kLong && ends.is_contiguous(), "ends: contiguous int64");
   TORCH_CHECK(query.size(1) % keys.size(0) == 0, "query heads must be a multiple of KV heads");
+  TORCH_CHECK(tables.size(0) == query.size(0) && ends.size(0) == query.size(0),
+              "one block table and one context length per query");
   const Shape s{query.size(1), keys.size(0), keys.size(2), values.size(2), keys.size(1),
                 tables.size(1), block_size, sliding_window, static_cast<float>(scale)};
+  check_in_bounds(s, tables, ends);
   auto out = at::empty({query.size(0), s.heads, s.value_dim}, query.options());
   switch (keys.scalar_type()) {
     case at::kFloat: run<float>(s, query, keys, values, tables, ends, out); break;

@@ -98,6 +98,32 @@ def test_kernel_matches_attention_over_the_gathered_context(
     torch.testing.assert_close(alone, expected[-1:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("table", "end", "message"),
+    [
+        ([NUM_BLOCKS], 3, "block 40 outside the pool of 40"),
+        ([-1], 3, "block -1 outside"),
+        ([1], BLOCK_SIZE + 1, "context length 9 outside"),
+    ],
+    ids=["past-the-pool", "negative", "past-the-table"],
+)
+def test_the_cpu_kernel_refuses_a_context_outside_the_pool(table, end, message):
+    """It reads wherever the block table points: a table or length that would read outside the
+    pool is an error, not a read of other memory."""
+    keys = torch.zeros(2, NUM_BLOCKS * BLOCK_SIZE, 16)
+    with pytest.raises(RuntimeError, match=message):
+        _attend_with(
+            "compiled",
+            torch.zeros(1, 2, 16),
+            keys,
+            keys,
+            torch.tensor([table]),
+            torch.tensor([end]),
+            1.0,
+            None,
+        )
+
+
 def test_auto_attends_over_gathered_blocks_where_the_cpu_kernel_cannot_be_built(monkeypatch, caplog):
     monkeypatch.setenv("CXX", "no-such-compiler")
     cpu_decode.load.cache_clear()

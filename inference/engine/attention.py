@@ -51,7 +51,8 @@ class StepLayout:
     decode_blocks: torch.Tensor  # [B, W]: each decode's block table, padded to W blocks
     decode_ends: torch.Tensor  # [B]: each decode's context length, its new token included
     # Per sliding window of the model's layers (None: full attention): [1, B, 1, W * block_size],
-    # 0 where a decode attends to the padded context position, -inf elsewhere.
+    # 0 where a decode attends to the padded context position, -inf elsewhere. Empty when a paged
+    # kernel attends (it masks by `decode_ends`).
     decode_masks: dict[int | None, torch.Tensor]
 
 

@@ -203,7 +203,8 @@ class ModelRunner:
             decode_rows=decode_rows,
             decode_blocks=decode_blocks,
             decode_ends=ends,
-            decode_masks=self._decode_masks(decode_blocks.shape[1], ends),
+            # A paged kernel masks by the context ends itself.
+            decode_masks={} if self.decode_kernel else self._decode_masks(decode_blocks.shape[1], ends),
         )
         segments = tuple(
             LoraSegment(lora_id, slice(first, last)) for lora_id, first, last in inputs.lora_segments

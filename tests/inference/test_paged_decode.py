@@ -137,7 +137,7 @@ def test_auto_attends_over_gathered_blocks_where_the_cpu_kernel_cannot_be_built(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "sdpa"])  # sdpa: the fallback, over gathered blocks
 def test_engine_with_the_kernel_matches_generate_under_preemption(tmp_path, backend):
     # Mixed prefill/decode steps, sliding-window layers and recomputation after preemption, all
     # with decodes attending through the kernel.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import random
 
 import pytest
@@ -134,6 +135,19 @@ def test_auto_attends_over_gathered_blocks_where_the_cpu_kernel_cannot_be_built(
             pick_decode_kernel("compiled", torch.device("cpu"), BLOCK_SIZE)
     finally:
         cpu_decode.load.cache_clear()  # built again (from the cache) by the next user
+
+
+def test_the_cpu_kernel_builds_with_the_installed_ninja_outside_an_activated_environment(monkeypatch):
+    """`.venv/bin/python -m inference serve` runs with the virtual environment's bin/ off the PATH;
+    torch runs ninja by name, so the ninja package's own binary is put on it."""
+    import ninja
+
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != ninja.BIN_DIR)
+    )
+    cpu_decode.load.cache_clear()
+    cpu_decode.load()
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -17,7 +19,7 @@ namespace {
 
 // Per-thread buffers, reused from task to task.
 struct Scratch {
-  std::vector<float> scores, maxima, sums;
+  std::vector<float> scores, maxima, sums, row;  // row: one key or value widened to float32
 };
 
 struct Shape {
@@ -25,16 +27,48 @@ struct Shape {
   float scale;
 };
 
-template <typename cache_t>
-float dot(const float* query, const cache_t* key, int64_t size) {
+// A key or value row of the cache as float32: float32 rows as they lie, narrower ones widened into
+// `buffer` in a loop the compiler vectorises (bfloat16: a shift; float8: a 256-entry table).
+const float* widened(const float* row, int64_t, float*) { return row; }
+
+const float* widened(const c10::BFloat16* row, int64_t size, float* buffer) {
+  for (int64_t d = 0; d < size; ++d) buffer[d] = std::bit_cast<float>(static_cast<uint32_t>(row[d].x) << 16);
+  return buffer;
+}
+
+const float* widened(const c10::Half* row, int64_t size, float* buffer) {
+  for (int64_t d = 0; d < size; ++d) buffer[d] = static_cast<float>(row[d]);
+  return buffer;
+}
+
+template <typename float8_t>
+const float* widened_float8(const float8_t* row, int64_t size, float* buffer) {
+  static const std::array<float, 256> values = [] {
+    std::array<float, 256> table{};
+    for (int bits = 0; bits < 256; ++bits)
+      table[bits] = static_cast<float>(float8_t(static_cast<uint8_t>(bits), float8_t::from_bits()));
+    return table;
+  }();
+  for (int64_t d = 0; d < size; ++d) buffer[d] = values[row[d].x];
+  return buffer;
+}
+
+const float* widened(const c10::Float8_e4m3fn* row, int64_t size, float* buffer) {
+  return widened_float8(row, size, buffer);
+}
+
+const float* widened(const c10::Float8_e5m2* row, int64_t size, float* buffer) {
+  return widened_float8(row, size, buffer);
+}
+
+float dot(const float* query, const float* key, int64_t size) {
   float sum = 0.f;
-  for (int64_t d = 0; d < size; ++d) sum += query[d] * static_cast<float>(key[d]);
+  for (int64_t d = 0; d < size; ++d) sum += query[d] * key[d];
   return sum;
 }
 
-template <typename cache_t>
-void accumulate(float* into, float weight, const cache_t* value, int64_t size) {
-  for (int64_t d = 0; d < size; ++d) into[d] += weight * static_cast<float>(value[d]);
+void accumulate(float* into, float weight, const float* value, int64_t size) {
+  for (int64_t d = 0; d < size; ++d) into[d] += weight * value[d];
 }
 
 // Sequence `row`, KV head `kv_head`: writes the attended values of its `group` query heads.
@@ -51,11 +85,12 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
   std::vector<float>& maxima = scratch.maxima;
   std::vector<float>& sums = scratch.sums;
   scores.resize(group * length);
+  scratch.row.resize(std::max(s.head_dim, s.value_dim));
   maxima.assign(group, -std::numeric_limits<float>::infinity());
   sums.resize(group);
   for (int64_t position = first; position < end; ++position) {
     const int64_t slot = table[position / s.block_size] * s.block_size + position % s.block_size;
-    const cache_t* key = head_keys + slot * s.head_dim;
+    const float* key = widened(head_keys + slot * s.head_dim, s.head_dim, scratch.row.data());
     for (int64_t g = 0; g < group; ++g) {
       const float score = dot(queries + g * s.head_dim, key, s.head_dim) * s.scale;
       scores[g * length + position - first] = score;
@@ -75,7 +110,7 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
   std::fill(outputs, outputs + group * s.value_dim, 0.f);
   for (int64_t position = first; position < end; ++position) {
     const int64_t slot = table[position / s.block_size] * s.block_size + position % s.block_size;
-    const cache_t* value = head_values + slot * s.value_dim;
+    const float* value = widened(head_values + slot * s.value_dim, s.value_dim, scratch.row.data());
     for (int64_t g = 0; g < group; ++g)
       accumulate(outputs + g * s.value_dim, scores[g * length + position - first], value, s.value_dim);
   }

@@ -169,6 +169,7 @@ def test_engine_with_the_kernel_matches_generate_under_preemption(tmp_path, back
         "model_path": model_dir, "attention_backend": backend, "max_model_len": 48,
         "max_num_batched_tokens": 16, "kv_cache_block_size": 8,
         "kv_cache_memory_bytes": 64 * 512,  # 64 tokens of 512 bytes: room for about 1.3 sequences
+        **({"device": "cpu"} if backend == "compiled" else {}),  # the CPU's kernel, on a GPU machine too
     }  # fmt: skip
     loaded = load_model(ServerConfig(**settings))
 

@@ -85,7 +85,6 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
   std::vector<float>& maxima = scratch.maxima;
   std::vector<float>& sums = scratch.sums;
   scores.resize(group * length);
-  scratch.row.resize(std::max(s.head_dim, s.value_dim));
   maxima.assign(group, -std::numeric_limits<float>::infinity());
   sums.resize(group);
   for (int64_t position = first; position < end; ++position) {
@@ -133,6 +132,7 @@ void run(const Shape& s, const at::Tensor& query, const at::Tensor& keys, const 
   // the short rows and another the long ones).
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t stop) {
     Scratch scratch;
+    scratch.row.resize(std::max(s.head_dim, s.value_dim));
     for (int64_t task = begin; task < stop; ++task) {
       const int64_t row = task % batch, kv_head = task / batch;
       attend<cache_t>(s, query_data, key_data, value_data, table_data + row * s.width, end_data[row],

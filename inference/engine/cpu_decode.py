@@ -1,4 +1,4 @@
-"""Paged decode attention on the CPU: a C++ kernel (`cpu_decode.cpp`) built at first use.
+"""Paged decode attention on the CPU: a C++ kernel (`cpu_decode.cpp`) built when the engine picks it.
 
 Each decode reads its keys and values from their blocks in the pool, and only up to its own context
 length: a batch's block tables are padded to its longest context, and attention that ran over the

@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,19 +151,24 @@ def test_the_cpu_kernel_builds_with_the_installed_ninja_outside_an_activated_env
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
 
 
+def _small_mistral(directory: Path, **config: object) -> Path:
+    """A two-layer random Mistral with GQA, saved under `directory`."""
+    return save_random_model(
+        MistralConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+            **byte_level_token_ids(), **config,
+        ),
+        directory / "mistral",
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [*BACKENDS, "sdpa"])  # sdpa: the fallback, over gathered blocks
 def test_engine_with_the_kernel_matches_generate_under_preemption(tmp_path, backend):
     # Mixed prefill/decode steps, sliding-window layers and recomputation after preemption, all
     # with decodes attending through the kernel.
-    model_dir = save_random_model(
-        MistralConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, sliding_window=12, max_position_embeddings=256, initializer_range=0.3,
-            tie_word_embeddings=False, **byte_level_token_ids(),
-        ),
-        tmp_path / "mistral",
-    )  # fmt: skip
+    model_dir = _small_mistral(tmp_path, sliding_window=12, initializer_range=0.3)
     requests = random_greedy_requests(3, 6, max_prompt_tokens=30, max_new_tokens=12)
     expected = generate_each(load_reference(model_dir), requests)
     settings = {
@@ -243,14 +249,7 @@ def test_engine_with_a_narrower_cache_holds_more_tokens_and_starts_as_generate(
     """The cache holds 2x (bfloat16) or 4x (fp8) the tokens of a float32 one in the same budget; a
     prompt's first token comes from its prefill, which attends over its own unrounded keys, so it
     is `generate`'s; later tokens read rounded keys and values and may differ."""
-    model_dir = save_random_model(
-        MistralConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, sliding_window=None, max_position_embeddings=256,
-            tie_word_embeddings=False, **byte_level_token_ids(),
-        ),
-        tmp_path / "mistral",
-    )  # fmt: skip
+    model_dir = _small_mistral(tmp_path, sliding_window=None)
     requests = random_greedy_requests(5, 6, max_prompt_tokens=30, max_new_tokens=12, min_new_tokens=12)
     expected = generate_each(load_reference(model_dir), requests)
     budget = {

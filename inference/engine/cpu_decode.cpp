@@ -1,25 +1,31 @@
 // Paged decode attention for the CPU: one new token per sequence attends over its cached context,
-// read where it lies in the KV block pool, position by position, up to its own length. Nothing is
+// read where it lies in the KV block pool, block by block, up to its own length. Nothing is
 // gathered, and no work is spent on the padding that a batch's block tables carry up to the longest
 // context. Each task is one sequence and one KV head, with every query head that shares it (GQA), so
-// each key and value is read once. Scores and sums in float32 whatever the cache's dtype.
+// each key and value is read once. Scores and sums in float32 whatever the cache's dtype, with ATen's
+// vector classes (AVX512 or AVX2, as the build's flags pick).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+
 // Per-thread buffers, reused from task to task.
 struct Scratch {
-  std::vector<float> scores, maxima, sums, row;  // row: one key or value widened to float32
+  std::vector<float> queries, scores, maxima, sums, sums_of_values;
 };
 
 struct Shape {
@@ -27,94 +33,129 @@ struct Shape {
   float scale;
 };
 
-// A key or value row of the cache as float32: float32 rows as they lie, narrower ones widened into
-// `buffer` in a loop the compiler vectorises (bfloat16: a shift; float8: a 256-entry table).
-const float* widened(const float* row, int64_t, float*) { return row; }
-
-const float* widened(const c10::BFloat16* row, int64_t size, float* buffer) {
-  for (int64_t d = 0; d < size; ++d) buffer[d] = std::bit_cast<float>(static_cast<uint32_t>(row[d].x) << 16);
-  return buffer;
-}
-
-const float* widened(const c10::Half* row, int64_t size, float* buffer) {
-  for (int64_t d = 0; d < size; ++d) buffer[d] = static_cast<float>(row[d]);
-  return buffer;
+// One cache element as float32 (float8 through a 256-entry table).
+template <typename cache_t>
+float widened_element(cache_t value) {
+  return static_cast<float>(value);
 }
 
 template <typename float8_t>
-const float* widened_float8(const float8_t* row, int64_t size, float* buffer) {
+float widened_float8(float8_t value) {
   static const std::array<float, 256> values = [] {
     std::array<float, 256> table{};
     for (int bits = 0; bits < 256; ++bits)
       table[bits] = static_cast<float>(float8_t(static_cast<uint8_t>(bits), float8_t::from_bits()));
     return table;
   }();
-  for (int64_t d = 0; d < size; ++d) buffer[d] = values[row[d].x];
-  return buffer;
+  return values[value.x];
 }
 
-const float* widened(const c10::Float8_e4m3fn* row, int64_t size, float* buffer) {
-  return widened_float8(row, size, buffer);
+template <>
+float widened_element(c10::Float8_e4m3fn value) {
+  return widened_float8(value);
 }
 
-const float* widened(const c10::Float8_e5m2* row, int64_t size, float* buffer) {
-  return widened_float8(row, size, buffer);
+template <>
+float widened_element(c10::Float8_e5m2 value) {
+  return widened_float8(value);
 }
 
-float dot(const float* query, const float* key, int64_t size) {
-  float sum = 0.f;
-  for (int64_t d = 0; d < size; ++d) sum += query[d] * key[d];
-  return sum;
+// `count` (at most kLanes) elements of a cache row as float32 lanes, the rest zero. Whole vectors of
+// float32, bfloat16 and float16 rows are loaded and widened in registers; the rest go through a
+// small buffer.
+template <typename cache_t>
+Vec load_lanes(const cache_t* row, int64_t count) {
+  if constexpr (std::is_same_v<cache_t, float>) {
+    return count == kLanes ? Vec::loadu(row) : Vec::loadu(row, count);
+  } else if constexpr (std::is_same_v<cache_t, c10::BFloat16> || std::is_same_v<cache_t, c10::Half>) {
+    if (count == kLanes) {
+      Vec lanes;
+      at::vec::load_to_float(row, lanes);
+      return lanes;
+    }
+  }
+  alignas(64) float buffer[kLanes];
+  for (int64_t d = 0; d < count; ++d) buffer[d] = widened_element(row[d]);
+  return Vec::loadu(buffer, count);
 }
 
-void accumulate(float* into, float weight, const float* value, int64_t size) {
-  for (int64_t d = 0; d < size; ++d) into[d] += weight * value[d];
+// The scores of `count` consecutive cache rows (keys) against one query, held in whole vectors.
+template <typename cache_t>
+float block_scores(const Shape& s, const float* query, const cache_t* keys, int64_t count, float* scores) {
+  const int64_t vectors = (s.head_dim + kLanes - 1) / kLanes;
+  float maximum = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < count; ++i) {
+    const cache_t* key = keys + i * s.head_dim;
+    Vec sum(0.f);
+    for (int64_t v = 0; v < vectors; ++v)
+      sum = at::vec::fmadd(Vec::loadu(query + v * kLanes),
+                           load_lanes(key + v * kLanes, std::min(kLanes, s.head_dim - v * kLanes)), sum);
+    scores[i] = at::vec::vec_reduce_all([](Vec& a, Vec& b) { return a + b; }, sum);
+    maximum = std::max(maximum, scores[i]);
+  }
+  return maximum;
 }
 
 // Sequence `row`, KV head `kv_head`: writes the attended values of its `group` query heads.
+//
+// One pass over the context, a block at a time (online softmax): the block's scores for each query
+// head, then its values weighted by them, each head's running sums rescaled when the block raises its
+// maximum. A block's keys and values are read together, two streams from memory at once, and
+// nothing is kept per position beyond the block.
 template <typename cache_t>
 void attend(const Shape& s, const float* query, const cache_t* keys, const cache_t* values,
             const int64_t* table, int64_t end, float* out, int64_t row, int64_t kv_head, Scratch& scratch) {
   const int64_t group = s.heads / s.kv_heads;
+  const int64_t key_width = (s.head_dim + kLanes - 1) / kLanes * kLanes;
+  const int64_t value_width = (s.value_dim + kLanes - 1) / kLanes * kLanes;
+  // The group's queries, scaled, in whole vectors (the lanes past head_dim zero).
+  float* queries = scratch.queries.data();
+  const float* own_queries = query + (row * s.heads + kv_head * group) * s.head_dim;
+  for (int64_t g = 0; g < group; ++g)
+    for (int64_t d = 0; d < key_width; ++d)
+      queries[g * key_width + d] = d < s.head_dim ? own_queries[g * s.head_dim + d] * s.scale : 0.f;
+  float* sums_of_values = scratch.sums_of_values.data();
+  float* scores = scratch.scores.data();
+  std::fill(sums_of_values, sums_of_values + group * value_width, 0.f);
+  scratch.maxima.assign(group, -std::numeric_limits<float>::infinity());
+  scratch.sums.assign(group, 0.f);
   const int64_t first = s.sliding_window > 0 ? std::max<int64_t>(0, end - s.sliding_window) : 0;
-  const int64_t length = end - first;
-  const float* queries = query + (row * s.heads + kv_head * group) * s.head_dim;
-  const cache_t* head_keys = keys + kv_head * s.slots * s.head_dim;
-  const cache_t* head_values = values + kv_head * s.slots * s.value_dim;
-  std::vector<float>& scores = scratch.scores;
-  std::vector<float>& maxima = scratch.maxima;
-  std::vector<float>& sums = scratch.sums;
-  scores.resize(group * length);
-  maxima.assign(group, -std::numeric_limits<float>::infinity());
-  sums.resize(group);
-  for (int64_t position = first; position < end; ++position) {
-    const int64_t slot = table[position / s.block_size] * s.block_size + position % s.block_size;
-    const float* key = widened(head_keys + slot * s.head_dim, s.head_dim, scratch.row.data());
+  for (int64_t start = first, stop; start < end; start = stop) {
+    stop = std::min(end, (start / s.block_size + 1) * s.block_size);
+    const int64_t count = stop - start;
+    const int64_t slot = table[start / s.block_size] * s.block_size + start % s.block_size;
     for (int64_t g = 0; g < group; ++g) {
-      const float score = dot(queries + g * s.head_dim, key, s.head_dim) * s.scale;
-      scores[g * length + position - first] = score;
-      maxima[g] = std::max(maxima[g], score);
+      float* weights = scores + g * s.block_size;
+      const float block_max =
+          block_scores(s, queries + g * key_width, keys + (kv_head * s.slots + slot) * s.head_dim, count, weights);
+      float& maximum = scratch.maxima[g];
+      if (block_max > maximum) {
+        const float rescale = std::exp(maximum - block_max);
+        scratch.sums[g] *= rescale;
+        float* into = sums_of_values + g * value_width;
+        for (int64_t d = 0; d < value_width; d += kLanes) (Vec::loadu(into + d) * Vec(rescale)).store(into + d);
+        maximum = block_max;
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        weights[i] = std::exp(weights[i] - maximum);
+        scratch.sums[g] += weights[i];
+      }
     }
-  }
-  for (int64_t g = 0; g < group; ++g) {
-    float* weights = scores.data() + g * length;
-    float total = 0.f;
-    for (int64_t i = 0; i < length; ++i) {
-      weights[i] = std::exp(weights[i] - maxima[g]);
-      total += weights[i];
+    for (int64_t i = 0; i < count; ++i) {
+      const cache_t* value = values + (kv_head * s.slots + slot + i) * s.value_dim;
+      for (int64_t d = 0; d < value_width; d += kLanes) {
+        const Vec lanes = load_lanes(value + d, std::min(kLanes, s.value_dim - d));
+        for (int64_t g = 0; g < group; ++g) {
+          float* into = sums_of_values + g * value_width + d;
+          at::vec::fmadd(Vec(scores[g * s.block_size + i]), lanes, Vec::loadu(into)).store(into);
+        }
+      }
     }
-    sums[g] = total;
   }
   float* outputs = out + (row * s.heads + kv_head * group) * s.value_dim;
-  std::fill(outputs, outputs + group * s.value_dim, 0.f);
-  for (int64_t position = first; position < end; ++position) {
-    const int64_t slot = table[position / s.block_size] * s.block_size + position % s.block_size;
-    const float* value = widened(head_values + slot * s.value_dim, s.value_dim, scratch.row.data());
-    for (int64_t g = 0; g < group; ++g)
-      accumulate(outputs + g * s.value_dim, scores[g * length + position - first], value, s.value_dim);
-  }
   for (int64_t g = 0; g < group; ++g)
-    for (int64_t d = 0; d < s.value_dim; ++d) outputs[g * s.value_dim + d] /= sums[g];
+    for (int64_t d = 0; d < s.value_dim; ++d)
+      outputs[g * s.value_dim + d] = sums_of_values[g * value_width + d] / scratch.sums[g];
 }
 
 template <typename cache_t>
@@ -132,7 +173,10 @@ void run(const Shape& s, const at::Tensor& query, const at::Tensor& keys, const 
   // the short rows and another the long ones).
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t stop) {
     Scratch scratch;
-    scratch.row.resize(std::max(s.head_dim, s.value_dim));
+    const int64_t group = s.heads / s.kv_heads;
+    scratch.queries.resize(group * ((s.head_dim + kLanes - 1) / kLanes) * kLanes);
+    scratch.sums_of_values.resize(group * ((s.value_dim + kLanes - 1) / kLanes) * kLanes);
+    scratch.scores.resize(group * s.block_size);
     for (int64_t task = begin; task < stop; ++task) {
       const int64_t row = task % batch, kv_head = task / batch;
       attend<cache_t>(s, query_data, key_data, value_data, table_data + row * s.width, end_data[row],

@@ -59,7 +59,11 @@ class ServerConfig(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     log_level: LogLevel = "info"
     device: Device = "auto"
-    dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
+    dtype: Dtype = Field(
+        "auto",
+        description="auto: bfloat16 on CUDA; on the CPU, bfloat16 for a 16-bit checkpoint where the CPU "
+        "has bfloat16 dot products (AVX512-BF16, AMX), else float32.",
+    )
     quantization: Quantization = "none"
     tensor_parallel_size: int = Field(
         1,

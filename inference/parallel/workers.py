@@ -274,7 +274,7 @@ def run_worker(spec: WorkerSpec) -> None:
     store.set(_started_key(spec.rank), "1")
     device = rank_device(pick_device(config.device), spec.rank)
     group = join_group(store, spec.rank, config.tensor_parallel_size, device)
-    dtype = pick_dtype(config.dtype, device)
+    dtype = pick_dtype(config.dtype, device, spec.model_dir)
     model = ShardPlan.of(spec.model_dir, config, device, dtype, spec.split_vocabulary).load(group)
     runner: ModelRunner | None = None
     reported_at = float("-inf")

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from inference import model_loading
+from inference.bench.shapes import SHAPES
 from inference.config import ServerConfig
 from inference.model_loading import ModelLoadError, load_model, tiny_demo_model_dir
+from inference.tiny_model import write_random_llama
 
 
 @pytest.fixture
@@ -41,6 +44,35 @@ def test_dtype_can_be_overridden(tiny_model_dir):
     loaded = load_model(ServerConfig(model_path=tiny_model_dir, dtype="bfloat16"))
     assert loaded.dtype == torch.bfloat16
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("saved", "cpu_has_bfloat16", "served"),
+    [
+        (torch.bfloat16, True, torch.bfloat16),
+        (torch.float16, True, torch.bfloat16),
+        (torch.bfloat16, False, torch.float32),
+        (torch.float32, True, torch.float32),
+    ],
+    ids=["bf16-native", "fp16-native", "bf16-emulated", "fp32-checkpoint"],
+)
+def test_auto_dtype_on_the_cpu_is_bfloat16_only_for_a_16_bit_checkpoint_and_native_bfloat16(
+    tmp_path, monkeypatch, saved, cpu_has_bfloat16, served
+):
+    model_dir = write_random_llama(tmp_path / "model", SHAPES["small"], dtype=saved)
+    monkeypatch.setattr(model_loading, "cpu_computes_bfloat16", lambda: cpu_has_bfloat16)
+    loaded = load_model(ServerConfig(model_path=model_dir, device="cpu"))
+    assert loaded.dtype == served
+    assert next(loaded.model.parameters()).dtype == served
+
+
+def test_the_bfloat16_probe_agrees_with_the_cpu_flags():
+    """Where the kernel lists the CPU's flags (Linux), they name the instructions the probe reports."""
+    flags = Path("/proc/cpuinfo")
+    if not flags.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    words = set(flags.read_text().split())
+    assert model_loading.cpu_computes_bfloat16() == bool(words & {"avx512_bf16", "amx_bf16"})
 
 
 def test_a_missing_directory_is_a_clear_error(tmp_path):

@@ -30,7 +30,7 @@ MAX_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def source_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Saved in bf16 and served in float32 on CPU, as a real checkpoint would be."""
+    """Saved in bf16, as a real checkpoint would be."""
     return make_random_llama(tmp_path_factory.mktemp("source"), "small")
 
 

@@ -8,6 +8,8 @@ import asyncio
 import importlib.util
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,29 @@ def test_the_cpu_kernel_builds_with_the_installed_ninja_outside_an_activated_env
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_the_cpu_kernel_built_for_another_instruction_set_gives_the_same_answers(capability):
+    """The kernel's vectors are as wide as the instruction set torch dispatches to (AVX512, AVX2, or
+    none: plain loops); the kernel tests run again, in a process where torch is told to use a
+    narrower one than this CPU's (`ATEN_CPU_CAPABILITY`), with the kernel built for it."""
+    if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    kernel_tests = "compiled and (gathered_context or narrower_cache) or half_precision or refuses"
+    check = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=environment, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert check.stdout.strip() == capability.upper()
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", kernel_tests],
+        env=environment, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
+
+
 def _small_mistral(directory: Path, **config: object) -> Path:
     """A two-layer random Mistral with GQA, saved under `directory`."""
     return save_random_model(
@@ -206,10 +231,11 @@ def test_a_narrower_cache_is_written_rounded_and_attended_over_widened(backend, 
     attention over them rounded to that dtype (and saturated at its largest finite value)."""
     generator = torch.Generator().manual_seed(1)
     slots = NUM_BLOCKS * BLOCK_SIZE
-    keys = torch.randn(2, slots, 16, generator=generator) * 4
-    values = torch.randn(2, slots, 16, generator=generator)
+    # 20: a whole vector (8 or 16 lanes) and a remainder, each widened on its own path.
+    keys = torch.randn(2, slots, 20, generator=generator) * 4
+    values = torch.randn(2, slots, 20, generator=generator)
     keys[:, :3] = 1e6  # beyond every float8's range: saturated, never infinite or NaN
-    empty = torch.zeros(2, slots, 16, dtype=cache_dtype)
+    empty = torch.zeros(2, slots, 20, dtype=cache_dtype)
     cache = LayerCache(empty, empty.clone(), BLOCK_SIZE)
     cache.write(torch.arange(slots), keys, values)
     limit = torch.finfo(cache_dtype).max
@@ -219,7 +245,7 @@ def test_a_narrower_cache_is_written_rounded_and_attended_over_widened(backend, 
     tables = [[0, 5, 9], [2], [7, 3]]
     ends = torch.tensor([20, 6, 16])
     padded = torch.tensor([table + [0] * (3 - len(table)) for table in tables])
-    query = torch.randn(3, 4, 16, generator=generator)
+    query = torch.randn(3, 4, 20, generator=generator)
     output = _attend_with(backend, query, cache.keys, cache.values, padded, ends, 0.25, None)
     expected = _reference(query, rounded_keys, rounded_values, tables, ends, 0.25, None)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
@@ -229,10 +255,10 @@ def test_a_narrower_cache_is_written_rounded_and_attended_over_widened(backend, 
 def test_the_cpu_kernel_attends_in_a_half_precision_models_dtype(dtype):
     """A float16 or bfloat16 model's query and cache, answered in its dtype."""
     generator = torch.Generator().manual_seed(2)
-    keys, values = torch.randn(2, 2, NUM_BLOCKS * BLOCK_SIZE, 16, generator=generator).to(dtype)
+    keys, values = torch.randn(2, 2, NUM_BLOCKS * BLOCK_SIZE, 20, generator=generator).to(dtype)
     tables = [[4, 1], [6]]
     ends = torch.tensor([13, 5])
-    query = torch.randn(2, 4, 16, generator=generator).to(dtype)
+    query = torch.randn(2, 4, 20, generator=generator).to(dtype)
     output = _attend_with("compiled", query, keys, values, torch.tensor([[4, 1], [6, 0]]), ends, 0.25, None)
     expected = _reference(query.float(), keys.float(), values.float(), tables, ends, 0.25, None)
     assert output.dtype == dtype

@@ -33,31 +33,22 @@ struct Shape {
   float scale;
 };
 
-// One cache element as float32 (float8 through a 256-entry table).
+// Every float8 value of a format as float32, made when the library loads: a lookup per element.
+template <typename float8_t>
+const std::array<float, 256> kFloat8Values = [] {
+  std::array<float, 256> table{};
+  for (int bits = 0; bits < 256; ++bits)
+    table[bits] = static_cast<float>(float8_t(static_cast<uint8_t>(bits), float8_t::from_bits()));
+  return table;
+}();
+
+// One cache element as float32.
 template <typename cache_t>
 float widened_element(cache_t value) {
-  return static_cast<float>(value);
-}
-
-template <typename float8_t>
-float widened_float8(float8_t value) {
-  static const std::array<float, 256> values = [] {
-    std::array<float, 256> table{};
-    for (int bits = 0; bits < 256; ++bits)
-      table[bits] = static_cast<float>(float8_t(static_cast<uint8_t>(bits), float8_t::from_bits()));
-    return table;
-  }();
-  return values[value.x];
-}
-
-template <>
-float widened_element(c10::Float8_e4m3fn value) {
-  return widened_float8(value);
-}
-
-template <>
-float widened_element(c10::Float8_e5m2 value) {
-  return widened_float8(value);
+  if constexpr (std::is_same_v<cache_t, c10::Float8_e4m3fn> || std::is_same_v<cache_t, c10::Float8_e5m2>)
+    return kFloat8Values<cache_t>[value.x];
+  else
+    return static_cast<float>(value);
 }
 
 // `count` (at most kLanes) elements of a cache row as float32 lanes, the rest zero. Whole vectors of

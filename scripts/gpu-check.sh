@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one short run (at most about 8 minutes on one GPU, every step bounded by a timeout): the GPU tests, then the GPU
-# benchmarks, each writing its JSON (or JUnit XML) into OUTDIR.
+# The GPU check in one short run (at most about 8 minutes on one GPU, every step bounded by a
+# timeout): the GPU tests, then the GPU benchmarks, each writing its JSON (or JUnit XML) into OUTDIR.
 #   scripts/gpu-check.sh OUTDIR
 # Without a CUDA device it says so and exits at once (status 2).
 set -euo pipefail

@@ -23,14 +23,27 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
 
-// Per-thread buffers, reused from task to task.
-struct Scratch {
-  std::vector<float> queries, scores, maxima, sums, sums_of_values;
-};
+// `size` floats rounded up to whole vectors.
+constexpr int64_t whole_vectors(int64_t size) {
+  return (size + kLanes - 1) / kLanes * kLanes;
+}
 
 struct Shape {
   int64_t heads, kv_heads, head_dim, value_dim, slots, width, block_size, sliding_window;
   float scale;
+  int64_t group() const { return heads / kv_heads; }
+};
+
+// Per-thread buffers, sized once and reused from task to task. Queries and sums of values are held
+// in whole vectors (the lanes past the head size zero).
+struct Scratch {
+  explicit Scratch(const Shape& s)
+      : queries(s.group() * whole_vectors(s.head_dim)),
+        scores(s.group() * s.block_size),
+        maxima(s.group()),
+        sums(s.group()),
+        sums_of_values(s.group() * whole_vectors(s.value_dim)) {}
+  std::vector<float> queries, scores, maxima, sums, sums_of_values;
 };
 
 // Every float8 value of a format as float32, made when the library loads: a lookup per element.
@@ -73,14 +86,12 @@ Vec load_lanes(const cache_t* row, int64_t count) {
 // The scores of `count` consecutive cache rows (keys) against one query, held in whole vectors.
 template <typename cache_t>
 float block_scores(const Shape& s, const float* query, const cache_t* keys, int64_t count, float* scores) {
-  const int64_t vectors = (s.head_dim + kLanes - 1) / kLanes;
   float maximum = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < count; ++i) {
     const cache_t* key = keys + i * s.head_dim;
     Vec sum(0.f);
-    for (int64_t v = 0; v < vectors; ++v)
-      sum = at::vec::fmadd(Vec::loadu(query + v * kLanes),
-                           load_lanes(key + v * kLanes, std::min(kLanes, s.head_dim - v * kLanes)), sum);
+    for (int64_t d = 0; d < s.head_dim; d += kLanes)
+      sum = at::vec::fmadd(Vec::loadu(query + d), load_lanes(key + d, std::min(kLanes, s.head_dim - d)), sum);
     scores[i] = at::vec::vec_reduce_all([](Vec& a, Vec& b) { return a + b; }, sum);
     maximum = std::max(maximum, scores[i]);
   }
@@ -96,10 +107,9 @@ float block_scores(const Shape& s, const float* query, const cache_t* keys, int6
 template <typename cache_t>
 void attend(const Shape& s, const float* query, const cache_t* keys, const cache_t* values,
             const int64_t* table, int64_t end, float* out, int64_t row, int64_t kv_head, Scratch& scratch) {
-  const int64_t group = s.heads / s.kv_heads;
-  const int64_t key_width = (s.head_dim + kLanes - 1) / kLanes * kLanes;
-  const int64_t value_width = (s.value_dim + kLanes - 1) / kLanes * kLanes;
-  // The group's queries, scaled, in whole vectors (the lanes past head_dim zero).
+  const int64_t group = s.group();
+  const int64_t key_width = whole_vectors(s.head_dim), value_width = whole_vectors(s.value_dim);
+  // The group's queries, scaled.
   float* queries = scratch.queries.data();
   const float* own_queries = query + (row * s.heads + kv_head * group) * s.head_dim;
   for (int64_t g = 0; g < group; ++g)
@@ -107,9 +117,9 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
       queries[g * key_width + d] = d < s.head_dim ? own_queries[g * s.head_dim + d] * s.scale : 0.f;
   float* sums_of_values = scratch.sums_of_values.data();
   float* scores = scratch.scores.data();
-  std::fill(sums_of_values, sums_of_values + group * value_width, 0.f);
-  scratch.maxima.assign(group, -std::numeric_limits<float>::infinity());
-  scratch.sums.assign(group, 0.f);
+  std::fill(scratch.sums_of_values.begin(), scratch.sums_of_values.end(), 0.f);
+  std::fill(scratch.maxima.begin(), scratch.maxima.end(), -std::numeric_limits<float>::infinity());
+  std::fill(scratch.sums.begin(), scratch.sums.end(), 0.f);
   const int64_t first = s.sliding_window > 0 ? std::max<int64_t>(0, end - s.sliding_window) : 0;
   for (int64_t start = first, stop; start < end; start = stop) {
     stop = std::min(end, (start / s.block_size + 1) * s.block_size);
@@ -163,11 +173,7 @@ void run(const Shape& s, const at::Tensor& query, const at::Tensor& keys, const 
   // of context even when a batch's lengths differ widely (a row-major split would give one thread
   // the short rows and another the long ones).
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t stop) {
-    Scratch scratch;
-    const int64_t group = s.heads / s.kv_heads;
-    scratch.queries.resize(group * ((s.head_dim + kLanes - 1) / kLanes) * kLanes);
-    scratch.sums_of_values.resize(group * ((s.value_dim + kLanes - 1) / kLanes) * kLanes);
-    scratch.scores.resize(group * s.block_size);
+    Scratch scratch(s);
     for (int64_t task = begin; task < stop; ++task) {
       const int64_t row = task % batch, kv_head = task / batch;
       attend<cache_t>(s, query_data, key_data, value_data, table_data + row * s.width, end_data[row],

@@ -7,7 +7,10 @@ same names. It imports no torch so that infrastructure code can use it on a mach
 
 from __future__ import annotations
 
+import bisect
+import collections
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -217,7 +220,16 @@ class BoundedGauge(_BoundedLabels, Gauge):
 
 
 class BoundedHistogram(_BoundedLabels, Histogram):
-    pass
+    def observe_all(self, amounts: Sequence[float]) -> None:
+        """`observe` each of `amounts`, counted by bucket: a decode step's inter-token latencies, one
+        per running request, cost one increment per bucket they reach instead of a call each (whose
+        linear search over the buckets made it the larger part of a step's metrics time)."""
+        self._raise_if_not_observable()
+        bounds = self._upper_bounds
+        reached = collections.Counter(bisect.bisect_left(bounds, amount) for amount in amounts)
+        for bucket, count in reached.items():
+            self._buckets[bucket].inc(count)
+        self._sum.inc(sum(amounts))
 
 
 def series_names() -> frozenset[str]:

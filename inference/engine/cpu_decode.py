@@ -1,4 +1,6 @@
-"""Paged decode attention on the CPU: a C++ kernel (`cpu_decode.cpp`) built when the engine picks it.
+"""The CPU's kernels, in C++, built when the engine picks them: paged decode attention
+(`cpu_decode.cpp`); and storing keys and values into the cache, RMS normalisation and the greedy
+pick over logits (`cpu_step_ops.cpp`), which ATen runs several times slower at serving sizes.
 
 Each decode reads its keys and values from their blocks in the pool, and only up to its own context
 length: a batch's block tables are padded to its longest context, and attention that ran over the
@@ -21,7 +23,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("cpu_decode.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_decode.cpp", "cpu_step_ops.cpp")]
 # What each of torch's CPU capabilities lets the compiler use, and which of ATen's vector classes.
 _ARCH_FLAGS = {
     "AVX512": [
@@ -69,14 +71,19 @@ def load() -> None:
     try:
         load_extension(
             f"llm_serving_cpu_decode_{capability.lower()}",
-            [str(_SOURCE)],
+            [str(source) for source in _SOURCES],
             extra_cflags=["-O3", "-fopenmp", *_MATH_FLAGS, *_ARCH_FLAGS.get(capability, [])],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
         )
     except (OSError, RuntimeError) as error:
-        raise KernelBuildError(f"building {_SOURCE.name} failed: {error}") from error
-    logger.info("CPU decode attention kernel (%s) ready in %.1f s", capability, time.perf_counter() - started)
+        raise KernelBuildError(f"building the CPU kernels failed: {error}") from error
+    logger.info("CPU decode kernels (%s) ready in %.1f s", capability, time.perf_counter() - started)
+
+
+def loaded() -> bool:
+    """Whether `load` has registered the kernels in this process."""
+    return load.cache_info().currsize > 0
 
 
 def paged_decode_attention(
@@ -95,3 +102,19 @@ def paged_decode_attention(
         block_size, sliding_window or 0, scale,
     )  # fmt: skip
     return attended.to(query.dtype)
+
+
+def store_kv(cache: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor) -> None:
+    """Write `rows` `[kv_heads, T, head_dim]`, in the cache's dtype, at `slots` `[T]` of `cache`
+    `[kv_heads, slots, head_dim]`."""
+    torch.ops.llm_serving.store_kv(cache, slots, rows)
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)` of `[rows, vocab]` float32, bfloat16 or float16 logits."""
+    return torch.ops.llm_serving.argmax(logits)
+
+
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama RMS normalisation of `hidden`'s last dimension, in one pass."""
+    return torch.ops.llm_serving.rms_norm(hidden, weight, eps)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from inference.engine import cpu_decode
 from inference.engine.architectures import check_attention_layers
 from inference.engine.attention import (
     ATTENTION_NAME,
@@ -29,9 +30,11 @@ from inference.engine.attention import (
     StepContext,
     StepLayout,
     Workspace,
+    index_copy_store,
     step_context,
 )
 from inference.engine.cuda_graphs import DecodeGraphs
+from inference.engine.fused_norms import fuse_rms_norms
 from inference.engine.scheduler import Chunk
 from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
@@ -81,6 +84,10 @@ class ModelRunner:
         self.device = device
         self.block_size = block_size
         self.decode_kernel = pick_decode_kernel(attention_backend, device, block_size)
+        # With the CPU's decode kernel come its other kernels: KV stores, RMS norms (and the argmax).
+        self.cpu_kernels = self.decode_kernel is cpu_decode.paged_decode_attention
+        if self.cpu_kernels:
+            fuse_rms_norms(model)
         model.set_attn_implementation(ATTENTION_NAME)
         self.layer_specs = self._probe()
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
@@ -107,8 +114,11 @@ class ModelRunner:
         def zeros(spec: LayerSpec, head_dim: int) -> torch.Tensor:
             return torch.zeros(spec.kv_heads, slots, head_dim, dtype=self.cache_dtype, device=self.device)
 
+        store = cpu_decode.store_kv if self.cpu_kernels else index_copy_store
         self.caches = {
-            layer: LayerCache(zeros(spec, spec.head_dim), zeros(spec, spec.value_head_dim), self.block_size)
+            layer: LayerCache(
+                zeros(spec, spec.head_dim), zeros(spec, spec.value_head_dim), self.block_size, store
+            )
             for layer, spec in self.layer_specs.items()
         }
 
@@ -142,7 +152,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Logits `[S, vocab]` (float32) for the chunks that sample, in their order in `chunks`."""
+        """Logits `[S, vocab]` (in the model's dtype) for the chunks that sample, in their order in
+        `chunks`."""
         return self.forward(self.prepare(chunks))
 
     def prepare(self, chunks: list[Chunk]) -> StepInputs:
@@ -191,7 +202,7 @@ class ModelRunner:
         )
         token_ids, positions, slot_mapping, sample_rows, decode_rows, decode_blocks, ends = uploaded[:7]
         if self.graphs is not None and _replayable(inputs, self.graphs.max_batch):
-            return self.graphs.replay(token_ids, positions, slot_mapping, decode_blocks, ends).float()
+            return self.graphs.replay(token_ids, positions, slot_mapping, decode_blocks, ends)
         context_slots = iter(uploaded[7:])
         prefills = [
             PrefillSpan(first, last, position, None if context is None else next(context_slots))
@@ -212,7 +223,7 @@ class ModelRunner:
         adapters = LoraStep(segments, len(inputs.token_ids)) if segments else None
         context = StepContext(layout, self.caches, {}, self.workspace, self.decode_kernel)
         with step_context(context), lora_step(adapters):
-            return self._model_step(token_ids[None], positions[None], sample_rows).float()
+            return self._model_step(token_ids[None], positions[None], sample_rows)
 
     def _decode_masks(self, width: int, ends: torch.Tensor) -> dict[int | None, torch.Tensor]:
         """Per sliding window in the model, the additive attention bias of each decode's context,
@@ -270,8 +281,6 @@ def _triton_kernel(backend: str, device: torch.device, block_size: int) -> Decod
 def _cpu_kernel(backend: str, device: torch.device) -> DecodeKernel | None:
     """The C++ kernel, built now (or loaded from the build cache). Where it cannot be built, `auto`
     falls back to attention over gathered blocks, with a warning saying why."""
-    from inference.engine import cpu_decode
-
     try:
         if device.type != "cpu":
             raise cpu_decode.KernelBuildError(f"it runs on the CPU, not on {device.type}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.engine import cpu_decode
 from inference.engine.grammar import GrammarCompiler, fill_bitmask, unpack_bitmask
 from inference.engine.request import SamplingParams, TokenLogprobs
 from inference.engine.sequence import Sequence
@@ -61,12 +62,17 @@ def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) 
 
 
 def argmax(logits: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """`logits.argmax(-1)` (the first of equal maxima), by way of chunk maxima: on the CPU, aten's
-    argmax over a whole vocabulary runs several times slower than a vectorised `amax`, and a step of
-    64 rows spent most of its sampling time in it."""
+    """`logits.argmax(-1)` (the first of equal maxima). On the CPU, aten's argmax over a whole
+    vocabulary runs several times slower than a vectorised `amax` and took most of a 64-row step's
+    sampling time: the C++ kernel there, else a chunked search by way of chunk maxima."""
+    if logits.device.type != "cpu":
+        return logits.argmax(-1)
+    if cpu_decode.loaded():
+        return cpu_decode.argmax(logits)
+    logits = logits.float()
     rows, vocab = logits.shape
     whole = vocab // chunk
-    if logits.device.type != "cpu" or whole < 2:
+    if whole < 2:
         return logits.argmax(-1)
     maxima = logits[:, : whole * chunk].view(rows, whole, chunk).amax(-1)
     if vocab % chunk:
@@ -267,10 +273,12 @@ def sample(
     eos_token_ids: frozenset[int] = frozenset(),
     grammars: GrammarCompiler | None = None,
 ) -> Sampled:
-    """One token per row of `logits` `[S, vocab]` (float32, modified in place), and its log-probabilities
-    where the request asked; rows with a grammar keep to it when `grammars` is given."""
+    """One token per row of `logits` `[S, vocab]` (in the model's dtype; float32 ones are modified in
+    place), and its log-probabilities where the request asked; rows with a grammar keep to it when
+    `grammars` is given."""
     if all(seq.sampling.plain_greedy for seq in seqs):  # nothing but the argmax: skip the rest's checks
         return Sampled(argmax(logits).tolist(), [None] * len(seqs))
+    logits = logits.float()
     log_probs = logits.log_softmax(-1) if any(seq.sampling.logprobs for seq in seqs) else None
     constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None and grammars is not None]
     raw = logits[constrained] if constrained else None  # a copy: processing works in place

@@ -83,8 +83,10 @@ class EngineTelemetry:
     def tokens(self, seqs: Iterable[Sequence], now: float) -> None:
         """A step gave each of `seqs` one token at `now`."""
         generated: Counter[str] = Counter()
+        gaps: dict[str, list[float]] = {}  # per model, the inter-token latencies
         for seq in seqs:
             model = self._model_of(seq)
+            generated[model] += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 self._child(metrics.TIME_TO_FIRST_TOKEN, model).observe(now - seq.arrival_time)
@@ -92,11 +94,12 @@ class EngineTelemetry:
                 self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
                 self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
             else:
-                self._child(metrics.INTER_TOKEN_LATENCY, model).observe(now - seq.last_token_time)
+                gaps.setdefault(model, []).append(now - seq.last_token_time)
             seq.last_token_time = now
-            generated[model] += 1
         for model, count in generated.items():
             self._child(metrics.GENERATION_TOKENS, model).inc(count)
+        for model, latencies in gaps.items():
+            self._child(metrics.INTER_TOKEN_LATENCY, model).observe_all(latencies)
 
     def finished(self, seq: Sequence, now: float) -> None:
         labels = {"model": self._model_of(seq), "finish_reason": seq.finish_reason or "abort"}

@@ -8,7 +8,7 @@ import torch
 
 from inference.engine.grammar import GrammarCompiler, GrammarSpec, GrammarState, fill_bitmask, unpack_bitmask
 from inference.engine.request import GenerationRequest, SamplingParams
-from inference.engine.sampler import argmax, choose, gumbel_noise, process_logits, sample
+from inference.engine.sampler import choose, gumbel_noise, process_logits, sample
 from inference.engine.sequence import Sequence
 from inference.tiny_model import byte_level_tokenizer
 
@@ -37,16 +37,6 @@ def test_greedy_takes_the_argmax():
     assert sample(logits.clone(), [_sequence(temperature=0.0), _sequence(temperature=0.0)]).token_ids == (
         logits.argmax(-1).tolist()
     )
-
-
-def test_the_chunked_argmax_is_torchs_first_maximum():
-    generator = torch.Generator().manual_seed(0)
-    for vocab in (32000, 1000, 259, 300):  # whole chunks, a short last chunk, fewer than two chunks
-        # Few distinct values, so that rows have many equal maxima (also across chunks and the tail).
-        logits = torch.randint(0, 4, (9, vocab), generator=generator).float()
-        logits[0] = float("-inf")
-        logits[1, -1] = 10.0  # the maximum in the last column
-        assert torch.equal(argmax(logits), logits.argmax(-1))
 
 
 def test_a_tiny_temperature_is_greedy_and_finite():

@@ -157,19 +157,24 @@ def test_the_cpu_kernel_builds_with_the_installed_ninja_outside_an_activated_env
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_the_cpu_kernel_built_for_another_instruction_set_gives_the_same_answers(capability):
     """The kernel's vectors are as wide as the instruction set torch dispatches to (AVX512, AVX2, or
-    none: plain loops); the kernel tests run again, in a process where torch is told to use a
-    narrower one than this CPU's (`ATEN_CPU_CAPABILITY`), with the kernel built for it."""
+    none: plain loops); the kernel tests, and those of the other CPU kernels, run again in a process
+    where torch is told to use a narrower one than this CPU's (`ATEN_CPU_CAPABILITY`), with the
+    kernels built for it."""
     if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("this CPU has no AVX2")
     environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
-    kernel_tests = "compiled and (gathered_context or narrower_cache) or half_precision or refuses"
+    kernel_tests = (
+        "compiled and (gathered_context or narrower_cache) or half_precision or refuses or step_ops"
+    )
+    step_ops_tests = Path(__file__).with_name("test_cpu_step_ops.py")
     check = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
         env=environment, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert check.stdout.strip() == capability.upper()
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", kernel_tests],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, step_ops_tests, "-k",
+         kernel_tests],
         env=environment, capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

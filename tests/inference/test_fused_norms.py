@@ -1,0 +1,72 @@
+"""RMS norms on the CPU kernel (`fused_norms`): found by what they compute, and computing it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OlmoConfig,
+    OlmoForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from inference.engine import cpu_decode
+from inference.engine.fused_norms import fuse_rms_norms
+
+SIZES = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100,
+}  # fmt: skip
+# Per architecture: the norms of the Llama formula (two per layer and the final one; Qwen3 also
+# normalises each query and key head), or none (Gemma's `1 + weight`, OLMo's parameter-free layer norm).
+MODELS = [
+    pytest.param(LlamaForCausalLM, LlamaConfig, 5, id="llama"),
+    pytest.param(Qwen3ForCausalLM, Qwen3Config, 9, id="qwen3"),
+    pytest.param(Gemma2ForCausalLM, Gemma2Config, 0, id="gemma2"),
+    pytest.param(OlmoForCausalLM, OlmoConfig, 0, id="olmo"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels() -> None:
+    cpu_decode.load()
+
+
+def _random_model(model_class, config_class, dtype: torch.dtype) -> torch.nn.Module:
+    model = model_class(config_class(**SIZES)).to(dtype).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():  # norm weights far from their initial ones
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize(("model_class", "config_class", "norms"), MODELS)
+def test_the_norms_of_the_llama_formula_are_fused_and_compute_the_same(
+    model_class, config_class, norms, dtype
+):
+    model = _random_model(model_class, config_class, dtype)
+    tokens = torch.randint(0, SIZES["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(tokens).logits
+    assert fuse_rms_norms(model) == norms
+    with torch.inference_mode():
+        fused = model(tokens).logits
+    # Close, not equal: the kernel's sum of squares adds in another order (test_cpu_step_ops).
+    torch.testing.assert_close(fused, expected)
+
+
+def test_a_fused_norm_given_another_dtype_than_its_weight_runs_its_own_forward():
+    norm = LlamaRMSNorm(32).to(torch.bfloat16)
+    hidden = torch.randn(3, 32)
+    with torch.inference_mode():
+        expected = norm(hidden)
+        assert fuse_rms_norms(norm) == 1
+        assert torch.equal(norm(hidden), expected) and expected.dtype == torch.float32

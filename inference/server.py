@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 _SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # After the engine is idle, the last bytes of finished responses still need to reach their clients.
 _RESPONSE_FLUSH_SECONDS = 5.0
+_GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class DrainingServer(uvicorn.Server):
@@ -97,6 +99,10 @@ def serve(config: ServerConfig) -> int:
     """Serve until drained or failed; the process exit status."""
     configure_logging(config.log_level)
     torch.set_num_threads(config.torch_threads or default_torch_threads())
+    # The engine thread takes the GIL back after every tensor operation; while the event loop runs
+    # Python (SSE chunks for every running request), it waits up to the switch interval each time:
+    # at Python's 5 ms that stalls decode steps (`bench --http` measures it).
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL_SECONDS)
     # Progress bars are not log lines; on a JSON log stream they are noise a parser must skip.
     hf_logging.disable_progress_bar()
     server = build_server(config)

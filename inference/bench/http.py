@@ -48,13 +48,16 @@ def serve_process(model_dir: Path, settings: dict[str, object], torch_threads: i
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base_url}/health/ready", timeout=5.0).status_code == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not become ready (exit status {server.poll()})")
-            time.sleep(_POLL_SECONDS)
+        # One client for every poll: `httpx.get` makes a client, and a TLS context, each time, which
+        # took a core's worth of the server's start-up.
+        with httpx.Client(base_url=base_url, timeout=5.0) as poller:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if poller.get("/health/ready").status_code == 200:
+                        break
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not become ready (exit status {server.poll()})")
+                time.sleep(_POLL_SECONDS)
         yield base_url
     finally:
         server.terminate()

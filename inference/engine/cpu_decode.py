@@ -1,6 +1,7 @@
 """The CPU's kernels, in C++, built when the engine picks them: paged decode attention
-(`cpu_decode.cpp`); and storing keys and values into the cache, RMS normalisation and the greedy
-pick over logits (`cpu_step_ops.cpp`), which ATen runs several times slower at serving sizes.
+(`cpu_decode.cpp`); and storing keys and values into the cache, RMS normalisation, gated MLPs' SiLU
+and the greedy pick over logits (`cpu_step_ops.cpp`), which ATen runs several times slower at
+serving sizes.
 
 Each decode reads its keys and values from their blocks in the pool, and only up to its own context
 length: a batch's block tables are padded to its longest context, and attention that ran over the
@@ -118,3 +119,8 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' Llama RMS normalisation of `hidden`'s last dimension, in one pass."""
     return torch.ops.llm_serving.rms_norm(hidden, weight, eps)
+
+
+def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """`silu(gate) * up`, in one pass."""
+    return torch.ops.llm_serving.silu_and_mul(gate, up)

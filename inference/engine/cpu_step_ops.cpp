@@ -1,8 +1,9 @@
 // The per-step operations besides decode attention that ATen runs slowly on the CPU at serving sizes:
 // storing a step's keys and values into the head-major paged cache (`index_copy_` along its slot
-// dimension goes element by element), RMS normalisation (eight tensor operations in transformers'
-// modules, each a pass over memory and a dispatch), and the greedy pick over a batch's logits
-// (`argmax` over a whole vocabulary runs several times slower than a vectorised maximum).
+// dimension goes element by element), RMS normalisation and gated MLPs' SiLU (eight and two tensor
+// operations in transformers' modules, each a pass over memory and a dispatch), and the greedy pick
+// over a batch's logits (`argmax` over a whole vocabulary runs several times slower than a
+// vectorised maximum).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -56,6 +57,8 @@ void store_kv(at::Tensor cache, const at::Tensor& slots, const at::Tensor& new_r
 
 // Elements of a row handled per iteration: two float vectors, one vector of a 16-bit type.
 constexpr int64_t kPair = 2 * kLanes;
+// Elements of an elementwise operation per parallel task: enough to be worth a thread.
+constexpr int64_t kElementsPerTask = 1 << 15;
 
 // Two float vectors from kPair elements.
 template <typename scalar_t>
@@ -116,8 +119,6 @@ void rms_norm_row(const scalar_t* x, const scalar_t* weight, scalar_t* out, int6
   }
 }
 
-// Rows of normalisation per parallel task: enough elements to be worth a thread.
-constexpr int64_t kNormElementsPerTask = 1 << 15;
 
 template <typename scalar_t>
 void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, double eps) {
@@ -125,7 +126,7 @@ void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, at::Tensor& ou
   const scalar_t* x_data = x.data_ptr<scalar_t>();
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
   scalar_t* out_data = out.data_ptr<scalar_t>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, kNormElementsPerTask / hidden), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kElementsPerTask / hidden), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row)
       rms_norm_row(x_data + row * hidden, weight_data, out_data + row * hidden, hidden, static_cast<float>(eps));
   });
@@ -143,6 +144,54 @@ at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double ep
     case at::kBFloat16: rms_norm_rows<c10::BFloat16>(x, w, out, eps); break;
     case at::kHalf: rms_norm_rows<c10::Half>(x, w, out, eps); break;
     default: TORCH_CHECK(false, "rms_norm: float32, bfloat16 or float16, not ", x.scalar_type());
+  }
+  return out;
+}
+
+// silu(gate) * up over `count` elements, as transformers' gated MLPs compute it: the SiLU in float32
+// rounded to the dtype, then the product of the two rounded to it.
+template <typename scalar_t>
+void silu_and_mul_range(const scalar_t* gate, const scalar_t* up, scalar_t* out, int64_t count) {
+  const int64_t whole = count / kPair * kPair;
+  const Vec one(1.f);
+  for (int64_t i = 0; i < whole; i += kPair) {
+    auto [gate_low, gate_high] = load_pair(gate + i);
+    auto [silu_low, silu_high] = rounded<scalar_t>(gate_low / (one + gate_low.neg().exp()),
+                                                   gate_high / (one + gate_high.neg().exp()));
+    auto [up_low, up_high] = load_pair(up + i);
+    store_pair(silu_low * up_low, silu_high * up_high, out + i);
+  }
+  for (int64_t i = whole; i < count; ++i) {
+    const float value = static_cast<float>(gate[i]);
+    const scalar_t silu = static_cast<scalar_t>(value / (1.f + std::exp(-value)));
+    out[i] = static_cast<scalar_t>(static_cast<float>(silu) * static_cast<float>(up[i]));
+  }
+}
+
+template <typename scalar_t>
+void silu_and_mul_all(const at::Tensor& gate, const at::Tensor& up, at::Tensor& out) {
+  const scalar_t* gate_data = gate.data_ptr<scalar_t>();
+  const scalar_t* up_data = up.data_ptr<scalar_t>();
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  const int64_t count = gate.numel(), pairs = (count + kPair - 1) / kPair;
+  // Split at whole vectors, so that which elements take the vector path does not depend on threads.
+  at::parallel_for(0, pairs, kElementsPerTask / kPair, [&](int64_t begin, int64_t end) {
+    const int64_t first = begin * kPair, last = std::min(count, end * kPair);
+    silu_and_mul_range(gate_data + first, up_data + first, out_data + first, last - first);
+  });
+}
+
+// gate and up of one shape and dtype -> silu(gate) * up.
+at::Tensor silu_and_mul(const at::Tensor& gate_input, const at::Tensor& up_input) {
+  TORCH_CHECK(gate_input.sizes() == up_input.sizes() && gate_input.scalar_type() == up_input.scalar_type(),
+              "gate and up differ in shape or dtype");
+  const at::Tensor gate = gate_input.contiguous(), up = up_input.contiguous();
+  auto out = at::empty_like(gate);
+  switch (gate.scalar_type()) {
+    case at::kFloat: silu_and_mul_all<float>(gate, up, out); break;
+    case at::kBFloat16: silu_and_mul_all<c10::BFloat16>(gate, up, out); break;
+    case at::kHalf: silu_and_mul_all<c10::Half>(gate, up, out); break;
+    default: TORCH_CHECK(false, "silu_and_mul: float32, bfloat16 or float16, not ", gate.scalar_type());
   }
   return out;
 }
@@ -224,5 +273,6 @@ at::Tensor argmax(const at::Tensor& all_logits) {
 TORCH_LIBRARY_FRAGMENT(llm_serving, m) {
   m.def("store_kv(Tensor(a!) cache, Tensor slots, Tensor rows) -> ()", &store_kv);
   m.def("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor", &rms_norm);
+  m.def("silu_and_mul(Tensor gate, Tensor up) -> Tensor", &silu_and_mul);
   m.def("argmax(Tensor logits) -> Tensor", &argmax);
 }

@@ -34,7 +34,7 @@ from inference.engine.attention import (
     step_context,
 )
 from inference.engine.cuda_graphs import DecodeGraphs
-from inference.engine.fused_norms import fuse_rms_norms
+from inference.engine.fused_layers import fuse_layers
 from inference.engine.scheduler import Chunk
 from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
@@ -84,10 +84,10 @@ class ModelRunner:
         self.device = device
         self.block_size = block_size
         self.decode_kernel = pick_decode_kernel(attention_backend, device, block_size)
-        # With the CPU's decode kernel come its other kernels: KV stores, RMS norms (and the argmax).
+        # With the CPU's decode kernel come its other kernels: KV stores, norms and MLPs (and the argmax).
         self.cpu_kernels = self.decode_kernel is cpu_decode.paged_decode_attention
         if self.cpu_kernels:
-            fuse_rms_norms(model)
+            fuse_layers(model, model.dtype)
         model.set_attn_implementation(ATTENTION_NAME)
         self.layer_specs = self._probe()
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}

@@ -70,11 +70,12 @@ def free_port() -> int:
 def wait_for_status(url: str, expected: int, timeout: float = 120.0) -> None:
     """Poll `url` until it answers `expected`; the server is loading a model meanwhile."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=5.0).status_code == expected:
-                return
-        time.sleep(0.05)
+    with httpx.Client(timeout=5.0) as poller:  # one client: each of its own costs a TLS context
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if poller.get(url).status_code == expected:
+                    return
+            time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer {expected} within {timeout} s")
 
 

@@ -82,3 +82,14 @@ def test_rms_norm_computes_what_transformers_llama_norm_does(dtype, hidden):
     # Its sum of squares adds in another order: the scale may differ in its last bit, and an element
     # round to the neighbouring value of its dtype.
     torch.testing.assert_close(fused, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("size", [1408, 100, 7])  # whole vectors; and a remainder
+def test_silu_and_mul_computes_what_a_gated_mlp_does(dtype, size):
+    generator = torch.Generator().manual_seed(size)
+    gate, up = (torch.randn(2, 5, size, generator=generator) * 4).to(dtype)
+    gate[0, :3] = torch.tensor([-100.0, 100.0, 0.0])  # where exp overflows, and zero
+    with torch.inference_mode():
+        expected = torch.nn.functional.silu(gate) * up
+        torch.testing.assert_close(cpu_decode.silu_and_mul(gate, up), expected)

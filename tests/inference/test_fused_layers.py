@@ -1,4 +1,4 @@
-"""RMS norms on the CPU kernel (`fused_norms`): found by what they compute, and computing it."""
+"""Norms and MLPs on the CPU's kernels (`fused_layers`): found by what they compute, and computing it."""
 
 from __future__ import annotations
 
@@ -17,19 +17,20 @@ from transformers import (
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from inference.engine import cpu_decode
-from inference.engine.fused_norms import fuse_rms_norms
+from inference.engine.fused_layers import fuse_layers
 
 SIZES = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100,
 }  # fmt: skip
-# Per architecture: the norms of the Llama formula (two per layer and the final one; Qwen3 also
-# normalises each query and key head), or none (Gemma's `1 + weight`, OLMo's parameter-free layer norm).
+# Per architecture, what has the Llama formulas: RMS norms (two per layer and the final one; Qwen3 also
+# normalises each query and key head) and SiLU-gated MLPs. Gemma's norms multiply by `1 + weight` and
+# its MLPs gate with a GELU; OLMo's norms are layer norms without parameters.
 MODELS = [
-    pytest.param(LlamaForCausalLM, LlamaConfig, 5, id="llama"),
-    pytest.param(Qwen3ForCausalLM, Qwen3Config, 9, id="qwen3"),
-    pytest.param(Gemma2ForCausalLM, Gemma2Config, 0, id="gemma2"),
-    pytest.param(OlmoForCausalLM, OlmoConfig, 0, id="olmo"),
+    pytest.param(LlamaForCausalLM, LlamaConfig, {"RMS norms": 5, "gated MLPs": 2}, id="llama"),
+    pytest.param(Qwen3ForCausalLM, Qwen3Config, {"RMS norms": 9, "gated MLPs": 2}, id="qwen3"),
+    pytest.param(Gemma2ForCausalLM, Gemma2Config, {"RMS norms": 0, "gated MLPs": 0}, id="gemma2"),
+    pytest.param(OlmoForCausalLM, OlmoConfig, {"RMS norms": 0, "gated MLPs": 2}, id="olmo"),
 ]
 
 
@@ -48,19 +49,19 @@ def _random_model(model_class, config_class, dtype: torch.dtype) -> torch.nn.Mod
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize(("model_class", "config_class", "norms"), MODELS)
-def test_the_norms_of_the_llama_formula_are_fused_and_compute_the_same(
-    model_class, config_class, norms, dtype
+@pytest.mark.parametrize(("model_class", "config_class", "fused"), MODELS)
+def test_the_layers_of_the_llama_formulas_are_fused_and_compute_the_same(
+    model_class, config_class, fused, dtype
 ):
     model = _random_model(model_class, config_class, dtype)
     tokens = torch.randint(0, SIZES["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = model(tokens).logits
-    assert fuse_rms_norms(model) == norms
+    assert fuse_layers(model, dtype) == fused
     with torch.inference_mode():
-        fused = model(tokens).logits
-    # Close, not equal: the kernel's sum of squares adds in another order (test_cpu_step_ops).
-    torch.testing.assert_close(fused, expected)
+        logits = model(tokens).logits
+    # Close, not equal: the norm kernel's sum of squares adds in another order (test_cpu_step_ops).
+    torch.testing.assert_close(logits, expected)
 
 
 def test_a_fused_norm_given_another_dtype_than_its_weight_runs_its_own_forward():
@@ -68,5 +69,5 @@ def test_a_fused_norm_given_another_dtype_than_its_weight_runs_its_own_forward()
     hidden = torch.randn(3, 32)
     with torch.inference_mode():
         expected = norm(hidden)
-        assert fuse_rms_norms(norm) == 1
+        assert fuse_layers(norm, torch.bfloat16) == {"RMS norms": 1, "gated MLPs": 0}
         assert torch.equal(norm(hidden), expected) and expected.dtype == torch.float32

@@ -134,7 +134,8 @@ void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, at::Tensor& ou
 
 // x [..., hidden] and weight [hidden] of one dtype -> x's shape and dtype, each row normalised.
 at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(weight.dim() == 1 && input.size(-1) == weight.size(0), "weight: [hidden] of the input's last size");
+  TORCH_CHECK(input.dim() >= 1 && weight.dim() == 1 && input.size(-1) == weight.size(0) && weight.size(0) > 0,
+              "weight: [hidden] of the input's last size, hidden > 0");
   TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "input and weight differ in dtype");
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();

@@ -93,3 +93,8 @@ def test_silu_and_mul_computes_what_a_gated_mlp_does(dtype, size):
     with torch.inference_mode():
         expected = torch.nn.functional.silu(gate) * up
         torch.testing.assert_close(cpu_decode.silu_and_mul(gate, up), expected)
+
+
+def test_rms_norm_refuses_an_empty_hidden_size():
+    with pytest.raises(RuntimeError, match="hidden > 0"):
+        cpu_decode.rms_norm(torch.ones(3, 0), torch.ones(0), 1e-6)

@@ -71,3 +71,22 @@ def test_a_fused_norm_given_another_dtype_than_its_weight_runs_its_own_forward()
         expected = norm(hidden)
         assert fuse_layers(norm, torch.bfloat16) == {"RMS norms": 1, "gated MLPs": 0}
         assert torch.equal(norm(hidden), expected) and expected.dtype == torch.float32
+
+
+class _RoutedMlp(torch.nn.Module):
+    """The attributes of a gated MLP, and a forward that wants more than the hidden states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16)
+        self.down_proj, self.act_fn = torch.nn.Linear(16, 8), torch.nn.SiLU()
+
+    def forward(self, hidden: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(hidden)) * self.up_proj(hidden)) * routing
+
+
+def test_layers_that_cannot_run_on_the_probe_alone_keep_their_forward():
+    model = torch.nn.ModuleDict({"mlp": _RoutedMlp(), "norm": torch.nn.GroupNorm(2, 8)})
+    assert fuse_layers(model, torch.float32) == {"RMS norms": 0, "gated MLPs": 0}
+    hidden = torch.randn(3, 8)
+    assert model["mlp"](hidden, torch.ones(1)).shape == (3, 8)

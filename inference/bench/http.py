@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -33,9 +34,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class RunningServer(NamedTuple):
+    base_url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def serve_process(model_dir: Path, settings: dict[str, object], torch_threads: int) -> Iterator[str]:
-    """`python -m inference serve` on a free loopback port; yields its base URL once ready."""
+def serve_process(
+    model_dir: Path, settings: dict[str, object], torch_threads: int
+) -> Iterator[RunningServer]:
+    """`python -m inference serve` on a free loopback port, yielded once ready."""
     port = _free_port()
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
     command = [
@@ -58,7 +66,7 @@ def serve_process(model_dir: Path, settings: dict[str, object], torch_threads: i
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not become ready (exit status {server.poll()})")
                 time.sleep(_POLL_SECONDS)
-        yield base_url
+        yield RunningServer(base_url, server.pid)
     finally:
         server.terminate()
         try:

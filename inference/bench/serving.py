@@ -11,6 +11,8 @@ a ceiling for ratios (prefill's larger matmuls can run a little faster than the 
 measured).
 `--peers` adds `transformers`' static padded batches and its own continuous batching to the systems;
 `--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients.
+Both engine runs report the CPU time they took (`cpu`: see `cpu_use`), which tells work added
+over HTTP from cores left idle.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import get_args
 
 import torch
 
+from inference.bench import cpu_use
 from inference.bench.baseline import WindowBatchingBaseline
 from inference.bench.flops import flops_per_token, matmul_flops_per_second, model_flops
 from inference.bench.http import run_over_http, serve_process
@@ -47,6 +50,12 @@ STEADY_LOAD_OVER_BASELINE_CAPACITY = 1.5
 # Without a burst run to measure it in, the baseline's capacity comes from a burst of this many
 # batches of the workload's first requests.
 CALIBRATION_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class SystemRun:
+    timings: list[RequestTiming]
+    cpu: cpu_use.CpuUse | None = None  # measured for the engine, in-process and over HTTP
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ async def drive_engine(
     return list(await asyncio.gather(*(one(item, grammar, name) for item, grammar, name in requests)))
 
 
-def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> list[RequestTiming]:
+def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> SystemRun:
     config = ServerConfig(
         max_num_seqs=settings.max_num_seqs,
         max_queue_len=len(workload),
@@ -107,45 +116,47 @@ def run_engine(loaded: LoadedModel, settings: BenchSettings, workload: list[Work
         kv_cache_dtype=settings.kv_cache_dtype,
     )
 
-    async def main() -> list[RequestTiming]:
+    async def main() -> SystemRun:
         async with AsyncEngine(loaded, config) as engine:
-            return await drive_engine(engine, workload)
+            with cpu_use.measure() as cpu:
+                timings = await drive_engine(engine, workload)
+        return SystemRun(timings, cpu)
 
     return asyncio.run(main())
 
 
-def run_baseline(
-    loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
-) -> list[RequestTiming]:
+def run_baseline(loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]) -> SystemRun:
     tokenizer = loaded.tokenizer
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     baseline = WindowBatchingBaseline(
         loaded.model, pad_token_id, settings.max_batch_size, settings.batch_window_seconds
     )
-    return baseline.run(workload)
+    return SystemRun(baseline.run(workload))
 
 
 def run_engine_over_http(
     model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
-) -> list[RequestTiming]:
+) -> SystemRun:
     server_settings = {
         "max_num_seqs": settings.max_num_seqs, "max_queue_len": len(workload),
         "max_model_len": loaded.max_model_len, "device": settings.device, "dtype": settings.dtype,
         "kv_cache_dtype": settings.kv_cache_dtype,
     }  # fmt: skip
-    with serve_process(model_dir, server_settings, torch.get_num_threads()) as base_url:
-        return run_over_http(base_url, workload)
+    with serve_process(model_dir, server_settings, torch.get_num_threads()) as server:
+        with cpu_use.measure(server.pid) as cpu:
+            timings = run_over_http(server.base_url, workload)
+        return SystemRun(timings, cpu)
 
 
 def run_systems(
     model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
-) -> dict[str, list[RequestTiming]]:
-    """Each system's timings on `workload`, the systems run one after another on the same model."""
+) -> dict[str, SystemRun]:
+    """Each system's run of `workload`, the systems run one after another on the same model."""
     systems = {"baseline": lambda: run_baseline(loaded, settings, workload)}
     if settings.peers:
         static_size = settings.static_batch_size
-        systems["transformers_static"] = lambda: run_static_batches(loaded, static_size, workload)
-        systems["transformers_continuous"] = lambda: run_transformers_continuous(loaded, workload)
+        systems["transformers_static"] = lambda: SystemRun(run_static_batches(loaded, static_size, workload))
+        systems["transformers_continuous"] = lambda: SystemRun(run_transformers_continuous(loaded, workload))
     systems["engine"] = lambda: run_engine(loaded, settings, workload)
     if settings.http:
         systems["engine_http"] = lambda: run_engine_over_http(model_dir, loaded, settings, workload)
@@ -214,10 +225,12 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
         output_tokens = sum(item.max_tokens for item in requests)
         flops = model_flops(loaded.model, prompt_tokens, output_tokens)
         summaries = {}
-        for name, timings in run_systems(model_dir, loaded, settings, requests).items():
-            summary = summarize(timings)
+        for name, run in run_systems(model_dir, loaded, settings, requests).items():
+            summary = summarize(run.timings)
             summary["model_flops_per_s"] = flops / summary["duration_s"]
             summary["share_of_matmul_flops_per_s"] = summary["model_flops_per_s"] / matmul_rate
+            if run.cpu is not None:
+                summary["cpu"] = run.cpu.report(summary["duration_s"], summary["output_tokens"])
             summaries[name] = summary
         engine = summaries["engine"]
         ratios = {
@@ -244,7 +257,7 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
                 capacity, measured_in = report["burst"]["baseline"]["requests_per_s"], "burst"
             else:
                 calibration = workload(None)[: CALIBRATION_BATCHES * settings.max_batch_size]
-                capacity = summarize(run_baseline(loaded, settings, calibration))["requests_per_s"]
+                capacity = summarize(run_baseline(loaded, settings, calibration).timings)["requests_per_s"]
                 measured_in = f"a calibration burst of {len(calibration)} requests"
             rate = STEADY_LOAD_OVER_BASELINE_CAPACITY * capacity
             source = f"{STEADY_LOAD_OVER_BASELINE_CAPACITY}x baseline capacity measured in {measured_in}"

@@ -52,7 +52,7 @@ def run_variant(
     loaded = load_model(config, split_vocabulary=split_vocabulary)
     try:
         held = weight_bytes(loaded.model)
-        timings = run_engine(loaded, settings, workload)
+        timings = run_engine(loaded, settings, workload).timings
     finally:
         loaded.close()
     return {"weight_bytes_per_rank": held, **summarize(timings)}

@@ -150,6 +150,16 @@ def test_http_mode_serves_the_same_tokens_through_a_real_server(small_settings):
     assert burst["engine_http"]["output_tokens"] == burst["engine"]["output_tokens"]
     ratio = burst["http_over_in_process"]["output_tokens_per_s"]
     assert ratio == burst["engine_http"]["output_tokens_per_s"] / burst["engine"]["output_tokens_per_s"]
+    # The server's CPU is another process's: the clients' is counted apart, and only over HTTP.
+    in_process, over_http = burst["engine"]["cpu"], burst["engine_http"]["cpu"]
+    assert "clients_cpu_s" not in in_process and over_http["clients_cpu_s"] >= 0
+    for cpu, summary in ((in_process, burst["engine"]), (over_http, burst["engine_http"])):
+        # Counted in clock ticks, which this small a run may take less than one of (test_bench_cpu_use
+        # checks the counting itself).
+        assert cpu["server_cpu_s"] >= 0 and cpu["event_loop_cpu_s"] >= 0
+        assert cpu["server_cores_busy"] == cpu["server_cpu_s"] / summary["duration_s"]
+        per_token = cpu["event_loop_cpu_s"] / summary["output_tokens"] * 1e6
+        assert cpu["event_loop_cpu_us_per_output_token"] == pytest.approx(per_token)
 
 
 def test_transformers_continuous_batching_gets_a_cache_for_the_workload_not_for_free_memory():

@@ -167,8 +167,11 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
     if len(streams) == 1:
         # Most requests have one choice: its items pass straight through, without a task and a queue
         # on the way, which every token of every running request would pay for on the event loop.
-        async for item in _closing(streams[0]):
-            yield item
+        try:
+            async for item in streams[0]:
+                yield item
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
         return
     queue: asyncio.Queue[object] = asyncio.Queue()
 
@@ -197,11 +200,3 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
             task.cancel()
         # return_exceptions absorbs the pumps' cancellation; ours, if it comes, propagates.
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _closing(stream: AsyncIterator[T]) -> AsyncIterator[T]:
-    try:
-        async for item in stream:
-            yield item
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]

@@ -44,10 +44,10 @@ def test_every_item_of_every_choice_comes_through_and_each_stream_is_closed(choi
 def test_closing_the_merge_early_closes_every_choice(choices):
     streams = [_Choice(f"c{n}-", 100) for n in range(choices)]
 
-    async def main() -> None:
+    async def main() -> list[bool]:
         merged = merge([stream.items() for stream in streams])
         await anext(merged)
         await merged.aclose()
+        return [stream.closed for stream in streams]  # closed by then, not later by the event loop
 
-    asyncio.run(main())
-    assert all(stream.closed for stream in streams)
+    assert all(asyncio.run(main()))

@@ -110,6 +110,12 @@ class ServerConfig(BaseSettings):
     enforce_eager: bool = Field(
         False, description="Run decode steps eagerly instead of replaying captured CUDA graphs."
     )
+    engine_process: bool = Field(
+        True,
+        description="Run the engine loop in a process of its own (as vLLM's V1 does), so that HTTP, "
+        "tokenization and SSE work never hold the GIL it needs; --no-engine-process runs it on a "
+        "thread of the server's process.",
+    )
     max_queue_len: int = Field(256, ge=0, description="Requests waiting for admission at most; more get 429.")
     enable_auto_tool_choice: bool = Field(
         False, description="Let the model decide to call tools (tool_choice auto); needs tool_call_parser."

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.samples import Sample
 
 
 class Kind(StrEnum):
@@ -258,3 +260,34 @@ def build_collectors(registry: CollectorRegistry) -> dict[str, MetricWrapperBase
         collector._folds = {label: _Fold(LABEL_DOMAINS[label]) for label in spec.labels}
         collectors[spec.name] = collector
     return collectors
+
+
+class MergedFamilies:
+    """A registry's families and those collected in another process (the engine's), one family per
+    name, as `generate_latest` takes them. Each series is written in one process, or counts events of
+    both (rejections): values of the same series add up; a `_created` time is the earliest."""
+
+    def __init__(self, registry: CollectorRegistry, others: Iterable[Metric]) -> None:
+        self._registry = registry
+        self._others = others
+
+    def collect(self) -> list[Metric]:
+        merged: dict[str, Metric] = {}
+        series: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+        for family in itertools.chain(self._registry.collect(), self._others):
+            if family.name not in merged:
+                merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                series[family.name] = {}
+            samples = series[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = samples.get(key)
+                if seen is None:
+                    samples[key] = sample
+                elif sample.name.endswith("_created"):
+                    samples[key] = min(seen, sample, key=lambda kept: kept.value)
+                else:
+                    samples[key] = seen._replace(value=seen.value + sample.value)
+        for name, family in merged.items():
+            family.samples = list(series[name].values())
+        return list(merged.values())

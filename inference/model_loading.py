@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,14 +39,30 @@ class ModelLoadError(RuntimeError):
 
 
 @dataclass
-class LoadedModel:
-    model: PreTrainedModel
+class ModelIdentity:
+    """What a model is served as, loaded or not."""
+
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
     name: str
     max_model_len: int
     quantization: str
+
+
+@dataclass
+class ServedModel(ModelIdentity):
+    """What the API layer knows of the model it serves: names, limits and tokenizer, no weights. Behind
+    an engine process, the API process holds this; in-process, the `LoadedModel` itself plays it."""
+
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    adapter_names: list[str]  # the LoRA adapters served, each under its own model id
+
+
+@dataclass(kw_only=True)
+class LoadedModel(ModelIdentity):
+    model: PreTrainedModel
     adapters: LoraRegistry  # the LoRA adapters served on this model, each under its own model id
     # The other ranks when the model is split over several processes (tensor_parallel_size > 1).
     workers: WorkerPool | None = None
@@ -55,10 +71,32 @@ class LoadedModel:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
+    @property
+    def adapter_names(self) -> list[str]:
+        return [adapter.name for adapter in self.adapters]
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The tokens that end a sequence: the generation config's, else the tokenizer's."""
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return frozenset()
+        return frozenset(eos if isinstance(eos, list) else [eos])
+
+    def served(self) -> ServedModel:
+        """What an API process needs to know of this model (its adapters as they are now)."""
+        return ServedModel(**{field.name: getattr(self, field.name) for field in fields(ServedModel)})
+
     def close(self) -> None:
         """Stop the other ranks, if any; the model is unusable afterwards when it had some."""
         if self.workers is not None:
             self.workers.close()
+
+
+# What the API layer reads of the model: the same attributes on both.
+ModelFacts = ServedModel | LoadedModel
 
 
 def tiny_demo_model_dir() -> Path:
@@ -152,17 +190,30 @@ def load_quantized(
     return model, record.scheme
 
 
-def load_model(config: ServerConfig, *, split_vocabulary: bool = True) -> LoadedModel:
-    """`split_vocabulary` (tensor parallelism only): embedding and LM head split by vocabulary, or
-    replicated on every rank (what `bench --tensor-parallel-size` compares)."""
+def model_directory(config: ServerConfig) -> Path:
+    """The model's directory: `model_path`, or the demo model (made on first use)."""
     model_dir = config.model_path if config.model_path is not None else ensure_tiny_demo_model()
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+    return model_dir
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {error}") from error
+
+
+def load_model(config: ServerConfig, *, split_vocabulary: bool = True) -> LoadedModel:
+    """`split_vocabulary` (tensor parallelism only): embedding and LM head split by vocabulary, or
+    replicated on every rank (what `bench --tensor-parallel-size` compares)."""
+    model_dir = model_directory(config)
+    tokenizer = load_tokenizer(model_dir)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device, model_dir)
     workers = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         if config.tensor_parallel_size > 1:
             from inference.parallel.workers import start_tensor_parallel
 

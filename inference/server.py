@@ -95,16 +95,21 @@ def build_server(config: ServerConfig) -> DrainingServer:
     return DrainingServer(uvicorn_config, serving_state_of(app))
 
 
-def serve(config: ServerConfig) -> int:
-    """Serve until drained or failed; the process exit status."""
+def configure_process(config: ServerConfig) -> None:
+    """Logging, threads and the GIL's switch interval, for the server's process and the engine's."""
     configure_logging(config.log_level)
     torch.set_num_threads(config.torch_threads or default_torch_threads())
-    # The engine thread takes the GIL back after every tensor operation; while the event loop runs
-    # Python (SSE chunks for every running request), it waits up to the switch interval each time:
-    # at Python's 5 ms that stalls decode steps (`bench --http` measures it).
+    # A thread that wants the GIL while another runs Python waits up to the switch interval: at
+    # Python's 5 ms, the engine thread stalls behind the event loop's SSE work when they share a
+    # process (`--no-engine-process`), and token messages wait behind it when they do not.
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL_SECONDS)
     # Progress bars are not log lines; on a JSON log stream they are noise a parser must skip.
     hf_logging.disable_progress_bar()
+
+
+def serve(config: ServerConfig) -> int:
+    """Serve until drained or failed; the process exit status."""
+    configure_process(config)
     server = build_server(config)
     server.run()
     return 1 if server.serving.failed else 0

@@ -30,13 +30,18 @@ async def start_engine(state: ServingState, engines: contextlib.AsyncExitStack) 
     the server to exit on."""
     # Imported here so the API (schemas, errors, auth) stays importable without the torch stack.
     from inference.engine.async_engine import AsyncEngine
+    from inference.engine.process import EngineProcess
     from inference.model_loading import load_model
 
     try:
-        model = await asyncio.to_thread(load_model, state.config)
-        # Registered first, so it runs after the engine stops: the other ranks of a split model go last.
-        engines.callback(model.close)
-        engine = await engines.enter_async_context(AsyncEngine(model, state.config, state.collectors))
+        if state.config.engine_process:
+            engine = await engines.enter_async_context(EngineProcess(state.config))
+            model = engine.model
+        else:
+            model = await asyncio.to_thread(load_model, state.config)
+            # Registered first, so it runs after the engine stops: the other ranks of a split model go last.
+            engines.callback(model.close)
+            engine = await engines.enter_async_context(AsyncEngine(model, state.config, state.collectors))
     except Exception as error:
         state.startup_error = error
         logger.error("model loading failed: %s", error, exc_info=error)

@@ -18,7 +18,7 @@ from inference.api.text_output import IncrementalDetokenizer, StopStringMatcher
 from inference.engine.request import GenerationRequest, TokenEvent
 
 if TYPE_CHECKING:
-    from inference.engine.async_engine import AsyncEngine
+    from inference.api.state import ServingEngine
     from inference.engine.stream import RequestStream
 
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class OpenedRequest:
     """An engine request past admission: its first event has arrived, so refusals were raised already."""
 
     def __init__(
-        self, engine: AsyncEngine, request_id: str, first: TokenEvent | None, rest: RequestStream
+        self, engine: ServingEngine, request_id: str, first: TokenEvent | None, rest: RequestStream
     ) -> None:
         self._engine = engine
         self._request_id = request_id
@@ -97,7 +97,7 @@ class OpenedRequest:
         await self._rest.aclose()
 
 
-async def open_request(engine: AsyncEngine, request: GenerationRequest) -> OpenedRequest:
+async def open_request(engine: ServingEngine, request: GenerationRequest) -> OpenedRequest:
     events = engine.generate(request)
     try:
         first = await anext(events, None)
@@ -107,7 +107,7 @@ async def open_request(engine: AsyncEngine, request: GenerationRequest) -> Opene
     return OpenedRequest(engine, request.request_id, first, events)
 
 
-async def open_all(engine: AsyncEngine, requests: Sequence[GenerationRequest]) -> list[OpenedRequest]:
+async def open_all(engine: ServingEngine, requests: Sequence[GenerationRequest]) -> list[OpenedRequest]:
     """Open every request or none: if one is refused, the ones already admitted are aborted."""
     tasks = [asyncio.ensure_future(open_request(engine, request)) for request in requests]
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from inference.api.state import serving_state_of
 
@@ -38,5 +38,5 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus_metrics(request: Request) -> Response:
-    registry = serving_state_of(request.app).registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    exposition = await serving_state_of(request.app).metrics_exposition()
+    return Response(exposition, media_type=CONTENT_TYPE_LATEST)

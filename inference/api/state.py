@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from starlette.applications import Starlette
 
@@ -18,7 +18,11 @@ from inference.engine.request import EngineNotReadyError
 
 if TYPE_CHECKING:
     from inference.engine.async_engine import AsyncEngine
-    from inference.model_loading import LoadedModel
+    from inference.engine.process import EngineProcess
+    from inference.model_loading import ModelFacts
+
+    # The engine in this process (`--no-engine-process`) or in its own; the API sees the same methods.
+    ServingEngine = AsyncEngine | EngineProcess
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +33,8 @@ class ServingState:
     api_key: bytes | None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     collectors: dict[str, MetricWrapperBase] = field(default_factory=dict)
-    model: LoadedModel | None = None
-    engine: AsyncEngine | None = None
+    model: ModelFacts | None = None
+    engine: ServingEngine | None = None
     draining: bool = False
     startup_error: BaseException | None = None
 
@@ -60,6 +64,11 @@ class ServingState:
             return "loading"
         return "ready" if self.engine.ready else "engine_stopped"
 
+    async def metrics_exposition(self) -> bytes:
+        """The Prometheus text of this process's metrics and, behind an engine process, the engine's."""
+        engine_families = await self.engine.metric_families() if self.engine is not None else []
+        return generate_latest(metrics.MergedFamilies(self.registry, engine_families))
+
     def count_rejection(self, reason: metrics.RejectionReason) -> None:
         self.collectors[metrics.REQUESTS_REJECTED.name].labels(reason=reason).inc()
 
@@ -70,7 +79,7 @@ class ServingState:
         message = f"the server is not ready ({phase})"
         return APIError(503, message, code="not_ready", headers={"Retry-After": "1"})
 
-    def serving_engine(self) -> tuple[LoadedModel, AsyncEngine]:
+    def serving_engine(self) -> tuple[ModelFacts, ServingEngine]:
         """The model and engine for a new request, or 503 while loading, draining or stopped."""
         if not self.ready or self.model is None or self.engine is None:
             raise self.not_ready()

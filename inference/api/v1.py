@@ -54,8 +54,8 @@ from inference.engine.request import (
 )
 
 if TYPE_CHECKING:
-    from inference.engine.async_engine import AsyncEngine
-    from inference.model_loading import LoadedModel
+    from inference.api.state import ServingEngine
+    from inference.model_loading import ModelFacts
 
 logger = logging.getLogger(__name__)
 router = APIRouter(
@@ -140,13 +140,13 @@ class Job:
                 )
 
 
-def lora_name_for(requested: str | None, model: LoadedModel) -> str | None:
+def lora_name_for(requested: str | None, model: ModelFacts) -> str | None:
     """The LoRA adapter a request's `model` names; None for the base model (or no `model` at all)."""
     if requested is None or requested == model.name:
         return None
-    if requested in model.adapters:
+    if requested in model.adapter_names:
         return requested
-    served = ", ".join(repr(name) for name in [model.name, *(adapter.name for adapter in model.adapters)])
+    served = ", ".join(repr(name) for name in [model.name, *model.adapter_names])
     raise APIError(404, f"the model '{requested}' does not exist; this server serves {served}",
                    param="model", code="model_not_found")
 
@@ -179,7 +179,7 @@ def _output_grammar(body: SamplingFields) -> tuple[GrammarSpec, str] | None:
 
 
 async def _sampling_params(
-    engine: AsyncEngine, body: SamplingFields, logprobs: int | None, grammar: tuple[GrammarSpec, str] | None
+    engine: ServingEngine, body: SamplingFields, logprobs: int | None, grammar: tuple[GrammarSpec, str] | None
 ) -> SamplingParams:
     """The engine's parameters for `body`; `logprobs`: None for none, else how many alternatives."""
     for field, ids in (("logit_bias", body.logit_bias), ("stop_token_ids", body.stop_token_ids)):
@@ -231,7 +231,7 @@ async def _close_all(opened: Sequence[OpenedRequest]) -> None:
         await request.aclose()
 
 
-async def _open(request: Request, engine: AsyncEngine, job: Job) -> list[OpenedRequest] | Response:
+async def _open(request: Request, engine: ServingEngine, job: Job) -> list[OpenedRequest] | Response:
     """Admit every choice of `job`, or answer the refusal (counted once, with its reason)."""
     state = serving_state_of(request.app)
     job.check_capacity(state.config)
@@ -254,7 +254,7 @@ def _refusal(state: ServingState, error: EngineError, prompt_param: str) -> APIE
 
 
 async def _generate(
-    request: Request, model: LoadedModel, engine: AsyncEngine, job: Job, formatter: Formatter
+    request: Request, model: ModelFacts, engine: ServingEngine, job: Job, formatter: Formatter
 ) -> Response:
     tally = job.tally()
     request.state.prompt_tokens = sum(tally.prompt_lengths)
@@ -304,8 +304,7 @@ async def list_models(request: Request) -> ModelList:
         id=model.name, created=0, max_model_len=model.max_model_len, quantization=model.quantization
     )
     adapters = [
-        base.model_copy(update={"id": adapter.name, "parent": model.name})
-        for adapter in model.adapters
+        base.model_copy(update={"id": name, "parent": model.name}) for name in model.adapter_names
     ]
     return ModelList(data=[base, *adapters])
 

@@ -34,6 +34,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _flag(name: str, value: object) -> str:
+    """`serve`'s flag for a setting: `--name=value`, or `--name` / `--no-name` for a switch."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag}={value}"
+
+
 class RunningServer(NamedTuple):
     base_url: str
     pid: int
@@ -45,7 +53,7 @@ def serve_process(
 ) -> Iterator[RunningServer]:
     """`python -m inference serve` on a free loopback port, yielded once ready."""
     port = _free_port()
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    flags = [_flag(name, value) for name, value in settings.items()]
     command = [
         sys.executable, "-m", "inference", "serve", f"--model-path={model_dir}", "--host=127.0.0.1",
         f"--port={port}", f"--torch-threads={torch_threads}", "--log-level=warning", *flags,

@@ -10,15 +10,17 @@ and the output tokens/s a system would reach if every FLOP of the workload ran a
 a ceiling for ratios (prefill's larger matmuls can run a little faster than the decode-sized ones
 measured).
 `--peers` adds `transformers`' static padded batches and its own continuous batching to the systems;
-`--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients.
-Both engine runs report the CPU time they took (`cpu`: see `cpu_use`), which tells work added
-over HTTP from cores left idle.
+`--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients: with
+its engine in a process of its own (`engine_http`, the default) and on a thread of the server's
+process (`engine_http_one_process`, `--no-engine-process`). Every engine run reports the CPU time it
+took (`cpu`: see `cpu_use`), which tells work added over HTTP from cores left idle.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,17 +137,25 @@ def run_baseline(loaded: LoadedModel, settings: BenchSettings, workload: list[Wo
 
 
 def run_engine_over_http(
-    model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+    model_dir: Path,
+    loaded: LoadedModel,
+    settings: BenchSettings,
+    workload: list[WorkItem],
+    engine_process: bool,
 ) -> SystemRun:
     server_settings = {
         "max_num_seqs": settings.max_num_seqs, "max_queue_len": len(workload),
         "max_model_len": loaded.max_model_len, "device": settings.device, "dtype": settings.dtype,
-        "kv_cache_dtype": settings.kv_cache_dtype,
+        "kv_cache_dtype": settings.kv_cache_dtype, "engine_process": engine_process,
     }  # fmt: skip
     with serve_process(model_dir, server_settings, torch.get_num_threads()) as server:
         with cpu_use.measure(server.pid) as cpu:
             timings = run_over_http(server.base_url, workload)
         return SystemRun(timings, cpu)
+
+
+# The engine behind `serve`: in its own process (the default), and on a thread of the server's process.
+HTTP_SYSTEMS = {"engine_http": True, "engine_http_one_process": False}
 
 
 def run_systems(
@@ -159,7 +169,10 @@ def run_systems(
         systems["transformers_continuous"] = lambda: SystemRun(run_transformers_continuous(loaded, workload))
     systems["engine"] = lambda: run_engine(loaded, settings, workload)
     if settings.http:
-        systems["engine_http"] = lambda: run_engine_over_http(model_dir, loaded, settings, workload)
+        for name, engine_process in HTTP_SYSTEMS.items():
+            systems[name] = functools.partial(
+                run_engine_over_http, model_dir, loaded, settings, workload, engine_process
+            )
     return {name: run_system() for name, run_system in systems.items()}
 
 
@@ -236,10 +249,10 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
         ratios = {
             f"engine_over_{name}": _ratios(engine, summary)
             for name, summary in summaries.items()
-            if name not in ("engine", "engine_http")
+            if name != "engine" and name not in HTTP_SYSTEMS
         }
-        if "engine_http" in summaries:
-            ratios["http_over_in_process"] = _ratios(summaries["engine_http"], engine)
+        for name in HTTP_SYSTEMS.keys() & summaries.keys():
+            ratios[f"{name.removeprefix('engine_')}_over_in_process"] = _ratios(summaries[name], engine)
         return {
             "arrival_rate_per_s": rate,
             "output_tokens_per_s_at_matmul_rate": output_tokens * matmul_rate / flops,

@@ -13,15 +13,18 @@ loop and every other request go on.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from inference import metrics
@@ -54,14 +57,43 @@ _LATENCY_SMOOTHING = 0.1
 _DEAD_RANK_JOIN_SECONDS = 10.0
 
 
-class AsyncEngine:
+# Where a request's tokens go: its RequestStream on this process's event loop, or, in an engine process,
+# its request id, which `deliver` sends on to the API process.
+Sink = RequestStream | str
+Deliver = Callable[[list[tuple[Sink, StreamItem]]], None]
+
+
+class EngineLifecycle(abc.ABC):
+    """`async with engine:` starts it, and stops it however the block ends."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class AsyncEngine(EngineLifecycle):
     def __init__(
         self,
         loaded: LoadedModel,
         config: ServerConfig,
         collectors: dict[str, MetricWrapperBase] | None = None,
+        deliver: Deliver | None = None,
     ) -> None:
+        """`deliver` takes each step's (sink, item) pairs; by default they go to the RequestStreams
+        `generate` returned, on the event loop that started the engine."""
         self.loaded = loaded
+        self._deliver = deliver
         self.config = config
         self._telemetry = EngineTelemetry(collectors, loaded.device, loaded.name)
         self._core: EngineCore | None = None
@@ -75,15 +107,6 @@ class AsyncEngine:
         self._stopping = False
         self._mean_latency_seconds = 1.0
         self._preemptions_reported = 0
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Build the KV cache and run the warm-up pass (off the event loop), then start the loop."""
@@ -112,8 +135,13 @@ class AsyncEngine:
 
     @property
     def ready(self) -> bool:
-        alive = self._thread is not None and self._thread.is_alive() and self.ranks_alive
-        return self._core is not None and alive and not self._draining and not self._stopping
+        return self.alive and not self._draining and not self._stopping
+
+    @property
+    def alive(self) -> bool:
+        """The loop runs (draining or not): it has started and neither it nor a rank has died."""
+        running = self._thread is not None and self._thread.is_alive()
+        return self._core is not None and running and self.ranks_alive
 
     @property
     def ranks_alive(self) -> bool:
@@ -126,14 +154,7 @@ class AsyncEngine:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is running or waiting; False if `timeout` seconds pass first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = self.stats()
-            if stats.running + stats.waiting == 0:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(_IDLE_CHECK_SECONDS)
+        return await wait_until(lambda: (stats := self.stats()).running + stats.waiting == 0, timeout)
 
     def stats(self) -> EngineStats:
         if self._core is None:
@@ -144,6 +165,12 @@ class AsyncEngine:
     def generate(self, request: GenerationRequest) -> RequestStream:
         """Submit `request`; raises EngineNotReadyError, QueueFullError, PromptTooLongError or
         InvalidRequestError here, before any token, when it cannot be admitted."""
+        stream = RequestStream(request.request_id, on_abandon=self.abort)
+        self.submit(request, stream)
+        return stream
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        """Admit `request`, its items to go to `sink`, or raise as `generate` does."""
         core = self._core
         if core is None or not self.ready:
             raise EngineNotReadyError("the engine is not accepting requests (starting, draining or stopped)")
@@ -155,14 +182,17 @@ class AsyncEngine:
             if core.num_waiting >= self.config.max_queue_len + free_slots:
                 self._telemetry.rejected(metrics.RejectionReason.QUEUE_FULL)
                 raise QueueFullError(self._retry_after_seconds(core.num_waiting))
-            seq.sink = RequestStream(request.request_id, on_abandon=self.abort)
+            seq.sink = sink
             core.add(seq)
         self._wakeup.set()
-        return seq.sink
 
     @property
     def vocab_size(self) -> int:
         return self.loaded.vocab_size
+
+    async def metric_families(self) -> list[Metric]:
+        """Metrics kept outside the server's registry: none, the engine writes into the server's."""
+        return []
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for on its own (part of a character, for some)."""
@@ -271,7 +301,7 @@ class AsyncEngine:
 
     def _publish(self, outputs: list[StepOutput]) -> None:
         now = time.monotonic()
-        deliveries: list[tuple[RequestStream, StreamItem]] = []
+        deliveries: list[tuple[Sink, StreamItem]] = []
         self._telemetry.tokens([output.seq for output in outputs], now)
         for output in outputs:
             if output.event.finish_reason is not None:
@@ -285,7 +315,7 @@ class AsyncEngine:
         if not failures or self._core is None:
             return
         now = time.monotonic()
-        deliveries: list[tuple[RequestStream, StreamItem]] = []
+        deliveries: list[tuple[Sink, StreamItem]] = []
         for failure in failures:
             logger.error(
                 "a request failed in the engine step; it alone ends",
@@ -307,12 +337,25 @@ class AsyncEngine:
             aborted = [self._core.abort(request_id) for request_id in list(self._core.sequences)]
         self._send([(seq.sink, error) for seq in aborted if seq is not None])
 
-    def _send(self, deliveries: list[tuple[RequestStream, StreamItem]]) -> None:
-        if not deliveries or self._loop is None or self._loop.is_closed():
+    def _send(self, deliveries: list[tuple[Sink, StreamItem]]) -> None:
+        if not deliveries:
             return
-        self._loop.call_soon_threadsafe(_deliver, deliveries)
+        if self._deliver is not None:
+            self._deliver(deliveries)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_push_to_streams, deliveries)
 
 
-def _deliver(deliveries: list[tuple[RequestStream, StreamItem]]) -> None:
+async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether `condition` holds within `timeout` seconds, polling."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_IDLE_CHECK_SECONDS)
+    return True
+
+
+def _push_to_streams(deliveries: list[tuple[Sink, StreamItem]]) -> None:
     for stream, item in deliveries:
-        stream.push(item)
+        stream.push(item)  # type: ignore[union-attr]  # without `deliver`, every sink is a stream

@@ -19,12 +19,17 @@ from inference.config import ServerConfig
 from inference.engine import fault_injection
 from inference.engine.architectures import check_supported
 from inference.engine.block_manager import BlockManager
-from inference.engine.grammar import CompiledGrammar, GrammarSpec, grammar_compiler
+from inference.engine.grammar import (
+    CompiledGrammar,
+    GrammarSpec,
+    compile_grammar,
+    grammar_compiler,
+    token_bytes,
+)
 from inference.engine.model_runner import ModelRunner
 from inference.engine.request import (
     FinishReason,
     GenerationRequest,
-    InvalidGrammarError,
     InvalidRequestError,
     PromptTooLongError,
     SamplingParams,
@@ -95,15 +100,6 @@ def plan_num_blocks(config: ServerConfig, runner: ModelRunner, max_model_len: in
     return int(num_blocks)
 
 
-def _stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    if eos is None:
-        eos = loaded.tokenizer.eos_token_id
-    if eos is None:
-        return frozenset()
-    return frozenset(eos if isinstance(eos, list) else [eos])
-
-
 def _runner_for(loaded: LoadedModel, config: ServerConfig) -> ModelRunner:
     block_size = config.kv_cache_block_size
     options = (block_size, config.attention_backend, config.kv_cache_dtype)
@@ -119,7 +115,7 @@ class EngineCore:
         self.device = loaded.device
         self.max_model_len = loaded.max_model_len
         self.vocab_size = loaded.vocab_size
-        self.eos_token_ids = _stop_token_ids(loaded)
+        self.eos_token_ids = loaded.eos_token_ids
         check_supported(loaded.model.config, loaded.max_model_len)
         self.adapters = loaded.adapters
         self.tokenizer = loaded.tokenizer
@@ -157,15 +153,11 @@ class EngineCore:
 
     def compile_grammar(self, spec: GrammarSpec) -> CompiledGrammar:
         """Raises InvalidGrammarError for a schema, regex or grammar that does not compile."""
-        if self.grammars is None:
-            raise InvalidGrammarError("structured outputs are unavailable: the tokenizer is not supported")
-        return self.grammars.compile(spec)
+        return compile_grammar(self.grammars, spec)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for on its own (part of a character, for some)."""
-        if self.grammars is None:
-            return self.tokenizer.decode([token_id]).encode()
-        return self.grammars.token_bytes(token_id)
+        return token_bytes(self.grammars, self.tokenizer, token_id)
 
     def add(self, seq: Sequence) -> None:
         seq.lora_id = self.adapters.id_of(seq.lora_name)

@@ -107,6 +107,21 @@ def grammar_compiler(
         return None
 
 
+def compile_grammar(compiler: GrammarCompiler | None, spec: GrammarSpec) -> CompiledGrammar:
+    """`spec` compiled (or found in the cache); InvalidGrammarError if it does not compile or the
+    tokenizer has no compiler."""
+    if compiler is None:
+        raise InvalidGrammarError("structured outputs are unavailable: the tokenizer is not supported")
+    return compiler.compile(spec)
+
+
+def token_bytes(compiler: GrammarCompiler | None, tokenizer: PreTrainedTokenizerBase, token_id: int) -> bytes:
+    """The bytes a token stands for on its own (part of a character, for some)."""
+    if compiler is None:
+        return tokenizer.decode([token_id]).encode()
+    return compiler.token_bytes(token_id)
+
+
 def grammar_text(spec: GrammarSpec) -> str:
     """The llguidance grammar of `spec` (its own JSON form), not yet checked."""
     if spec.kind == "json_schema":

@@ -112,6 +112,10 @@ class QueueFullError(EngineError):
         super().__init__(f"the waiting queue is full; retry in {retry_after_seconds} s")
         self.retry_after_seconds = retry_after_seconds
 
+    def __reduce__(self) -> tuple[type[QueueFullError], tuple[int]]:
+        # Sent from an engine process: rebuilt from the seconds, not from the message.
+        return QueueFullError, (self.retry_after_seconds,)
+
 
 class EngineNotReadyError(EngineError):
     """The engine is loading, draining or stopped and admits no new request (503)."""

@@ -1,9 +1,9 @@
-"""The ranks of a tensor-parallel server: rank 0 is the server process, the others are its workers.
+"""The ranks of a tensor-parallel engine: rank 0 is the engine's process, the others are its workers.
 
 Rank 0 runs the scheduler and the sampler; the workers only hold their shards and KV caches and make,
 on their shards, every model-runner call rank 0 makes (`TensorParallelRunner` sends each call before
 making it). A worker that dies is seen at once by a thread waiting on the worker processes: the engine
-stops being ready, and the server exits non-zero. A worker whose server dies exits by itself.
+stops being ready, and the server exits non-zero. A worker whose rank 0 dies exits by itself.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def test_prompt_over_the_context_length_is_400(client: httpx.Client, api_server:
 
 
 def test_token_id_outside_the_vocabulary_is_400(client: httpx.Client, api_server: RunningServer) -> None:
-    vocab_size = api_server.state.model.model.config.vocab_size
+    vocab_size = api_server.state.model.vocab_size
     response = client.post("/v1/completions", json={"prompt": [1, vocab_size], "max_tokens": 1})
     assert (response.status_code, response.json()["error"]["param"]) == (400, "prompt")
 

@@ -143,17 +143,25 @@ def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
 
 
 @pytest.mark.slow
-def test_http_mode_serves_the_same_tokens_through_a_real_server(small_settings):
+def test_http_mode_serves_the_same_tokens_through_a_real_server_both_ways(small_settings):
     report = run_bench(replace(small_settings, http=True, modes=("burst",)))
     burst = report["burst"]
-    assert burst["engine_http"]["requests"] == small_settings.num_requests
-    assert burst["engine_http"]["output_tokens"] == burst["engine"]["output_tokens"]
-    ratio = burst["http_over_in_process"]["output_tokens_per_s"]
-    assert ratio == burst["engine_http"]["output_tokens_per_s"] / burst["engine"]["output_tokens_per_s"]
-    # The server's CPU is another process's: the clients' is counted apart, and only over HTTP.
-    in_process, over_http = burst["engine"]["cpu"], burst["engine_http"]["cpu"]
-    assert "clients_cpu_s" not in in_process and over_http["clients_cpu_s"] >= 0
-    for cpu, summary in ((in_process, burst["engine"]), (over_http, burst["engine_http"])):
+    in_process = burst["engine"]
+    http_systems = (
+        ("engine_http", "http_over_in_process"),
+        ("engine_http_one_process", "http_one_process_over_in_process"),
+    )
+    for name, ratios in http_systems:
+        over_http = burst[name]
+        assert over_http["requests"] == small_settings.num_requests
+        assert over_http["output_tokens"] == in_process["output_tokens"]
+        ratio = burst[ratios]["output_tokens_per_s"]
+        assert ratio == over_http["output_tokens_per_s"] / in_process["output_tokens_per_s"]
+        # The server's CPU is other processes': the clients' is counted apart, and only over HTTP.
+        assert over_http["cpu"]["clients_cpu_s"] >= 0
+    assert "clients_cpu_s" not in in_process["cpu"]
+    for summary in (in_process, burst["engine_http"], burst["engine_http_one_process"]):
+        cpu = summary["cpu"]
         # Counted in clock ticks, which this small a run may take less than one of (test_bench_cpu_use
         # checks the counting itself).
         assert cpu["server_cpu_s"] >= 0 and cpu["event_loop_cpu_s"] >= 0

@@ -39,24 +39,44 @@ def test_work_on_another_thread_counts_for_the_process_alone():
     assert use.server.main_thread < _BUSY_SECONDS / 2
 
 
-def test_another_processs_work_is_the_servers_and_ours_the_clients():
+# Waits for a line, spins 0.3 s, says so, and waits for another line before it exits.
+_SPIN_WHEN_TOLD = (
+    "import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
+    "while time.process_time() - t < 0.3: pass\nprint(flush=True)\nsys.stdin.readline()"
+)
+
+
+def _measure_server(program: str) -> cpu_use.CpuUse:
+    """CPU use, measured from here, while the server `program` (reading its orders as lines) spins."""
     server = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
-         "while time.process_time() - t < 0.3: pass\nprint(flush=True)\nsys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         with cpu_use.measure(server.pid) as use:
             server.stdin.write("go\n")
             server.stdin.flush()
-            server.stdout.readline()  # its spin is over
-        assert use.server is not None and use.clients is not None
-        assert use.server.process >= _BUSY_SECONDS * 0.9
-        assert use.server.main_thread >= _BUSY_SECONDS * 0.9
-        assert use.clients < _BUSY_SECONDS / 2
+            server.stdout.readline()  # the spin is over; the spinner waits, alive, for the next line
+        return use
     finally:
         server.stdin.close()
         server.wait(timeout=10)
+
+
+def test_another_processs_work_is_the_servers_and_ours_the_clients():
+    use = _measure_server(_SPIN_WHEN_TOLD)
+    assert use.server is not None and use.clients is not None
+    assert use.server.process >= _BUSY_SECONDS * 0.9
+    assert use.server.main_thread >= _BUSY_SECONDS * 0.9
+    assert use.clients < _BUSY_SECONDS / 2
+
+
+def test_the_work_of_a_servers_engine_process_is_the_servers_not_its_event_loops():
+    # The server's main thread only waits; its child process (the engine's place) spins.
+    spawn_spinner = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {_SPIN_WHEN_TOLD!r}])"
+    use = _measure_server(spawn_spinner)
+    assert use.server is not None
+    assert use.server.process >= _BUSY_SECONDS * 0.9
+    assert use.server.main_thread < _BUSY_SECONDS / 2
 
 
 def test_the_report_divides_by_the_run():
@@ -73,3 +93,4 @@ def test_the_report_divides_by_the_run():
 
 def test_the_main_thread_is_found_by_the_process_id():
     assert cpu_use.cpu_seconds(os.getpid()).main_thread > 0
+

@@ -29,7 +29,10 @@ POISON_AFTER_TOKENS = 2
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir) -> Iterator[RunningServer]:
-    config = ServerConfig(model_path=tiny_model_dir, api_key=API_KEY, max_num_seqs=STREAMS + 1)
+    # The fault hook lives in this process: the engine must run here too.
+    config = ServerConfig(
+        model_path=tiny_model_dir, api_key=API_KEY, max_num_seqs=STREAMS + 1, engine_process=False
+    )
     with in_process_server(config) as running:
         yield running
 

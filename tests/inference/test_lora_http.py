@@ -85,7 +85,7 @@ def test_runtime_load_and_unload_need_the_key(lora_server, adapters):
         assert anonymous.post("/v1/unload_lora_adapter", json={"lora_name": "support"}).status_code == 401
     with lora_server.client(api_key="wrong-key") as wrong:
         assert wrong.post("/v1/load_lora_adapter", json=body).status_code == 401
-    assert "intruder" not in lora_server.state.model.adapters
+    assert "intruder" not in lora_server.state.model.adapter_names
 
 
 def test_runtime_load_serve_and_unload(client, lora_server, adapters):

@@ -32,3 +32,25 @@ def test_observing_a_steps_latencies_at_once_exports_what_observing_each_does():
     # The same counts in every bucket; the same sum, but for the order of the additions.
     assert _exported(at_once) == pytest.approx(_exported(one_by_one), rel=1e-12, abs=0)
     assert _exported(at_once)[(f"{spec.name}_count", (("model", "m"),))] == 10
+
+
+def test_merged_families_add_up_the_series_two_processes_write_and_keep_each_family_once():
+    server, engine = CollectorRegistry(), CollectorRegistry()
+    server_collectors, engine_collectors = metrics.build_collectors(server), metrics.build_collectors(engine)
+    rejected = metrics.REQUESTS_REJECTED.name
+    server_collectors[rejected].labels(reason="draining").inc(2)
+    engine_collectors[rejected].labels(reason="queue_full").inc(3)
+    engine_collectors[rejected].labels(reason="draining").inc(1)
+    engine_collectors[metrics.REQUESTS_RUNNING.name].set(5)
+    merged = metrics.MergedFamilies(server, list(engine.collect()))
+    families = [family.name for family in merged.collect()]
+    assert len(families) == len(set(families)) == len(list(server.collect()))
+    exported = _exported(merged)  # type: ignore[arg-type]  # collects like a registry
+    assert exported[("llm_requests_rejected_total", (("reason", "draining"),))] == 3
+    assert exported[("llm_requests_rejected_total", (("reason", "queue_full"),))] == 3
+    assert exported[("llm_requests_running", ())] == 5
+    created = [
+        sample for family in merged.collect() for sample in family.samples
+        if sample.name == "llm_requests_rejected_created" and sample.labels == {"reason": "draining"}
+    ]  # fmt: skip
+    assert len(created) == 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 
 from .conftest import API_KEY, RunningServer, metric_value, wait_for_status
@@ -83,16 +84,19 @@ def test_metrics_cover_every_rank(split_server: SplitServer):
         assert 0 < used < metric_value(split_server.base_url, "llm_device_memory_total_bytes", device)
 
 
-def _worker_pids(server_pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        children += [int(pid) for pid in (task / "children").read_text().split()]
-    # The workers are the spawned processes that are not multiprocessing's resource tracker.
+def _spawned_children(pid: int) -> list[int]:
+    """The processes `pid` spawned with multiprocessing, but for its resource tracker."""
+    commands = {child.pid: " ".join(child.cmdline()) for child in psutil.Process(pid).children()}
     return [
-        pid for pid in children
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        child for child, command in commands.items()
+        if "spawn_main" in command and "resource_tracker" not in command
     ]  # fmt: skip
+
+
+def _worker_pids(server_pid: int) -> list[int]:
+    # The server's one spawned child is its engine process, rank 0; the other ranks are that one's.
+    (engine,) = _spawned_children(server_pid)
+    return _spawned_children(engine)
 
 
 def test_a_worker_killed_while_idle_makes_the_server_exit_non_zero(split_server: SplitServer):

@@ -67,12 +67,12 @@ class UsageTally:
 
 
 class Formatter(Protocol):
-    """One wire format. `stream_delta` gets every delta and returns the chunks to send (none while
-    nothing is new); `complete` gets each choice as one delta, all of its deltas joined."""
+    """One wire format. `stream_delta` gets every delta and returns the chunks to send, as JSON text
+    (none while nothing is new); `complete` gets each choice as one delta, all of its deltas joined."""
 
-    def stream_start(self, choice_count: int) -> list[dict[str, Any]]: ...
-    def stream_delta(self, delta: ChoiceDelta) -> list[dict[str, Any]]: ...
-    def stream_usage(self, totals: Usage) -> dict[str, Any]: ...
+    def stream_start(self, choice_count: int) -> list[str]: ...
+    def stream_delta(self, delta: ChoiceDelta) -> list[str]: ...
+    def stream_usage(self, totals: Usage) -> str: ...
     def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]: ...
 
 
@@ -110,21 +110,20 @@ class ChatFormatter(_Identity):
             content.append(ChatTokenLogprob(**entry.model_dump(), top_logprobs=alternatives))
         return ChatLogprobs(content=content)
 
-    def _chunk(self, choices: list[ChatChunkChoice], totals: Usage | None = None) -> dict[str, Any]:
+    def _chunk(self, choices: list[ChatChunkChoice], totals: Usage | None = None) -> str:
+        # Serialised by pydantic itself, not dumped to a dict for `json`: one of these per token.
         chunk = ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=totals
-        ).model_dump()
-        for choice in chunk["choices"]:  # a delta names only what it adds
-            choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
-        return chunk
+        )
+        return chunk.model_dump_json()
 
-    def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
+    def stream_start(self, choice_count: int) -> list[str]:
         return [
             self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
             for index in range(choice_count)
         ]
 
-    def stream_delta(self, delta: ChoiceDelta) -> list[dict[str, Any]]:
+    def stream_delta(self, delta: ChoiceDelta) -> list[str]:
         text, calls, tool_deltas = delta.text, [], []
         final = delta.finish_reason is not None
         if self.tool_parser is not None:
@@ -153,7 +152,7 @@ class ChatFormatter(_Identity):
         )
         return [self._chunk([choice])]
 
-    def stream_usage(self, totals: Usage) -> dict[str, Any]:
+    def stream_usage(self, totals: Usage) -> str:
         return self._chunk([], totals)
 
     def _message(self, text: str) -> tuple[AssistantMessage, list[ToolCall]]:
@@ -205,20 +204,18 @@ class CompletionFormatter(_Identity):
         self._offsets[index] = position
         return CompletionLogprobs(tokens=texts, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
 
-    def _body(self, choices: list[CompletionChoice], totals: Usage | None) -> dict[str, Any]:
-        return Completion(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=totals
-        ).model_dump()
+    def _body(self, choices: list[CompletionChoice], totals: Usage | None) -> Completion:
+        return Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=totals)
 
-    def stream_start(self, choice_count: int) -> list[dict[str, Any]]:
+    def stream_start(self, choice_count: int) -> list[str]:
         if not self.echoed:
             return []
         return [
-            self._body([CompletionChoice(index=index, text=self.echoed[index])], None)
+            self._body([CompletionChoice(index=index, text=self.echoed[index])], None).model_dump_json()
             for index in range(choice_count)
         ]
 
-    def stream_delta(self, delta: ChoiceDelta) -> list[dict[str, Any]]:
+    def stream_delta(self, delta: ChoiceDelta) -> list[str]:
         if not delta.text and not delta.tokens and delta.finish_reason is None:
             return []
         choice = CompletionChoice(
@@ -227,10 +224,10 @@ class CompletionFormatter(_Identity):
             logprobs=self._logprobs(delta.index, delta.tokens),
             finish_reason=delta.finish_reason,
         )
-        return [self._body([choice], None)]
+        return [self._body([choice], None).model_dump_json()]
 
-    def stream_usage(self, totals: Usage) -> dict[str, Any]:
-        return self._body([], totals)
+    def stream_usage(self, totals: Usage) -> str:
+        return self._body([], totals).model_dump_json()
 
     def complete(self, choices: Sequence[ChoiceDelta], totals: Usage) -> dict[str, Any]:
         return self._body(
@@ -244,7 +241,7 @@ class CompletionFormatter(_Identity):
                 for choice in choices
             ],
             totals,
-        )
+        ).model_dump()
 
 
 def sse(payload: dict[str, Any] | str) -> str:

@@ -6,7 +6,8 @@ a stop string), so a streamed response never shows text that the complete respon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -16,9 +17,20 @@ _CONTEXT_TOKENS = 4
 _REPLACEMENT_CHARACTER = "\ufffd"
 
 
+def text_decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[int]], str]:
+    """`tokenizer.decode(ids, skip_special_tokens=True)`, straight from the Rust tokenizer where that is
+    all transformers would do: its Python wrapper costs several times the decode, and runs twice for
+    every streamed token. With `clean_up_tokenization_spaces` (which transformers applies, or not, by
+    tokenizer model) or a slow tokenizer, it is transformers' own decode."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.clean_up_tokenization_spaces:
+        return functools.partial(tokenizer.decode, skip_special_tokens=True)
+    return functools.partial(backend.decode, skip_special_tokens=True)
+
+
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_token_ids: Sequence[int]) -> None:
-        self._tokenizer = tokenizer
+        self._decode = text_decoder(tokenizer)
         self._ids = list(prompt_token_ids[-_CONTEXT_TOKENS:])
         # ids[prefix:read] is text already returned, kept to decode the next tokens in context.
         self._prefix = 0
@@ -32,9 +44,6 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """Whatever is still held back, at the end of generation."""
         return self._advance(final=True)
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     def _advance(self, *, final: bool) -> str:
         if self._read == len(self._ids):

@@ -224,6 +224,8 @@ class EngineProcess(EngineLifecycle):
         try:
             self._send(("call", call_id, method, args))
             return await answer
+        except OSError as error:
+            raise EngineNotReadyError("the engine process is gone") from error
         finally:
             self._calls.pop(call_id, None)
 

@@ -47,7 +47,7 @@ from inference.engine.grammar import (
     token_bytes,
 )
 from inference.engine.request import EngineError, EngineNotReadyError, GenerationRequest, InvalidRequestError
-from inference.engine.stream import RequestStream, StreamItem
+from inference.engine.stream import RequestStream, StreamItem, ends_stream
 from inference.model_loading import ModelLoadError, ServedModel, load_model
 from inference.server import configure_process
 
@@ -112,7 +112,7 @@ class EngineProcess(EngineLifecycle):
         if process is None:
             return
         if process.is_alive():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(EngineNotReadyError):
                 self._send(("stop",))
             await asyncio.to_thread(process.join, _STOP_SECONDS)
         if process.is_alive():
@@ -178,9 +178,9 @@ class EngineProcess(EngineLifecycle):
         self._streams[request.request_id] = stream
         try:
             self._send(("submit", replace(request, sampling=sampling), grammar))
-        except OSError as error:
+        except EngineNotReadyError:
             del self._streams[request.request_id]
-            raise EngineNotReadyError("the engine process is gone") from error
+            raise
         return stream
 
     def abort(self, request_id: str, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
@@ -224,19 +224,21 @@ class EngineProcess(EngineLifecycle):
         try:
             self._send(("call", call_id, method, args))
             return await answer
-        except OSError as error:
-            raise EngineNotReadyError("the engine process is gone") from error
         finally:
             self._calls.pop(call_id, None)
 
     def _send(self, message: tuple[object, ...]) -> None:
+        """EngineNotReadyError when the engine process has died (before the reader has noticed)."""
         assert self._conn is not None
-        with self._send_lock:
-            self._conn.send(message)
+        try:
+            with self._send_lock:
+                self._conn.send(message)
+        except OSError as error:
+            raise EngineNotReadyError("the engine process is gone") from error
 
     def _send_if_alive(self, message: tuple[object, ...]) -> None:
         if self.alive:
-            with contextlib.suppress(OSError):  # it died meanwhile; the reader ends what was open
+            with contextlib.suppress(EngineNotReadyError):  # it died meanwhile; the reader ends what was open
                 self._send(message)
 
     def _read(self) -> None:
@@ -281,7 +283,7 @@ class EngineProcess(EngineLifecycle):
             stream = self._streams.get(request_id)
             if stream is None:
                 continue  # ended here already: abandoned, or failed with the others
-            if item is None or isinstance(item, EngineError) or item.finish_reason is not None:
+            if ends_stream(item):
                 del self._streams[request_id]
             stream.push(item)
 

@@ -12,6 +12,11 @@ from inference.engine.request import EngineError, TokenEvent
 StreamItem = TokenEvent | EngineError | None
 
 
+def ends_stream(item: StreamItem) -> bool:
+    """Whether `item` is a request's last: the end of an abort, a failure, or the finishing token."""
+    return item is None or isinstance(item, EngineError) or item.finish_reason is not None
+
+
 class RequestStream:
     """One request's tokens in order; the last has `finish_reason`. Closing the stream, or cancelling
     the task awaiting it, aborts the request. An aborted request's stream simply ends; if the
@@ -42,7 +47,7 @@ class RequestStream:
             finally:
                 self._waiter = None
         item = self._items.popleft()
-        if item is None or isinstance(item, EngineError) or item.finish_reason is not None:
+        if ends_stream(item):
             self._done = True
         if item is None:
             raise StopAsyncIteration

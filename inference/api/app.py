@@ -76,7 +76,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses=EDGE_ERRORS,
     )
     app.state.serving = state
-    install_error_handlers(app)
+    install_error_handlers(app, state.not_ready)
     app.include_router(probes.router)
     app.include_router(v1.router)
     if config.allow_runtime_lora_updating:

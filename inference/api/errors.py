@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -121,7 +121,9 @@ def _is_union_member_tag(part: object) -> bool:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, not_ready: Callable[[], APIError]) -> None:
+    """OpenAI's error shape for every failure; `not_ready` makes the 503 of a server not serving."""
+
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, error: APIError) -> JSONResponse:
         return error.response()
@@ -135,6 +137,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         message = error.detail if isinstance(error.detail, str) else "request failed"
         return APIError(error.status_code, message, headers=dict(error.headers or {})).response()
+
+    @app.exception_handler(EngineNotReadyError)
+    async def on_engine_not_ready(_: Request, __: EngineNotReadyError) -> JSONResponse:
+        # A route that reached the engine as it stopped (a LoRA load racing its death) gets the 503
+        # that a request arriving a moment later gets, not a 500.
+        return not_ready().response()
 
     @app.exception_handler(Exception)
     async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:

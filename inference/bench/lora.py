@@ -24,7 +24,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from inference import metrics
-from inference.bench.serving import drive_engine, length_range
+from inference.bench.serving import drive_engine, length_range, positive_int
 from inference.bench.workload import make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag, default = f"--{field.replace('_', '-')}", getattr(defaults, field)
         parser.add_argument(flag, type=length_range, default=default, metavar="MIN:MAX")
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of each setting")
+    parser.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="runs of each setting")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
     return parser

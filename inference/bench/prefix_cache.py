@@ -30,7 +30,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from inference import metrics
-from inference.bench.serving import BenchSettings, drive_engine
+from inference.bench.serving import BenchSettings, drive_engine, positive_int
 from inference.bench.workload import RequestTiming, WorkItem, make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=defaults.dtype)
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of each setting")
+    parser.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="runs of each setting")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)

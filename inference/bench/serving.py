@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -82,6 +84,7 @@ class BenchSettings:
     static_batch_size: int = 32
     # The engine's (`--kv-cache-dtype`): a narrower one makes its outputs differ from the others'.
     kv_cache_dtype: KvCacheDtype = "auto"
+    repeats: int = 1  # rounds of every system; medians reported
 
 
 async def drive_engine(
@@ -185,6 +188,32 @@ def _ratios(engine: dict, baseline: dict) -> dict[str, float]:
     }
 
 
+def ratio_pairs(systems: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Each ratio the report gives, as (numerator, denominator): the engine over every other system
+    in-process, and each HTTP system over the engine in-process."""
+    pairs = {}
+    for name in systems:
+        if name in HTTP_SYSTEMS:
+            pairs[f"{name.removeprefix('engine_')}_over_in_process"] = (name, "engine")
+        elif name != "engine":
+            pairs[f"engine_over_{name}"] = ("engine", name)
+    return pairs
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median throughput (the lower of the middle two of an even count), with every run's
+    throughput beside it when there are several."""
+    ordered = sorted(runs, key=lambda run: run["output_tokens_per_s"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        median["output_tokens_per_s_runs"] = [run["output_tokens_per_s"] for run in runs]
+    return median
+
+
+def median_ratios(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(ratios[key] for ratios in rounds) for key in rounds[0]}
+
+
 def run_bench(settings: BenchSettings) -> dict[str, object]:
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
     with model_directory(settings.model_path, settings.shape) as model_dir:
@@ -232,27 +261,33 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
             settings.seed,
         )
 
-    def compare(rate: float | None) -> dict[str, object]:
-        requests = workload(rate)
-        prompt_tokens = sum(len(item.prompt_token_ids) for item in requests)
-        output_tokens = sum(item.max_tokens for item in requests)
-        flops = model_flops(loaded.model, prompt_tokens, output_tokens)
+    def summaries_of(runs: dict[str, SystemRun], flops: int) -> dict[str, dict]:
         summaries = {}
-        for name, run in run_systems(model_dir, loaded, settings, requests).items():
+        for name, run in runs.items():
             summary = summarize(run.timings)
             summary["model_flops_per_s"] = flops / summary["duration_s"]
             summary["share_of_matmul_flops_per_s"] = summary["model_flops_per_s"] / matmul_rate
             if run.cpu is not None:
                 summary["cpu"] = run.cpu.report(summary["duration_s"], summary["output_tokens"])
             summaries[name] = summary
-        engine = summaries["engine"]
+        return summaries
+
+    def compare(rate: float | None) -> dict[str, object]:
+        requests = workload(rate)
+        prompt_tokens = sum(len(item.prompt_token_ids) for item in requests)
+        output_tokens = sum(item.max_tokens for item in requests)
+        flops = model_flops(loaded.model, prompt_tokens, output_tokens)
+        # Round after round of every system, so that a slow spell of a shared machine falls on all of
+        # them alike; each ratio is the median of its rounds' ratios.
+        rounds = [
+            summaries_of(run_systems(model_dir, loaded, settings, requests), flops)
+            for _ in range(settings.repeats)
+        ]
+        summaries = {name: median_run([systems[name] for systems in rounds]) for name in rounds[0]}
         ratios = {
-            f"engine_over_{name}": _ratios(engine, summary)
-            for name, summary in summaries.items()
-            if name != "engine" and name not in HTTP_SYSTEMS
+            key: median_ratios([_ratios(systems[numerator], systems[denominator]) for systems in rounds])
+            for key, (numerator, denominator) in ratio_pairs(rounds[0]).items()
         }
-        for name in HTTP_SYSTEMS.keys() & summaries.keys():
-            ratios[f"{name.removeprefix('engine_')}_over_in_process"] = _ratios(summaries[name], engine)
         return {
             "arrival_rate_per_s": rate,
             "output_tokens_per_s_at_matmul_rate": output_tokens * matmul_rate / flops,
@@ -284,6 +319,13 @@ def length_range(text: str) -> tuple[int, int]:
     if not 1 <= bounds[0] <= bounds[1]:
         raise argparse.ArgumentTypeError(f"expected MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
     return bounds
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--repeats", type=positive_int, default=defaults.repeats,
+        help="rounds of every system, one after another: each system's run of median throughput is "
+        "reported, with every run's throughput, and each ratio is the median of the rounds' ratios",
+    )  # fmt: skip
+    parser.add_argument(
         "--kv-cache-dtype", choices=get_args(KvCacheDtype), default=defaults.kv_cache_dtype,
         help="the engine's KV cache dtype (not exact: its outputs then differ from the other systems')",
     )  # fmt: skip
@@ -347,6 +394,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         http=args.http,
         static_batch_size=args.static_batch_size,
         kv_cache_dtype=args.kv_cache_dtype,
+        repeats=args.repeats,
     )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from inference.bench.serving import drive_engine
+from inference.bench.serving import drive_engine, positive_int
 from inference.bench.workload import make_workload, summarize
 from inference.config import ServerConfig, default_torch_threads
 from inference.engine.async_engine import AsyncEngine
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=defaults.dtype)
     parser.add_argument("--num-requests", type=int, default=defaults.num_requests)
     parser.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of each setting")
+    parser.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="runs of each setting")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as `serve`)")
     parser.add_argument(

@@ -34,12 +34,12 @@ struct Shape {
   int64_t group() const { return heads / kv_heads; }
 };
 
-// Per-thread buffers, sized once and reused from task to task. Queries and sums of values are held
-// in whole vectors (the lanes past the head size zero).
+// Per-thread buffers, sized once and reused from task to task. Queries, a block's scores and sums of
+// values are held in whole vectors (the lanes past the head size, or past the block's keys, unused).
 struct Scratch {
   explicit Scratch(const Shape& s)
       : queries(s.group() * whole_vectors(s.head_dim)),
-        scores(s.group() * s.block_size),
+        scores(s.group() * whole_vectors(s.block_size)),
         maxima(s.group()),
         sums(s.group()),
         sums_of_values(s.group() * whole_vectors(s.value_dim)) {}
@@ -83,32 +83,48 @@ Vec load_lanes(const cache_t* row, int64_t count) {
   return Vec::loadu(buffer, count);
 }
 
-// The scores of `count` consecutive cache rows (keys) against one query, held in whole vectors.
+// The scores of `count` consecutive cache rows (keys) against one query; the lanes after them, to
+// the end of their vector, -inf (their weights are then 0). Returns the largest score.
 template <typename cache_t>
 float block_scores(const Shape& s, const float* query, const cache_t* keys, int64_t count, float* scores) {
-  float maximum = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < count; ++i) {
     const cache_t* key = keys + i * s.head_dim;
     Vec sum(0.f);
     for (int64_t d = 0; d < s.head_dim; d += kLanes)
       sum = at::vec::fmadd(Vec::loadu(query + d), load_lanes(key + d, std::min(kLanes, s.head_dim - d)), sum);
     scores[i] = at::vec::vec_reduce_all([](Vec& a, Vec& b) { return a + b; }, sum);
-    maximum = std::max(maximum, scores[i]);
   }
-  return maximum;
+  std::fill(scores + count, scores + whole_vectors(count), -std::numeric_limits<float>::infinity());
+  Vec maxima(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < count; i += kLanes) maxima = at::vec::maximum(maxima, Vec::loadu(scores + i));
+  return at::vec::vec_reduce_all([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, maxima);
+}
+
+// The scores of a block, in place, as exp(score - maximum); returns their sum.
+float block_weights(float* scores, int64_t count, float maximum) {
+  const Vec shift(maximum);
+  Vec total(0.f);
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const Vec weights = (Vec::loadu(scores + i) - shift).exp();
+    weights.store(scores + i);
+    total = total + weights;
+  }
+  return at::vec::vec_reduce_all([](Vec& a, Vec& b) { return a + b; }, total);
 }
 
 // Sequence `row`, KV head `kv_head`: writes the attended values of its `group` query heads.
 //
 // One pass over the context, a block at a time (online softmax): the block's scores for each query
 // head, then its values weighted by them, each head's running sums rescaled when the block raises its
-// maximum. A block's keys and values are read together, two streams from memory at once, and
-// nothing is kept per position beyond the block.
+// maximum. Nothing is kept per position beyond the block. The weighted sum runs a vector of value
+// lanes at a time over the block's keys, in a register; the block's values, read once from memory,
+// are in the L1 cache for the group's other heads.
 template <typename cache_t>
 void attend(const Shape& s, const float* query, const cache_t* keys, const cache_t* values,
             const int64_t* table, int64_t end, float* out, int64_t row, int64_t kv_head, Scratch& scratch) {
   const int64_t group = s.group();
   const int64_t key_width = whole_vectors(s.head_dim), value_width = whole_vectors(s.value_dim);
+  const int64_t score_width = whole_vectors(s.block_size);
   // The group's queries, scaled.
   float* queries = scratch.queries.data();
   const float* own_queries = query + (row * s.heads + kv_head * group) * s.head_dim;
@@ -125,31 +141,26 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
     stop = std::min(end, (start / s.block_size + 1) * s.block_size);
     const int64_t count = stop - start;
     const int64_t slot = table[start / s.block_size] * s.block_size + start % s.block_size;
+    const cache_t* block_values = values + (kv_head * s.slots + slot) * s.value_dim;
     for (int64_t g = 0; g < group; ++g) {
-      float* weights = scores + g * s.block_size;
+      float* weights = scores + g * score_width;
       const float block_max =
           block_scores(s, queries + g * key_width, keys + (kv_head * s.slots + slot) * s.head_dim, count, weights);
       float& maximum = scratch.maxima[g];
+      float* into = sums_of_values + g * value_width;
       if (block_max > maximum) {
         const float rescale = std::exp(maximum - block_max);
         scratch.sums[g] *= rescale;
-        float* into = sums_of_values + g * value_width;
         for (int64_t d = 0; d < value_width; d += kLanes) (Vec::loadu(into + d) * Vec(rescale)).store(into + d);
         maximum = block_max;
       }
-      for (int64_t i = 0; i < count; ++i) {
-        weights[i] = std::exp(weights[i] - maximum);
-        scratch.sums[g] += weights[i];
-      }
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const cache_t* value = values + (kv_head * s.slots + slot + i) * s.value_dim;
+      scratch.sums[g] += block_weights(weights, count, maximum);
       for (int64_t d = 0; d < value_width; d += kLanes) {
-        const Vec lanes = load_lanes(value + d, std::min(kLanes, s.value_dim - d));
-        for (int64_t g = 0; g < group; ++g) {
-          float* into = sums_of_values + g * value_width + d;
-          at::vec::fmadd(Vec(scores[g * s.block_size + i]), lanes, Vec::loadu(into)).store(into);
-        }
+        const int64_t lanes = std::min(kLanes, s.value_dim - d);
+        Vec sum = Vec::loadu(into + d);
+        for (int64_t i = 0; i < count; ++i)
+          sum = at::vec::fmadd(Vec(weights[i]), load_lanes(block_values + i * s.value_dim + d, lanes), sum);
+        sum.store(into + d);
       }
     }
   }

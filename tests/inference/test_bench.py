@@ -142,6 +142,32 @@ def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
         assert ceiling == pytest.approx(summary["output_tokens_per_s"] / share)
 
 
+def test_repeats_report_each_systems_median_run_and_the_median_of_each_rounds_ratio(small_settings):
+    report = run_bench(replace(small_settings, modes=("burst",), repeats=3))
+    burst = report["burst"]
+    for system in SYSTEMS:
+        runs = burst[system]["output_tokens_per_s_runs"]
+        assert len(runs) == 3
+        assert burst[system]["output_tokens_per_s"] == sorted(runs)[1]
+    # The ratio is of paired rounds, so it need not be the ratio of the two medians; it lies within
+    # the rounds' ratios.
+    engine_runs, baseline_runs = (burst[name]["output_tokens_per_s_runs"] for name in ("engine", "baseline"))
+    round_ratios = [engine / baseline for engine, baseline in zip(engine_runs, baseline_runs, strict=True)]
+    assert burst["engine_over_baseline"]["output_tokens_per_s"] == sorted(round_ratios)[1]
+
+
+def test_one_run_reports_no_list_of_runs(report):
+    assert "output_tokens_per_s_runs" not in report["burst"]["engine"]
+
+
+@pytest.mark.parametrize("repeats", ["0", "-2", "two"])
+def test_repeats_must_be_a_whole_number_of_at_least_one(repeats, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--repeats", repeats])
+    assert exit_info.value.code == 2
+    assert "--repeats" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_http_mode_serves_the_same_tokens_through_a_real_server_both_ways(small_settings):
     report = run_bench(replace(small_settings, http=True, modes=("burst",)))

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -116,6 +117,32 @@ def test_when_the_engine_process_dies_streams_end_with_an_error_and_the_server_f
     # Failed, the server exits (non-zero, from `serve`) for the orchestrator to restart it.
     assert eventually(lambda: doomed_server.state.failed)
     assert doomed_server.state.phase == "engine_stopped"
+
+
+@pytest.fixture
+def doomed_lora_server(tiny_model_dir: Path) -> Iterator[RunningServer]:
+    config = ServerConfig(model_path=tiny_model_dir, api_key=API_KEY, allow_runtime_lora_updating=True)
+    with in_process_server(config) as running:
+        yield running
+
+
+def test_a_lora_load_the_engine_process_dies_under_is_a_503_not_a_500(
+    doomed_lora_server: RunningServer, tmp_path: Path
+) -> None:
+    """The route has passed the readiness check and waits on the engine's answer when the engine dies:
+    it answers as every route does for an engine that is not serving."""
+    engine = doomed_lora_server.state.engine
+    assert isinstance(engine, EngineProcess) and engine.pid is not None
+    os.kill(engine.pid, signal.SIGSTOP)  # the load waits for an answer that never comes
+    body = {"lora_name": "late", "lora_path": str(tmp_path)}
+    with doomed_lora_server.client() as client, ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(client.post, "/v1/load_lora_adapter", json=body)
+        assert eventually(lambda: bool(engine._calls))  # the call is in the pipe
+        os.kill(engine.pid, signal.SIGKILL)
+        response = loading.result(timeout=60)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "not_ready"
 
 
 def test_a_model_the_engine_process_cannot_load_fails_start_up_with_its_reason(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -323,7 +324,14 @@ def run_engine_process(config: ServerConfig, conn: Connection) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     configure_process(config)
-    raise SystemExit(asyncio.run(_EngineHost(config, conn).run()))
+    status = asyncio.run(_EngineHost(config, conn).run())
+    # Everything the process holds is released by now: the engine stopped, the model (and any
+    # tensor-parallel ranks) closed. What the interpreter's exit would still do is tear down modules
+    # and collect torch's and transformers' objects one by one: nothing anyone waits for, yet the
+    # server's shutdown would wait on it (it took over half a minute, now and then). Multiprocessing
+    # ends forked children this way too.
+    logging.shutdown()
+    os._exit(status)
 
 
 class _EngineHost:

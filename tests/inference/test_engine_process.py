@@ -145,6 +145,34 @@ def test_a_lora_load_the_engine_process_dies_under_is_a_503_not_a_500(
     assert response.json()["error"]["code"] == "not_ready"
 
 
+def test_the_engine_process_ends_without_the_interpreters_teardown(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its engine has stopped and its model is closed, the engine process exits at once: tearing
+    down torch's and transformers' modules and objects served nobody, and the server's shutdown waited
+    on it (now and then for over half a minute). An exit hook, installed in the child through
+    `sitecustomize`, tells whether that teardown ran."""
+    started, torn_down = tmp_path / "started", tmp_path / "torn-down"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import atexit, pathlib\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"atexit.register(pathlib.Path({str(torn_down)!r}).touch)\n"
+    )
+    search_path = [str(hooks), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, search_path)))
+
+    async def start_and_stop() -> None:
+        engine = EngineProcess(ServerConfig(model_path=tiny_model_dir))
+        await engine.start()
+        await engine.stop()
+
+    asyncio.run(start_and_stop())
+    assert started.exists()  # the hook was in the engine process
+    assert not torn_down.exists()
+
+
 def test_a_model_the_engine_process_cannot_load_fails_start_up_with_its_reason(tmp_path: Path) -> None:
     port = free_port()
     server = build_server(ServerConfig(model_path=tmp_path, host="127.0.0.1", port=port))

@@ -327,9 +327,8 @@ def run_engine_process(config: ServerConfig, conn: Connection) -> None:
     status = asyncio.run(_EngineHost(config, conn).run())
     # Everything the process holds is released by now: the engine stopped, the model (and any
     # tensor-parallel ranks) closed. What the interpreter's exit would still do is tear down modules
-    # and collect torch's and transformers' objects one by one: nothing anyone waits for, yet the
-    # server's shutdown would wait on it (it took over half a minute, now and then). Multiprocessing
-    # ends forked children this way too.
+    # and collect torch's and transformers' objects one by one, which serves nobody, yet the server's
+    # shutdown would wait for it. Multiprocessing ends forked children this way too.
     logging.shutdown()
     os._exit(status)
 

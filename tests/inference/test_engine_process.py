@@ -149,9 +149,9 @@ def test_the_engine_process_ends_without_the_interpreters_teardown(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once its engine has stopped and its model is closed, the engine process exits at once: tearing
-    down torch's and transformers' modules and objects served nobody, and the server's shutdown waited
-    on it (now and then for over half a minute). An exit hook, installed in the child through
-    `sitecustomize`, tells whether that teardown ran."""
+    down torch's and transformers' modules and objects serves nobody, and the server's shutdown waited
+    for it. An exit hook, installed in the child through `sitecustomize`, tells whether that teardown
+    ran."""
     started, torn_down = tmp_path / "started", tmp_path / "torn-down"
     hooks = tmp_path / "hooks"
     hooks.mkdir()

@@ -109,19 +109,20 @@ class EngineProcess(EngineLifecycle):
     async def stop(self) -> None:
         """Stop the engine after its current step; requests still in flight end with EngineNotReadyError."""
         self._stopping = True
-        process = self._process
-        if process is None:
+        process, reader = self._process, self._reader
+        if process is None or reader is None:
             return
-        if process.is_alive():
+        # The reader thread sees the pipe close when the process exits, and reaps it. It is the one
+        # thread that waits on the process: of two waiting at once, the one whose wait finds the
+        # process already reaped by the other takes it for still running.
+        if reader.is_alive():
             with contextlib.suppress(EngineNotReadyError):
                 self._send(("stop",))
-            await asyncio.to_thread(process.join, _STOP_SECONDS)
-        if process.is_alive():
+            await asyncio.to_thread(reader.join, _STOP_SECONDS)
+        if reader.is_alive():
             logger.warning("the engine process did not stop in %s s; killing it", _STOP_SECONDS)
             process.kill()
-            await asyncio.to_thread(process.join, _KILL_WAIT_SECONDS)
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join, _KILL_WAIT_SECONDS)
+            await asyncio.to_thread(reader.join, _KILL_WAIT_SECONDS)
         self._end_all(EngineNotReadyError("the engine stopped before the request finished"))
 
     @property
@@ -135,8 +136,9 @@ class EngineProcess(EngineLifecycle):
 
     @property
     def alive(self) -> bool:
-        """The engine process has started its engine and has not exited."""
-        running = self._process is not None and self._process.is_alive()
+        """The engine process has started its engine and has not exited (its pipe is open: the reader
+        thread ends once it has closed and the process is reaped)."""
+        running = self._reader is not None and self._reader.is_alive()
         return self.model is not None and running and not self._exited
 
     def begin_drain(self) -> None:
@@ -243,7 +245,8 @@ class EngineProcess(EngineLifecycle):
                 self._send(message)
 
     def _read(self) -> None:
-        """The reader thread: each message goes to the event loop as it arrives."""
+        """The reader thread: each message goes to the event loop as it arrives; once the pipe closes,
+        it reaps the process and reports its exit."""
         assert self._conn is not None and self._loop is not None and self._process is not None
         while True:
             try:

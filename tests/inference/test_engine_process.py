@@ -9,6 +9,7 @@ and that what can go wrong between the two processes ends requests cleanly.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import signal
@@ -41,6 +42,8 @@ from .conftest import (
 from .greedy_reference import generate_each, load_reference, random_greedy_requests
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+# Tries at reaping an engine process before the server's reader thread does.
+_REAP_ATTEMPTS = 10
 LONG_STREAM = {"prompt": "keep going", "max_tokens": 400, "ignore_eos": True, "stream": True}
 
 
@@ -171,6 +174,33 @@ def test_the_engine_process_ends_without_the_interpreters_teardown(
     asyncio.run(start_and_stop())
     assert started.exists()  # the hook was in the engine process
     assert not torn_down.exists()
+
+
+def test_stop_does_not_take_an_engine_process_reaped_elsewhere_for_a_running_one(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`stop` used to wait on the process itself while the reader thread, seeing the pipe close, reaped
+    it: whichever of the two waited second found the process gone, took it for still running, logged
+    that it "did not stop in 30 s" and killed it. Here the test reaps the process before the server
+    can (it races the reader thread for that, and tries again when the reader wins)."""
+
+    async def reap_then_stop() -> bool:
+        engine = EngineProcess(ServerConfig(model_path=tiny_model_dir))
+        await engine.start()
+        assert engine.pid is not None
+        os.kill(engine.pid, signal.SIGKILL)
+        try:
+            os.waitpid(engine.pid, 0)
+        except ChildProcessError:  # the reader thread reaped it first
+            await engine.stop()
+            return False
+        await engine.stop()
+        return True
+
+    with caplog.at_level(logging.WARNING, logger="inference.engine.process"):
+        reaped_here = any(asyncio.run(reap_then_stop()) for _ in range(_REAP_ATTEMPTS))
+    assert reaped_here, f"the reader thread reaped the engine process first {_REAP_ATTEMPTS} times"
+    assert "did not stop" not in caplog.text
 
 
 def test_a_model_the_engine_process_cannot_load_fails_start_up_with_its_reason(tmp_path: Path) -> None:

@@ -78,7 +78,6 @@ class EngineProcess(EngineLifecycle):
         self._grammars: GrammarCompiler | None = None
         self._draining = False
         self._stopping = False
-        self._exited = False
 
     async def start(self) -> None:
         """Spawn the engine process and wait until its engine runs; its start-up error, if it fails."""
@@ -139,7 +138,7 @@ class EngineProcess(EngineLifecycle):
         """The engine process has started its engine and has not exited (its pipe is open: the reader
         thread ends once it has closed and the process is reaped)."""
         running = self._reader is not None and self._reader.is_alive()
-        return self.model is not None and running and not self._exited
+        return self.model is not None and running
 
     def begin_drain(self) -> None:
         """Refuse new requests; those already submitted run to the end."""
@@ -292,7 +291,6 @@ class EngineProcess(EngineLifecycle):
             stream.push(item)
 
     def _exited_now(self, exitcode: int | None) -> None:
-        self._exited = True
         self._settle_start(ModelLoadError(f"the engine process exited (code {exitcode}) before it started"))
         if not self._stopping:
             logger.error("the engine process exited", extra={"exitcode": exitcode})

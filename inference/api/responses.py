@@ -244,9 +244,15 @@ class CompletionFormatter(_Identity):
         ).model_dump()
 
 
+# SSE ends lines at CR and LF alone, but common clients' line iterators (httpx's, requests') split
+# wherever `str.splitlines` would. JSON escapes every other such separator; these three it may
+# carry raw inside a string, so they go out escaped, which decodes to the same text.
+_LINE_SAFE = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
+    return f"data: {data.translate(_LINE_SAFE)}\n\n"
 
 
 async def collect(deltas: AsyncIterator[ChoiceDelta], choice_count: int) -> list[ChoiceDelta]:

@@ -171,6 +171,17 @@ def test_streamed_n_choices_each_finish(client: httpx.Client) -> None:
     assert finished == [0, 1, 2]
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_stream_lines_survive_unicode_line_separators(client: httpx.Client, separator: str) -> None:
+    """httpx's and requests' line iterators split on every separator `str.splitlines` knows.
+
+    JSON may carry these three raw inside a string; a chunk that did arrived cut in two.
+    """
+    prompt = f"one{separator}two"
+    payloads = stream(client, "/v1/completions", {"prompt": prompt, "echo": True, "max_tokens": 2})
+    assert payloads[0]["choices"][0]["text"].startswith(prompt)
+
+
 # Errors ------------------------------------------------------------------------------------------
 
 

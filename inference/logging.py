@@ -12,6 +12,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from inference.json_lines import one_line
+
 ACCESS_LOGGER = "inference.access"
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
@@ -29,7 +31,7 @@ class JsonFormatter(logging.Formatter):
         entry.update((key, value) for key, value in vars(record).items() if key not in _RECORD_ATTRIBUTES)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return one_line(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 def configure_logging(level: str) -> None:

@@ -34,6 +34,7 @@ from inference.api.schemas import (
     Usage,
 )
 from inference.api.tools import StreamingToolParser, ToolCallParserName, parse_reply
+from inference.json_lines import one_line
 
 TokenBytes = Callable[[int], bytes]
 
@@ -244,15 +245,9 @@ class CompletionFormatter(_Identity):
         ).model_dump()
 
 
-# SSE ends lines at CR and LF alone, but common clients' line iterators (httpx's, requests') split
-# wherever `str.splitlines` would. JSON escapes every other such separator; these three it may
-# carry raw inside a string, so they go out escaped, which decodes to the same text.
-_LINE_SAFE = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-
-
 def sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data.translate(_LINE_SAFE)}\n\n"
+    return f"data: {one_line(data)}\n\n"
 
 
 async def collect(deltas: AsyncIterator[ChoiceDelta], choice_count: int) -> list[ChoiceDelta]:

@@ -44,12 +44,15 @@ def test_make_tiny_model_writes_a_hugging_face_directory(tmp_path: Path) -> None
     assert {"config.json", "tokenizer.json"} <= {path.name for path in (tmp_path / "tiny").iterdir()}
 
 
-def test_log_records_are_one_json_object_per_line() -> None:
-    fields = {"msg": "two\nlines", "levelname": "INFO", "name": "x", "request_id": "r1"}
+@pytest.mark.parametrize("separator", ["\n", "\r", "\x85", "\u2028", "\u2029"])
+def test_log_records_are_one_json_object_per_line(separator: str) -> None:
+    """One line by any reader's count, `str.splitlines` included (a message may carry a client's text)."""
+    message = f"two{separator}lines"
+    fields = {"msg": message, "levelname": "INFO", "name": "x", "request_id": "r1"}
     record = logging.makeLogRecord(fields)
     line = JsonFormatter().format(record)
-    assert "\n" not in line
-    assert (json.loads(line)["message"], json.loads(line)["request_id"]) == ("two\nlines", "r1")
+    assert line.splitlines() == [line]
+    assert (json.loads(line)["message"], json.loads(line)["request_id"]) == (message, "r1")
 
 
 @pytest.mark.parametrize(("argv", "enabled"), [((), True), (("--no-enable-prefix-caching",), False)])

@@ -5,10 +5,10 @@ Two arrival patterns: every request at once (`burst`) and Poisson arrivals at a 
 each, the systems serve the same requests in-process (no HTTP, so that the comparison is of
 batching alone) and the run prints JSON: output tokens/s, time to first token and inter-token
 latency percentiles per system, the engine's ratios to each, and how close each came to the
-machine (model FLOP/s against the matmul FLOP/s of the model's own shapes, measured in the run),
-and the output tokens/s a system would reach if every FLOP of the workload ran at that matmul rate:
-a ceiling for ratios (prefill's larger matmuls can run a little faster than the decode-sized ones
-measured).
+machine (model FLOP/s against the matmul FLOP/s of the model's own shapes, measured before every
+round, the best kept), and the output tokens/s a system would reach if every FLOP of the workload
+ran at that matmul rate: a ceiling for ratios (prefill's larger matmuls can run a little faster than
+the decode-sized ones measured).
 `--peers` adds `transformers`' static padded batches and its own continuous batching to the systems;
 `--http` adds the engine behind a real `serve` process, driven by concurrent streaming clients: with
 its engine in a process of its own (`engine_http`, the default) and on a thread of the server's
@@ -223,7 +223,6 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
 
 def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) -> dict[str, object]:
     layer_flops, head_flops = flops_per_token(loaded.model)
-    matmul_rate = matmul_flops_per_second(loaded.model, settings.max_num_seqs, loaded.device, loaded.dtype)
     report: dict[str, object] = {
         "model": loaded.name,
         "device": loaded.device.type,
@@ -244,7 +243,6 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
             "layer_flops_per_token": layer_flops,
             "lm_head_flops_per_output_token": head_flops,
             "matmul_rows": settings.max_num_seqs,
-            "matmul_flops_per_s": matmul_rate,
         },
     }
     if settings.peers:
@@ -261,7 +259,7 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
             settings.seed,
         )
 
-    def summaries_of(runs: dict[str, SystemRun], flops: int) -> dict[str, dict]:
+    def summaries_of(runs: dict[str, SystemRun], flops: int, matmul_rate: float) -> dict[str, dict]:
         summaries = {}
         for name, run in runs.items():
             summary = summarize(run.timings)
@@ -278,11 +276,17 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
         output_tokens = sum(item.max_tokens for item in requests)
         flops = model_flops(loaded.model, prompt_tokens, output_tokens)
         # Round after round of every system, so that a slow spell of a shared machine falls on all of
-        # them alike; each ratio is the median of its rounds' ratios.
-        rounds = [
-            summaries_of(run_systems(model_dir, loaded, settings, requests), flops)
-            for _ in range(settings.repeats)
-        ]
+        # them alike; each ratio is the median of its rounds' ratios. The matmul rate is measured
+        # before every round and the best taken: one measurement of a second or so, caught in a slow
+        # spell, made every share look higher than it was.
+        matmul_rates, runs = [], []
+        for _ in range(settings.repeats):
+            matmul_rates.append(
+                matmul_flops_per_second(loaded.model, settings.max_num_seqs, loaded.device, loaded.dtype)
+            )
+            runs.append(run_systems(model_dir, loaded, settings, requests))
+        matmul_rate = max(matmul_rates)
+        rounds = [summaries_of(systems, flops, matmul_rate) for systems in runs]
         summaries = {name: median_run([systems[name] for systems in rounds]) for name in rounds[0]}
         ratios = {
             key: median_ratios([_ratios(systems[numerator], systems[denominator]) for systems in rounds])
@@ -290,6 +294,8 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
         }
         return {
             "arrival_rate_per_s": rate,
+            "matmul_flops_per_s": matmul_rate,
+            **({"matmul_flops_per_s_runs": matmul_rates} if len(matmul_rates) > 1 else {}),
             "output_tokens_per_s_at_matmul_rate": output_tokens * matmul_rate / flops,
             **summaries,
             **ratios,

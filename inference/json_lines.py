@@ -18,5 +18,5 @@ def one_line(json_text: str) -> str:
     """`json_text` (one line as JSON writes it) with U+0085, U+2028 and U+2029 escaped.
 
     Every SSE chunk passes here: ASCII text (`isascii` reads a flag) returns at once, and other text
-    is searched, not translated character by character, which took several times longer per chunk."""
+    is searched for the three, several times faster than translating it character by character."""
     return json_text if json_text.isascii() else _LINE_SEPARATORS.sub(_escaped, json_text)

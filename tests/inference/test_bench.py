@@ -144,29 +144,30 @@ def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):
 
 
 @pytest.fixture(scope="module")
-def repeated(small_settings) -> dict:
+def repeated_burst(small_settings) -> dict:
     return run_bench(replace(small_settings, modes=("burst",), repeats=3))["burst"]
 
 
-def test_repeats_report_each_systems_median_run_and_the_median_of_each_rounds_ratio(repeated):
-    burst = repeated
+def test_repeats_report_each_systems_median_run_and_the_median_of_each_rounds_ratio(repeated_burst):
     for system in SYSTEMS:
-        runs = burst[system]["output_tokens_per_s_runs"]
+        runs = repeated_burst[system]["output_tokens_per_s_runs"]
         assert len(runs) == 3
-        assert burst[system]["output_tokens_per_s"] == sorted(runs)[1]
+        assert repeated_burst[system]["output_tokens_per_s"] == sorted(runs)[1]
     # The ratio is of paired rounds, so it need not be the ratio of the two medians; it lies within
     # the rounds' ratios.
-    engine_runs, baseline_runs = (burst[name]["output_tokens_per_s_runs"] for name in ("engine", "baseline"))
+    engine_runs, baseline_runs = (
+        repeated_burst[name]["output_tokens_per_s_runs"] for name in ("engine", "baseline")
+    )
     round_ratios = [engine / baseline for engine, baseline in zip(engine_runs, baseline_runs, strict=True)]
-    assert burst["engine_over_baseline"]["output_tokens_per_s"] == sorted(round_ratios)[1]
+    assert repeated_burst["engine_over_baseline"]["output_tokens_per_s"] == sorted(round_ratios)[1]
 
 
-def test_repeats_measure_the_matmul_rate_every_round_and_share_the_best(repeated):
-    rates = repeated["matmul_flops_per_s_runs"]
+def test_repeats_measure_the_matmul_rate_every_round_and_share_the_best(repeated_burst):
+    rates = repeated_burst["matmul_flops_per_s_runs"]
     assert len(rates) == 3
-    assert repeated["matmul_flops_per_s"] == max(rates)
+    assert repeated_burst["matmul_flops_per_s"] == max(rates)
     for system in SYSTEMS:
-        summary = repeated[system]
+        summary = repeated_burst[system]
         assert summary["share_of_matmul_flops_per_s"] == summary["model_flops_per_s"] / max(rates)
 
 

@@ -191,11 +191,11 @@ def test_stop_does_not_take_an_engine_process_reaped_elsewhere_for_a_running_one
         os.kill(engine.pid, signal.SIGKILL)
         try:
             os.waitpid(engine.pid, 0)
+            reaped_here = True
         except ChildProcessError:  # the reader thread reaped it first
-            await engine.stop()
-            return False
+            reaped_here = False
         await engine.stop()
-        return True
+        return reaped_here
 
     with caplog.at_level(logging.WARNING, logger="inference.engine.process"):
         reaped_here = any(asyncio.run(reap_then_stop()) for _ in range(_REAP_ATTEMPTS))

@@ -6,6 +6,7 @@
 - `--workload shared-prefix|multi-turn|random`: prefix caching on against off (`prefix_cache`);
 - `--lora N`: a workload spread over N LoRA adapters against the base model alone (`lora`);
 - `--step-profile`: the host time of a decode step beside the model's (`step_profile`);
+- `--decode-attention`: one layer's decode attention, the paged kernel against SDPA (`decode_attention`);
 - `--tensor-parallel-size N`: the model whole against split over N ranks (`tensor_parallel`);
 - `--structured-output`: the default workload with a JSON schema on against off (`structured`).
 """
@@ -21,6 +22,7 @@ _SELECTED_BY_FLAG = {
     "--lora": "lora",
     "--quantization": "quantization",
     "--step-profile": "step_profile",
+    "--decode-attention": "decode_attention",
     "--tensor-parallel-size": "tensor_parallel",
     "--structured-output": "structured",
     "--workload": "prefix_cache",

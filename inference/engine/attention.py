@@ -184,7 +184,25 @@ def _gather_blocks(
     return out
 
 
-def _decode_attention(
+def decode_masks(
+    ends: torch.Tensor, width: int, block_size: int, windows: set[int | None], dtype: torch.dtype
+) -> dict[int | None, torch.Tensor]:
+    """Per sliding window (None: full attention), the additive attention bias of each decode's context
+    `[1, B, 1, width * block_size]`, for attention over its gathered blocks padded to `width` blocks.
+
+    Additive (0 or -inf) rather than boolean: attention would convert a boolean mask in every layer.
+    """
+    key_positions = torch.arange(width * block_size, device=ends.device)
+    causal = key_positions < ends[:, None]
+    masks = {}
+    for window in windows:
+        allowed = causal if window is None else causal & (key_positions >= ends[:, None] - window)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=ends.device)
+        masks[window] = bias.masked_fill_(~allowed, float("-inf"))[None, :, None, :]
+    return masks
+
+
+def decode_attention(
     query: torch.Tensor,  # [heads, B, head_dim]: one new token per sequence
     cache: LayerCache,
     layout: StepLayout,
@@ -251,7 +269,7 @@ def paged_attention(
     cache.write(layout.slot_mapping, key[0], value[0])
     if not layout.prefills:
         # A step of decodes only (the steady state): every row is one, in order.
-        attended = _decode_attention(
+        attended = decode_attention(
             query[0], cache, layout, scaling, sliding_window, context.workspace, context.decode_kernel
         )
         return attended.unsqueeze(0), None
@@ -275,7 +293,7 @@ def paged_attention(
         output[rows] = attended[0].transpose(0, 1)
 
     if layout.decode_rows.numel():
-        output[layout.decode_rows] = _decode_attention(
+        output[layout.decode_rows] = decode_attention(
             query[0, :, layout.decode_rows], cache, layout, scaling, sliding_window, context.workspace,
             context.decode_kernel,
         )  # fmt: skip

@@ -30,6 +30,7 @@ from inference.engine.attention import (
     StepContext,
     StepLayout,
     Workspace,
+    decode_masks,
     index_copy_store,
     step_context,
 )
@@ -208,14 +209,17 @@ class ModelRunner:
             PrefillSpan(first, last, position, None if context is None else next(context_slots))
             for first, last, position, context in inputs.prefills
         ]
+        masks = {}  # a paged kernel masks by the context ends itself
+        if self.decode_kernel is None:
+            width = decode_blocks.shape[1]
+            masks = decode_masks(ends, width, self.block_size, self.sliding_windows, self.attention_dtype)
         layout = StepLayout(
             slot_mapping=slot_mapping,
             prefills=prefills,
             decode_rows=decode_rows,
             decode_blocks=decode_blocks,
             decode_ends=ends,
-            # A paged kernel masks by the context ends itself.
-            decode_masks={} if self.decode_kernel else self._decode_masks(decode_blocks.shape[1], ends),
+            decode_masks=masks,
         )
         segments = tuple(
             LoraSegment(lora_id, slice(first, last)) for lora_id, first, last in inputs.lora_segments
@@ -224,21 +228,6 @@ class ModelRunner:
         context = StepContext(layout, self.caches, {}, self.workspace, self.decode_kernel)
         with step_context(context), lora_step(adapters):
             return self._model_step(token_ids[None], positions[None], sample_rows)
-
-    def _decode_masks(self, width: int, ends: torch.Tensor) -> dict[int | None, torch.Tensor]:
-        """Per sliding window in the model, the additive attention bias of each decode's context,
-        padded to `width` blocks.
-
-        Additive (0 or -inf) rather than boolean: attention would convert a boolean mask in every layer.
-        """
-        key_positions = torch.arange(width * self.block_size, device=self.device)
-        causal = key_positions < ends[:, None]
-        masks = {}
-        for window in self.sliding_windows:
-            allowed = causal if window is None else causal & (key_positions >= ends[:, None] - window)
-            bias = torch.zeros(allowed.shape, dtype=self.attention_dtype, device=self.device)
-            masks[window] = bias.masked_fill_(~allowed, float("-inf"))[None, :, None, :]  # [1, B, 1, L]
-        return masks
 
 
 def _replayable(inputs: StepInputs, max_batch: int) -> bool:

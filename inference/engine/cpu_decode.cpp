@@ -2,8 +2,10 @@
 // read where it lies in the KV block pool, block by block, up to its own length. Nothing is
 // gathered, and no work is spent on the padding that a batch's block tables carry up to the longest
 // context. Each task is one sequence and one KV head, with every query head that shares it (GQA), so
-// each key and value is read once. Scores and sums in float32 whatever the cache's dtype, with ATen's
-// vector classes (AVX512 or AVX2, as the build's flags pick).
+// each key and value is read once; it asks for its context's blocks before it reads them, as blocks
+// scattered over the pool (decodes take theirs in turn) defeat the hardware prefetcher. Scores and
+// sums in float32 whatever the cache's dtype, with ATen's vector classes (AVX512 or AVX2, as the
+// build's flags pick).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -83,6 +85,15 @@ Vec load_lanes(const cache_t* row, int64_t count) {
   return Vec::loadu(buffer, count);
 }
 
+// Asks for `count` elements from `data` on to be brought into the L2 cache, a line at a time (with
+// L1 as the target, the kernel measured slower).
+template <typename cache_t>
+void prefetch(const cache_t* data, int64_t count) {
+  const char* bytes = reinterpret_cast<const char*>(data);
+  for (int64_t offset = 0; offset < count * static_cast<int64_t>(sizeof(cache_t)); offset += 64)
+    __builtin_prefetch(bytes + offset, /*read*/ 0, /*into L2*/ 2);
+}
+
 // The scores of `count` consecutive cache rows (keys) against one query; the lanes after them, to
 // the end of their vector, -inf (their weights are then 0). Returns the largest score.
 template <typename cache_t>
@@ -112,6 +123,35 @@ float block_weights(float* scores, int64_t count, float maximum) {
   return at::vec::vec_reduce_all([](Vec& a, Vec& b) { return a + b; }, total);
 }
 
+// `into[d, d + kChunks * kLanes)` += the `count` value rows' lanes there, weighted by `weights`. Each
+// vector of lanes is summed in its own register, so the multiply-adds of one row do not wait on each
+// other.
+template <int64_t kChunks, typename cache_t>
+void add_weighted_lanes(const Shape& s, const float* weights, const cache_t* rows, int64_t count, float* into,
+                        int64_t d) {
+  std::array<Vec, kChunks> sums;
+  for (int64_t c = 0; c < kChunks; ++c) sums[c] = Vec::loadu(into + d + c * kLanes);
+  for (int64_t i = 0; i < count; ++i) {
+    const Vec weight(weights[i]);
+    for (int64_t c = 0; c < kChunks; ++c) {
+      const int64_t first = d + c * kLanes;
+      const Vec lanes = load_lanes(rows + i * s.value_dim + first, std::min(kLanes, s.value_dim - first));
+      sums[c] = at::vec::fmadd(weight, lanes, sums[c]);
+    }
+  }
+  for (int64_t c = 0; c < kChunks; ++c) sums[c].store(into + d + c * kLanes);
+}
+
+// `into` += the `count` value rows weighted by `weights`: four vectors of lanes at a time, then one.
+template <typename cache_t>
+void add_weighted_values(const Shape& s, const float* weights, const cache_t* rows, int64_t count, float* into) {
+  constexpr int64_t kChunks = 4;
+  int64_t d = 0;
+  for (; d + kChunks * kLanes <= s.value_dim; d += kChunks * kLanes)
+    add_weighted_lanes<kChunks>(s, weights, rows, count, into, d);
+  for (; d < s.value_dim; d += kLanes) add_weighted_lanes<1>(s, weights, rows, count, into, d);
+}
+
 // Sequence `row`, KV head `kv_head`: writes the attended values of its `group` query heads.
 //
 // One pass over the context, a block at a time (online softmax): the block's scores for each query
@@ -137,6 +177,16 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
   std::fill(scratch.maxima.begin(), scratch.maxima.end(), -std::numeric_limits<float>::infinity());
   std::fill(scratch.sums.begin(), scratch.sums.end(), 0.f);
   const int64_t first = s.sliding_window > 0 ? std::max<int64_t>(0, end - s.sliding_window) : 0;
+  // Every block of the context is requested before any is read, but those that follow the block before
+  // them in the pool: the hardware prefetcher streams runs of blocks by itself, not jumps between them.
+  // (Requests kept a fixed distance ahead of the reading measured slower, even at 2,048 tokens.)
+  const int64_t first_block = first / s.block_size, last_block = (end - 1) / s.block_size;
+  for (int64_t block = first_block; block <= last_block; ++block) {
+    if (block > first_block && table[block] == table[block - 1] + 1) continue;
+    const int64_t slot = table[block] * s.block_size;
+    prefetch(keys + (kv_head * s.slots + slot) * s.head_dim, s.block_size * s.head_dim);
+    prefetch(values + (kv_head * s.slots + slot) * s.value_dim, s.block_size * s.value_dim);
+  }
   for (int64_t start = first, stop; start < end; start = stop) {
     stop = std::min(end, (start / s.block_size + 1) * s.block_size);
     const int64_t count = stop - start;
@@ -155,13 +205,7 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
         maximum = block_max;
       }
       scratch.sums[g] += block_weights(weights, count, maximum);
-      for (int64_t d = 0; d < value_width; d += kLanes) {
-        const int64_t lanes = std::min(kLanes, s.value_dim - d);
-        Vec sum = Vec::loadu(into + d);
-        for (int64_t i = 0; i < count; ++i)
-          sum = at::vec::fmadd(Vec(weights[i]), load_lanes(block_values + i * s.value_dim + d, lanes), sum);
-        sum.store(into + d);
-      }
+      add_weighted_values(s, weights, block_values, count, into);
     }
   }
   float* outputs = out + (row * s.heads + kv_head * group) * s.value_dim;

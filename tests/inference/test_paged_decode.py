@@ -75,8 +75,15 @@ def _reference(query, keys, values, tables, ends, scale, window):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim", "value_dim", "window"),
-    [(4, 4, 16, 16, None), (8, 2, 16, 16, None), (6, 2, 12, 12, 11), (4, 4, 24, 12, None)],
-    ids=["multi-head", "grouped-query", "sliding-window-odd-dims", "latent-value-dim"],
+    [
+        (4, 4, 16, 16, None),
+        (8, 2, 16, 16, None),
+        (6, 2, 12, 12, 11),
+        (4, 4, 24, 12, None),
+        (4, 2, 100, 100, 19),
+    ],
+    # Heads of 100 take the C++ kernel's every path: groups of four vectors, single ones, a partial one.
+    ids=["multi-head", "grouped-query", "sliding-window-odd-dims", "latent-value-dim", "wide-heads"],
 )
 def test_kernel_matches_attention_over_the_gathered_context(
     backend, heads, kv_heads, head_dim, value_dim, window

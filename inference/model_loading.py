@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _CONTEXT_LENGTH_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 # torch.cpu's (private) probes of the instructions that compute bfloat16 dot products.
 _CPU_BFLOAT16_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(RuntimeError):
@@ -146,7 +146,7 @@ def pick_dtype(requested: str, device: torch.device, model_dir: Path) -> torch.d
     """`auto`: bfloat16 on CUDA; on the CPU, a 16-bit checkpoint runs in bfloat16 where the CPU computes
     it natively (as vLLM's CPU backend), anything else in float32."""
     if requested != "auto":
-        return _DTYPES[requested]
+        return DTYPES[requested]
     if device.type == "cuda":
         return torch.bfloat16
     sixteen_bit = checkpoint_dtype(model_dir) in ("bfloat16", "float16")

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
 import torch
 
 from inference.bench.shapes import SHAPES
-from inference.bench.step_profile import copy_bytes_per_second
+from inference.bench.step_profile import PhaseClock, copy_bytes_per_second
 from inference.config import default_torch_threads
 from inference.engine.attention import (
     DecodeKernel,
@@ -40,10 +39,9 @@ from inference.engine.attention import (
     decode_masks,
 )
 from inference.engine.model_runner import pick_decode_kernel
-from inference.model_loading import pick_device
+from inference.model_loading import DTYPES, pick_device
 
 LAYOUTS = ("contiguous", "interleaved", "scattered")
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def block_tables(layout: str, batch_size: int, blocks_per_context: int, seed: int = 0) -> torch.Tensor:
@@ -58,15 +56,10 @@ def block_tables(layout: str, batch_size: int, blocks_per_context: int, seed: in
     raise ValueError(f"unknown block layout {layout!r}; one of {', '.join(LAYOUTS)}")
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or default_torch_threads())
     device = pick_device(args.device)
-    dtype = _DTYPES[args.dtype]
+    dtype = DTYPES[args.dtype]
     shape = SHAPES[args.shape]
     heads, kv_heads = shape["num_attention_heads"], shape["num_key_value_heads"]
     head_dim = shape["hidden_size"] // heads
@@ -94,24 +87,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         layouts[name] = StepLayout(nothing, [], nothing, tables, ends, masks)
     # Written before every call: larger than the device's last-level cache.
     flush = torch.empty((512 if device.type == "cuda" else 64) << 20, dtype=torch.uint8, device=device)
-    times: dict[tuple[str, str], list[float]] = {(layout, way): [] for layout in LAYOUTS for way in kernels}
+    clock = PhaseClock(device)
     outputs: dict[tuple[str, str], torch.Tensor] = {}
     with torch.inference_mode():
         for _ in range(args.calls + 1):  # the first round warms up, untimed
-            for (layout, way), runs in times.items():
-                flush.add_(1)
-                _synchronize(device)
-                started = time.perf_counter()
-                outputs[layout, way] = decode_attention(
-                    query, cache, layouts[layout], head_dim**-0.5, None, workspace, kernels[way]
-                )
-                _synchronize(device)
-                runs.append(time.perf_counter() - started)
-    bandwidth = copy_bytes_per_second(device, 256 if device.type == "cuda" else 64)
+            for layout in LAYOUTS:
+                for way, kernel in kernels.items():
+                    flush.add_(1)
+                    with clock.phase((layout, way)):
+                        outputs[layout, way] = decode_attention(
+                            query, cache, layouts[layout], head_dim**-0.5, None, workspace, kernel
+                        )
+    bandwidth = copy_bytes_per_second(device)
     kv_bytes = 2 * args.batch_size * args.context_tokens * kv_heads * head_dim * dtype.itemsize
     report: dict[str, Any] = {}
     for layout in LAYOUTS:
-        medians = {way: statistics.median(times[layout, way][1:]) for way in kernels}
+        medians = {way: statistics.median(clock.times[layout, way][1:]) for way in kernels}
         report[layout] = {
             way: {
                 "median_ms": 1000 * median,
@@ -149,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", choices=tuple(SHAPES), default="llama-50m", help="whose attention shape")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
-        "--dtype", choices=tuple(_DTYPES), default="bfloat16", help="of the queries and the cache"
+        "--dtype", choices=tuple(DTYPES), default="bfloat16", help="of the queries and the cache"
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(

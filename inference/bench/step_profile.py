@@ -17,7 +17,8 @@ import contextlib
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Hashable, Iterator
 from typing import Any, get_args
 
 import torch
@@ -36,15 +37,16 @@ HOST_PHASES = ("schedule", "prepare", "sample", "commit", "metrics")
 _COPY_REPEATS = 5
 
 
-class _PhaseClock:
-    """Wall time per phase; on a GPU the device is synchronised at both ends of each phase."""
+class PhaseClock:
+    """Wall time per phase (any hashable name); on a GPU the device is synchronised at both ends of
+    each phase."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.times: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        self.times: defaultdict[Hashable, list[float]] = defaultdict(list)
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: Hashable) -> Iterator[None]:
         self._synchronize()
         start = time.perf_counter()
         yield
@@ -56,16 +58,18 @@ class _PhaseClock:
             torch.cuda.synchronize(self.device)
 
 
-def copy_bytes_per_second(device: torch.device, megabytes: int = 256) -> float:
-    """Memory traffic (bytes read plus written) per second of a large device-to-device copy."""
+def copy_bytes_per_second(device: torch.device) -> float:
+    """Memory traffic (bytes read plus written) per second of a device-to-device copy larger than the
+    device's caches."""
+    megabytes = 256 if device.type == "cuda" else 64
     source = torch.empty(megabytes << 20, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
-    clock = _PhaseClock(device)
+    clock = PhaseClock(device)
     for _ in range(_COPY_REPEATS):
-        with clock.phase("forward"):
+        with clock.phase("copy"):
             target.copy_(source)
-    return 2 * source.numel() / statistics.median(clock.times["forward"])
+    return 2 * source.numel() / statistics.median(clock.times["copy"])
 
 
 def _weight_bytes_read_per_step(model: torch.nn.Module) -> int:
@@ -88,7 +92,7 @@ def profile_batch(
         core.add(Sequence.from_request(request, 0.0, core.device))
     while any(seq.num_computed_tokens < seq.num_prompt_tokens for seq in core.sequences.values()):
         core.step()  # prefill (and the first decode of whoever finished prefilling early)
-    clock = _PhaseClock(core.device)
+    clock = PhaseClock(core.device)
     for _ in range(steps):
         with clock.phase("schedule"):
             chunks = core.schedule()
@@ -104,7 +108,7 @@ def profile_batch(
             telemetry.tokens([output.seq for output in outputs], time.monotonic())
     for request_id in list(core.sequences):
         core.abort(request_id)
-    medians_ms = {phase: 1000 * statistics.median(values) for phase, values in clock.times.items()}
+    medians_ms = {phase: 1000 * statistics.median(clock.times[phase]) for phase in PHASES}
     mid_run_context = prompt_tokens + steps // 2 + 1
     kv_bytes = batch_size * mid_run_context * core.runner.kv_bytes_per_token
     return {
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         core = EngineCore(loaded, config)
         core.warm_up()
         weight_bytes = _weight_bytes_read_per_step(loaded.model)
-        bandwidth = copy_bytes_per_second(loaded.device, 256 if loaded.device.type == "cuda" else 64)
+        bandwidth = copy_bytes_per_second(loaded.device)
         # The token metrics the serving loop records per step, into a registry of their own.
         telemetry = EngineTelemetry(None, loaded.device, loaded.name)
         batches = [
@@ -167,4 +171,3 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch threads (default: as `serve`)")
     parser.add_argument("--kv-cache-dtype", choices=get_args(KvCacheDtype), default="auto")
     return parser
-

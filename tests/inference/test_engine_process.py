@@ -15,6 +15,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,8 +43,6 @@ from .conftest import (
 from .greedy_reference import generate_each, load_reference, random_greedy_requests
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-# Tries at reaping an engine process before the server's reader thread does.
-_REAP_ATTEMPTS = 10
 LONG_STREAM = {"prompt": "keep going", "max_tokens": 400, "ignore_eos": True, "stream": True}
 
 
@@ -182,24 +181,29 @@ def test_stop_does_not_take_an_engine_process_reaped_elsewhere_for_a_running_one
     """`stop` used to wait on the process itself while the reader thread, seeing the pipe close, reaped
     it: whichever of the two waited second found the process gone, took it for still running, logged
     that it "did not stop in 30 s" and killed it. Here the test reaps the process before the server
-    can (it races the reader thread for that, and tries again when the reader wins)."""
+    can: the process's `join`, which the reader thread reaps with, holds until the test has reaped it,
+    so the order does not depend on which thread the machine runs first."""
+    reaped = threading.Event()
 
-    async def reap_then_stop() -> bool:
+    async def reap_then_stop() -> None:
         engine = EngineProcess(ServerConfig(model_path=tiny_model_dir))
         await engine.start()
-        assert engine.pid is not None
-        os.kill(engine.pid, signal.SIGKILL)
-        try:
-            os.waitpid(engine.pid, 0)
-            reaped_here = True
-        except ChildProcessError:  # the reader thread reaped it first
-            reaped_here = False
+        process = engine._process
+        assert process is not None and process.pid is not None
+        join = process.join
+
+        def join_once_reaped(timeout: float | None = None) -> None:
+            reaped.wait()
+            join(timeout)
+
+        process.join = join_once_reaped  # type: ignore[method-assign]
+        os.kill(process.pid, signal.SIGKILL)
+        os.waitpid(process.pid, 0)
+        reaped.set()
         await engine.stop()
-        return reaped_here
 
     with caplog.at_level(logging.WARNING, logger="inference.engine.process"):
-        reaped_here = any(asyncio.run(reap_then_stop()) for _ in range(_REAP_ATTEMPTS))
-    assert reaped_here, f"the reader thread reaped the engine process first {_REAP_ATTEMPTS} times"
+        asyncio.run(reap_then_stop())
     assert "did not stop" not in caplog.text
 
 

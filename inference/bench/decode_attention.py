@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from inference.bench.shapes import SHAPES
 from inference.bench.step_profile import PhaseClock, copy_bytes_per_second
-from inference.config import default_torch_threads
+from inference.config import KvCacheDtype, default_torch_threads
 from inference.engine.attention import (
     DecodeKernel,
     LayerCache,
@@ -38,7 +38,7 @@ from inference.engine.attention import (
     decode_attention,
     decode_masks,
 )
-from inference.engine.model_runner import pick_decode_kernel
+from inference.engine.model_runner import KV_CACHE_DTYPES, pick_decode_kernel
 from inference.model_loading import DTYPES, pick_device
 
 LAYOUTS = ("contiguous", "interleaved", "scattered")
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or default_torch_threads())
     device = pick_device(args.device)
     dtype = DTYPES[args.dtype]
+    cache_dtype = KV_CACHE_DTYPES.get(args.kv_cache_dtype, dtype)
     shape = SHAPES[args.shape]
     heads, kv_heads = shape["num_attention_heads"], shape["num_key_value_heads"]
     head_dim = shape["hidden_size"] // heads
@@ -67,10 +68,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     slots = args.batch_size * blocks_per_context * args.block_size
     generator = torch.Generator().manual_seed(0)
 
-    def random(*size: int) -> torch.Tensor:
+    def random(*size: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.randn(*size, generator=generator).to(device, dtype)
 
-    cache = LayerCache(random(kv_heads, slots, head_dim), random(kv_heads, slots, head_dim), args.block_size)
+    keys, values = (random(kv_heads, slots, head_dim, dtype=cache_dtype) for _ in range(2))
+    cache = LayerCache(keys, values, args.block_size)
     query = random(heads, args.batch_size, head_dim)
     ends = torch.full((args.batch_size,), args.context_tokens, device=device)
     paged = pick_decode_kernel("auto", device, args.block_size)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             query, cache, layouts[layout], head_dim**-0.5, None, workspace, kernel
                         )
     bandwidth = copy_bytes_per_second(device)
-    kv_bytes = 2 * args.batch_size * args.context_tokens * kv_heads * head_dim * dtype.itemsize
+    kv_bytes = 2 * args.batch_size * args.context_tokens * kv_heads * head_dim * cache_dtype.itemsize
     report: dict[str, Any] = {}
     for layout in LAYOUTS:
         medians = {way: statistics.median(clock.times[layout, way][1:]) for way in kernels}
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": device.type,
         "dtype": args.dtype,
+        "kv_cache_dtype": str(cache_dtype).removeprefix("torch."),
         "shape": args.shape,
         "heads": heads,
         "kv_heads": kv_heads,
@@ -140,7 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", choices=tuple(SHAPES), default="llama-50m", help="whose attention shape")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
-        "--dtype", choices=tuple(DTYPES), default="bfloat16", help="of the queries and the cache"
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="bfloat16",
+        help="of the queries (and the cache, by default)",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=get_args(KvCacheDtype),
+        default="auto",
+        help="as `serve`'s (auto: --dtype)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(

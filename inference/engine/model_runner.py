@@ -45,7 +45,7 @@ _START, _LENGTH, _SAMPLES = attrgetter("start"), attrgetter("length"), attrgette
 # A short pass at start-up both warms the kernels and reveals what each layer caches per token.
 _PROBE_TOKENS = 8
 # `--kv-cache-dtype` values other than auto (the dtype attention computes in).
-_CACHE_DTYPES = {
+KV_CACHE_DTYPES = {
     "bfloat16": torch.bfloat16,
     "fp8": torch.float8_e4m3fn,
     "fp8_e4m3": torch.float8_e4m3fn,
@@ -93,7 +93,8 @@ class ModelRunner:
         self.layer_specs = self._probe()
         self.sliding_windows = {spec.sliding_window for spec in self.layer_specs.values()}
         self.attention_dtype = next(iter(self.layer_specs.values())).dtype
-        self.cache_dtype = _CACHE_DTYPES.get(kv_cache_dtype, self.attention_dtype)  # what the KV cache stores
+        # What the KV cache stores.
+        self.cache_dtype = KV_CACHE_DTYPES.get(kv_cache_dtype, self.attention_dtype)
         self.caches: dict[int, LayerCache] = {}
         self.scratch_block = 0
         self.graphs: DecodeGraphs | None = None

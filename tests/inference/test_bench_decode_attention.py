@@ -30,13 +30,20 @@ def test_an_unknown_layout_names_the_known_ones():
         block_tables("striped", 2, 2)
 
 
-def test_the_paged_kernel_and_sdpa_agree_on_every_layout(capsys):
-    argv = ["--decode-attention", "--shape", "small", "--dtype", "float32", "--batch-size", "3",
-            "--context-tokens", "37", "--block-size", "8", "--calls", "2", "--threads", "1"]  # fmt: skip
+@pytest.mark.parametrize(
+    ("kv_cache_dtype", "stored", "element_bytes"),
+    [("auto", "float32", 4), ("fp8", "float8_e4m3fn", 1), ("fp8_e5m2", "float8_e5m2", 1)],
+)
+def test_the_paged_kernel_and_sdpa_agree_on_every_layout(capsys, kv_cache_dtype, stored, element_bytes):
+    argv = ["--decode-attention", "--shape", "small", "--dtype", "float32",
+            "--kv-cache-dtype", kv_cache_dtype, "--batch-size", "3", "--context-tokens", "37",
+            "--block-size", "8", "--calls", "2", "--threads", "1"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["paged_kernel"] == "inference.engine.cpu_decode.paged_decode_attention"
-    assert report["kv_bytes_read_per_call"] == 2 * 3 * 37 * report["kv_heads"] * report["head_dim"] * 4
+    assert report["kv_cache_dtype"] == stored
+    kv_elements = 2 * 3 * 37 * report["kv_heads"] * report["head_dim"]
+    assert report["kv_bytes_read_per_call"] == kv_elements * element_bytes
     assert set(report["layouts"]) == set(LAYOUTS)
     for measured in report["layouts"].values():
         assert measured["max_abs_difference"] < 1e-4

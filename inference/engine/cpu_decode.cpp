@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -48,27 +49,73 @@ struct Scratch {
   std::vector<float> queries, scores, maxima, sums, sums_of_values;
 };
 
-// Every float8 value of a format as float32, made when the library loads: a lookup per element.
+template <typename cache_t>
+constexpr bool kFloat8 =
+    std::is_same_v<cache_t, c10::Float8_e4m3fn> || std::is_same_v<cache_t, c10::Float8_e5m2>;
+
+// e4m3fn elements are widened to 2^-8 of their value (see widen_float8), which the kernel makes good
+// on the queries (for the keys) and on the outputs (for the values): a power of two, exactly.
+template <typename cache_t>
+constexpr float kWidenedScale = std::is_same_v<cache_t, c10::Float8_e4m3fn> ? 256.f : 1.f;
+
+// Every float8 value of a format as float32 (over kWidenedScale), made when the library loads: a
+// lookup per element.
 template <typename float8_t>
 const std::array<float, 256> kFloat8Values = [] {
   std::array<float, 256> table{};
   for (int bits = 0; bits < 256; ++bits)
-    table[bits] = static_cast<float>(float8_t(static_cast<uint8_t>(bits), float8_t::from_bits()));
+    table[bits] = static_cast<float>(float8_t(static_cast<uint8_t>(bits), float8_t::from_bits())) /
+                  kWidenedScale<float8_t>;
   return table;
 }();
 
-// One cache element as float32.
+// One cache element as float32 (over kWidenedScale).
 template <typename cache_t>
 float widened_element(cache_t value) {
-  if constexpr (std::is_same_v<cache_t, c10::Float8_e4m3fn> || std::is_same_v<cache_t, c10::Float8_e5m2>)
+  if constexpr (kFloat8<cache_t>)
     return kFloat8Values<cache_t>[value.x];
   else
     return static_cast<float>(value);
 }
 
-// `count` (at most kLanes) elements of a cache row as float32 lanes, the rest zero. Whole vectors of
-// float32, bfloat16 and float16 rows are loaded and widened in registers; the rest go through a
-// small buffer.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// A vector's worth of 16-bit lanes (GCC vector extensions), in which float8 bits become float16 bits:
+// the hardware widens float16 to float32 exactly, subnormals included.
+using HalfBits = int16_t __attribute__((vector_size(2 * kLanes)));
+using ByteLanes = int8_t __attribute__((vector_size(kLanes)));
+
+// `count` (at most kLanes) float8 elements as float32 lanes (over kWidenedScale), the rest zero. e5m2
+// is float16's upper byte. e4m3fn's bits, sign-extended to 16 and shifted by 7, put its exponent and
+// mantissa where float16's lie and a copy of the sign in its exponent's top bit, which is cleared: the
+// value then reads 2^8 too small (e4m3fn's exponent bias is 7 to float16's 15). Its NaN (no
+// infinities; exponent and mantissa all ones) is made float16's. (A lookup per element, and ATen's
+// conversion with its branch for subnormals, both ran several times slower than bfloat16's loads.)
+template <typename cache_t>
+Vec widen_float8(const cache_t* row, int64_t count) {
+  ByteLanes bytes{};
+  if (count == kLanes)
+    std::memcpy(&bytes, row, kLanes);  // one load
+  else
+    std::memcpy(&bytes, row, count);
+  const HalfBits wide = __builtin_convertvector(bytes, HalfBits);
+  HalfBits half;
+  if constexpr (std::is_same_v<cache_t, c10::Float8_e5m2>) {
+    half = wide << 8;
+  } else {
+    half = (wide << 7) & static_cast<int16_t>(0xBFFF);
+    half = (half & 0x3F80) == 0x3F80 ? half | 0x7E00 : half;
+  }
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_cvtph_ps(reinterpret_cast<__m256i>(half));
+#else
+  return _mm256_cvtph_ps(reinterpret_cast<__m128i>(half));
+#endif
+}
+#endif
+
+// `count` (at most kLanes) elements of a cache row as float32 lanes (over kWidenedScale), the rest
+// zero. Whole vectors of float32, bfloat16 and float16 rows are loaded and widened in registers, and
+// any float8 lanes where AVX2 or AVX512 is; the rest go through a small buffer.
 template <typename cache_t>
 Vec load_lanes(const cache_t* row, int64_t count) {
   if constexpr (std::is_same_v<cache_t, float>) {
@@ -80,6 +127,9 @@ Vec load_lanes(const cache_t* row, int64_t count) {
       return lanes;
     }
   }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (kFloat8<cache_t>) return widen_float8(row, count);
+#endif
   alignas(64) float buffer[kLanes];
   for (int64_t d = 0; d < count; ++d) buffer[d] = widened_element(row[d]);
   return Vec::loadu(buffer, count);
@@ -165,12 +215,13 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
   const int64_t group = s.group();
   const int64_t key_width = whole_vectors(s.head_dim), value_width = whole_vectors(s.value_dim);
   const int64_t score_width = whole_vectors(s.block_size);
-  // The group's queries, scaled.
+  // The group's queries, scaled (and by the keys' widening).
+  const float query_scale = s.scale * kWidenedScale<cache_t>;
   float* queries = scratch.queries.data();
   const float* own_queries = query + (row * s.heads + kv_head * group) * s.head_dim;
   for (int64_t g = 0; g < group; ++g)
     for (int64_t d = 0; d < key_width; ++d)
-      queries[g * key_width + d] = d < s.head_dim ? own_queries[g * s.head_dim + d] * s.scale : 0.f;
+      queries[g * key_width + d] = d < s.head_dim ? own_queries[g * s.head_dim + d] * query_scale : 0.f;
   float* sums_of_values = scratch.sums_of_values.data();
   float* scores = scratch.scores.data();
   std::fill(scratch.sums_of_values.begin(), scratch.sums_of_values.end(), 0.f);
@@ -211,7 +262,8 @@ void attend(const Shape& s, const float* query, const cache_t* keys, const cache
   float* outputs = out + (row * s.heads + kv_head * group) * s.value_dim;
   for (int64_t g = 0; g < group; ++g)
     for (int64_t d = 0; d < s.value_dim; ++d)
-      outputs[g * s.value_dim + d] = sums_of_values[g * value_width + d] / scratch.sums[g];
+      outputs[g * s.value_dim + d] =
+          sums_of_values[g * value_width + d] / scratch.sums[g] * kWidenedScale<cache_t>;
 }
 
 template <typename cache_t>

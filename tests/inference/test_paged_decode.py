@@ -171,7 +171,7 @@ def test_the_cpu_kernel_built_for_another_instruction_set_gives_the_same_answers
         pytest.skip("this CPU has no AVX2")
     environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     kernel_tests = (
-        "compiled and (gathered_context or narrower_cache) or half_precision or refuses or step_ops"
+        "compiled and (gathered_context or narrower_cache) or widens or half_precision or refuses or step_ops"
     )
     step_ops_tests = Path(__file__).with_name("test_cpu_step_ops.py")
     check = subprocess.run(
@@ -261,6 +261,28 @@ def test_a_narrower_cache_is_written_rounded_and_attended_over_widened(backend, 
     output = _attend_with(backend, query, cache.keys, cache.values, padded, ends, 0.25, None)
     expected = _reference(query, rounded_keys, rounded_values, tables, ends, 0.25, None)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", NARROW_DTYPES[1:])
+def test_the_cpu_kernel_widens_every_float8_value_exactly(cache_dtype):
+    """Each context is one token, so its output is that token's value row as the kernel widened it:
+    every bit pattern of the format (subnormals, the largest, infinities and NaNs where it has them),
+    over rows of 20 (a whole vector and a remainder, widened on separate paths)."""
+    head_dim = 20
+    rows = -(-256 // head_dim)
+    patterns = torch.zeros(rows * head_dim, dtype=torch.uint8)
+    patterns[:256] = torch.arange(256)
+    values = torch.zeros(1, NUM_BLOCKS * BLOCK_SIZE, head_dim, dtype=torch.uint8)
+    values[0, : rows * BLOCK_SIZE : BLOCK_SIZE] = patterns.view(rows, head_dim)
+    values = values.view(cache_dtype)
+    keys = torch.zeros_like(values)
+    tables = torch.arange(rows)[:, None]  # row r: block r, whose first slot holds its patterns
+    query = torch.ones(rows, 1, head_dim)
+    output = _attend_with(
+        "compiled", query, keys, values, tables, torch.ones(rows, dtype=torch.long), 1.0, None
+    )
+    expected = values[0, : rows * BLOCK_SIZE : BLOCK_SIZE].float()
+    torch.testing.assert_close(output[:, 0], expected, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report[layout]["max_abs_difference"] = difference.abs().max().item()
     return {
         "device": device.type,
+        # What the CPU kernel was built for (ATEN_CPU_CAPABILITY picks a narrower one).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
         "dtype": args.dtype,
         "kv_cache_dtype": str(cache_dtype).removeprefix("torch."),
         "shape": args.shape,

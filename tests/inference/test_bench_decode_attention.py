@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from inference.bench.cli import main
 from inference.bench.decode_attention import LAYOUTS, block_tables
@@ -41,6 +42,7 @@ def test_the_paged_kernel_and_sdpa_agree_on_every_layout(capsys, kv_cache_dtype,
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["paged_kernel"] == "inference.engine.cpu_decode.paged_decode_attention"
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert report["kv_cache_dtype"] == stored
     kv_elements = 2 * 3 * 37 * report["kv_heads"] * report["head_dim"]
     assert report["kv_bytes_read_per_call"] == kv_elements * element_bytes

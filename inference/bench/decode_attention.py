@@ -81,11 +81,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kernels = {"paged": paged, **kernels}
     workspace = Workspace(device)
 
+    # The masks and the empty prefill rows and written slots are the same for every layout.
+    masks = decode_masks(ends, blocks_per_context, args.block_size, {None}, dtype)
+    nothing = torch.empty(0, dtype=torch.long, device=device)
     layouts = {}
     for name in LAYOUTS:
         tables = block_tables(name, args.batch_size, blocks_per_context).to(device)
-        masks = decode_masks(ends, tables.shape[1], args.block_size, {None}, dtype)
-        nothing = torch.empty(0, dtype=torch.long, device=device)
         layouts[name] = StepLayout(nothing, [], nothing, tables, ends, masks)
     # Written before every call: larger than the device's last-level cache.
     flush = torch.empty((512 if device.type == "cuda" else 64) << 20, dtype=torch.uint8, device=device)

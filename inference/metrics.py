@@ -228,7 +228,10 @@ class BoundedHistogram(_BoundedLabels, Histogram):
         linear search over the buckets made it the larger part of a step's metrics time)."""
         self._raise_if_not_observable()
         bounds = self._upper_bounds
-        reached = collections.Counter(bisect.bisect_left(bounds, amount) for amount in amounts)
+        # A step's latencies are mostly equal (its decodes all followed the step before): a search per value.
+        reached: collections.Counter[int] = collections.Counter()
+        for amount, count in collections.Counter(amounts).items():
+            reached[bisect.bisect_left(bounds, amount)] += count
         for bucket, count in reached.items():
             self._buckets[bucket].inc(count)
         self._sum.inc(sum(amounts))

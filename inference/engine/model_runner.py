@@ -12,6 +12,7 @@ import importlib.util
 import itertools
 import logging
 import os
+from collections.abc import Sequence as Rows
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -37,6 +38,7 @@ from inference.engine.attention import (
 from inference.engine.cuda_graphs import DecodeGraphs
 from inference.engine.fused_layers import fuse_layers
 from inference.engine.scheduler import Chunk
+from inference.engine.sequence import Sequence
 from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         self.workspace = Workspace(device)
         self.uploader = _Uploader(device)
+        self._decode_run: _DecodeRun | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -159,32 +162,15 @@ class ModelRunner:
         return self.forward(self.prepare(chunks))
 
     def prepare(self, chunks: list[Chunk]) -> StepInputs:
-        """The step's index arrays, computed on the host by whole-step numpy ops (a few microseconds
-        each, where a small torch op costs several times that); no Python loop runs over tokens."""
+        """The step's index arrays: from the step before's when the step continues its decodes
+        (`_DecodeRun`), else from its chunks alone (`_HostStep`)."""
+        run = self._decode_run.next_step(chunks) if self._decode_run is not None else None
+        if run is not None:
+            self._decode_run = run
+            return run.inputs(chunks)
         host = _HostStep(chunks, self.block_size)
-        is_decode = (host.lengths == 1) & (host.starts > 0)
-        decode_ends = host.ends[is_decode]
-        decode_width = -(-int(decode_ends.max()) // self.block_size) if len(decode_ends) else 0
-        prefills = [
-            (
-                int(host.row_starts[index]),
-                int(host.row_starts[index] + host.lengths[index]),
-                int(host.starts[index]),
-                host.context_slots(index) if host.starts[index] > 0 else None,
-            )
-            for index in np.flatnonzero(~is_decode).tolist()
-        ]
-        return StepInputs(
-            token_ids=host.token_ids,
-            positions=host.positions,
-            slot_mapping=host.slot_mapping,
-            sample_rows=host.sample_rows,
-            prefills=prefills,
-            decode_rows=host.row_starts[is_decode],
-            decode_blocks=host.tables[is_decode, :decode_width],
-            decode_ends=decode_ends,
-            lora_segments=_lora_segments(chunks, host.row_starts, host.lengths),
-        )
+        self._decode_run = _DecodeRun.after(host)
+        return host.inputs(chunks)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:
@@ -284,7 +270,7 @@ def _cpu_kernel(backend: str, device: torch.device) -> DecodeKernel | None:
 
 
 def _lora_segments(
-    chunks: list[Chunk], row_starts: np.ndarray, lengths: np.ndarray
+    chunks: list[Chunk], row_starts: Rows[int], lengths: Rows[int]
 ) -> tuple[tuple[int, int, int], ...]:
     """Runs of rows for one adapter each (the engine orders chunks by adapter, so one per adapter);
     rows of the base model need none."""
@@ -302,7 +288,9 @@ def _lora_segments(
 
 
 class _HostStep:
-    """The step's index arrays, on the host. The only Python loops run over chunks, never tokens."""
+    """The step's index arrays, computed on the host by whole-step numpy ops (a few microseconds each,
+    where a small torch op costs several times that). The only Python loops run over chunks, never
+    tokens."""
 
     def __init__(self, chunks: list[Chunk], block_size: int) -> None:
         self.block_size = block_size
@@ -317,23 +305,115 @@ class _HostStep:
         token_slices = (chunk.seq.token_ids[chunk.start : chunk.end] for chunk in chunks)
         self.token_ids = np.fromiter(itertools.chain.from_iterable(token_slices), np.int64, num_tokens)
 
-        tables = [chunk.seq.block_table for chunk in chunks]
-        table_lengths = np.fromiter(map(len, tables), np.int64, count)
+        self.seqs = [chunk.seq for chunk in chunks]
+        self.block_tables = [seq.block_table for seq in self.seqs]
+        self.table_lengths = np.fromiter(map(len, self.block_tables), np.int64, count)
         # Padding points at block 0; masks keep those entries out of every softmax.
-        self.tables = np.zeros((count, int(table_lengths.max())), dtype=np.int64)
-        in_table = np.arange(self.tables.shape[1]) < table_lengths[:, None]
-        self.tables[in_table] = np.fromiter(itertools.chain.from_iterable(tables), np.int64)
+        self.tables = np.zeros((count, int(self.table_lengths.max())), dtype=np.int64)
+        in_table = np.arange(self.tables.shape[1]) < self.table_lengths[:, None]
+        self.tables[in_table] = np.fromiter(itertools.chain.from_iterable(self.block_tables), np.int64)
 
         chunk_of_row = np.repeat(np.arange(count), self.lengths)
         self.positions = np.arange(num_tokens) - self.row_starts[chunk_of_row] + self.starts[chunk_of_row]
         blocks = self.tables[chunk_of_row, self.positions // block_size]
         self.slot_mapping = blocks * block_size + self.positions % block_size
 
+    def inputs(self, chunks: list[Chunk]) -> StepInputs:
+        is_decode = (self.lengths == 1) & (self.starts > 0)
+        decode_ends = self.ends[is_decode]
+        decode_width = -(-int(decode_ends.max()) // self.block_size) if len(decode_ends) else 0
+        prefills = [
+            (
+                int(self.row_starts[index]),
+                int(self.row_starts[index] + self.lengths[index]),
+                int(self.starts[index]),
+                self.context_slots(index) if self.starts[index] > 0 else None,
+            )
+            for index in np.flatnonzero(~is_decode).tolist()
+        ]
+        return StepInputs(
+            token_ids=self.token_ids,
+            positions=self.positions,
+            slot_mapping=self.slot_mapping,
+            sample_rows=self.sample_rows,
+            prefills=prefills,
+            decode_rows=self.row_starts[is_decode],
+            decode_blocks=self.tables[is_decode, :decode_width],
+            decode_ends=decode_ends,
+            lora_segments=_lora_segments(chunks, self.row_starts, self.lengths),
+        )
+
     def context_slots(self, chunk: int) -> np.ndarray:
         """The KV slots of positions `[0, end)` of a chunk that continues a prefilled prompt."""
         end = int(self.ends[chunk])
         blocks = self.tables[chunk, : -(-end // self.block_size)]
         return (blocks[:, None] * self.block_size + np.arange(self.block_size)).reshape(-1)[:end]
+
+
+@dataclass(frozen=True)
+class _DecodeRun:
+    """What a step must know of the step before to be built from it, when it decodes the next token of
+    each of that step's sequences in the same order, as most steps of a busy server do.
+
+    Such a step is built with a Python pass over its sequences and a few conversions to arrays. Each
+    numpy operation comes with a cost of its own after a forward pass, which evicts numpy's code and
+    data from the CPU's caches: building the step with whole-step numpy ops, as `_HostStep` does,
+    took about three times as long there as when warm.
+    """
+
+    seqs: list[Sequence]
+    block_tables: list[list[int]]  # the sequences' own lists: a running sequence's table only grows
+    table_lengths: list[int]
+    ends: list[int]  # each sequence's computed tokens after the step
+    tables: np.ndarray  # [B, W]: the block tables padded with block 0 (never written once built)
+    block_size: int
+
+    @classmethod
+    def after(cls, host: _HostStep) -> _DecodeRun:
+        return cls(
+            host.seqs, host.block_tables, host.table_lengths.tolist(), host.ends.tolist(), host.tables,
+            host.block_size,
+        )  # fmt: skip
+
+    def next_step(self, chunks: list[Chunk]) -> _DecodeRun | None:
+        """The run one step on, if `chunks` continue it; else None. A sequence preempted or admitted
+        since has a new block table list, and its chunk starts elsewhere."""
+        if len(chunks) != len(self.seqs):
+            return None
+        for chunk, seq, table, end in zip(chunks, self.seqs, self.block_tables, self.ends, strict=True):
+            continues = chunk.seq is seq and seq.block_table is table and chunk.start == end
+            # One token that samples: a decode (a one-token piece of a prompt does not sample).
+            if not (continues and chunk.length == 1 and chunk.samples):
+                return None
+        table_lengths = [len(table) for table in self.block_tables]
+        tables = self.tables
+        if table_lengths != self.table_lengths:
+            tables = np.zeros((len(chunks), max(table_lengths)), dtype=np.int64)
+            tables[:, : self.tables.shape[1]] = self.tables
+            for row, (known, length) in enumerate(zip(self.table_lengths, table_lengths, strict=True)):
+                if length != known:
+                    tables[row, known:length] = self.block_tables[row][known:]
+        ends = [end + 1 for end in self.ends]
+        return _DecodeRun(self.seqs, self.block_tables, table_lengths, ends, tables, self.block_size)
+
+    def inputs(self, chunks: list[Chunk]) -> StepInputs:
+        """The inputs of the step that brought the run here."""
+        size = self.block_size
+        positions = [end - 1 for end in self.ends]
+        slots = [table[position // size] * size + position % size
+                 for table, position in zip(self.block_tables, positions, strict=True)]  # fmt: skip
+        rows = np.arange(len(chunks))
+        return StepInputs(
+            token_ids=np.array([seq.token_ids[-1] for seq in self.seqs], dtype=np.int64),
+            positions=np.array(positions, dtype=np.int64),
+            slot_mapping=np.array(slots, dtype=np.int64),
+            sample_rows=rows,
+            prefills=[],
+            decode_rows=rows,
+            decode_blocks=self.tables[:, : -(-max(self.ends) // size)],
+            decode_ends=np.array(self.ends, dtype=np.int64),
+            lora_segments=_lora_segments(chunks, range(len(chunks)), [1] * len(chunks)),
+        )
 
 
 class _Uploader:

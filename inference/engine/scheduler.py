@@ -61,13 +61,16 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
-            length = min(seq.num_uncomputed_tokens, budget)
-            end = seq.num_computed_tokens + length
+            start = seq.num_computed_tokens
+            end = start + min(len(seq.token_ids) - start, budget)
             # Most steps' decodes fit in the blocks they hold: no block accounting for those.
-            if self.blocks.holds(seq, end) or self._make_room(seq, end):
-                chunks.append(self._take(seq, length))
-                budget -= length
-                index += 1
+            if not self.blocks.holds(seq, end):
+                if not self._make_room(seq, end):
+                    continue  # `seq` itself was preempted
+                self.blocks.grow(seq, end)
+            chunks.append(self._take(seq, start, end))
+            budget -= end - start
+            index += 1
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             cached = self.blocks.cached_prefix(seq)
@@ -81,17 +84,17 @@ class Scheduler:
                 seq.num_cached_tokens = num_cached_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            chunks.append(self._take(seq, length))
+            start = seq.num_computed_tokens
+            self.blocks.grow(seq, start + length)
+            chunks.append(self._take(seq, start, start + length))
             budget -= length
         return chunks
 
-    def _take(self, seq: Sequence, length: int) -> Chunk:
-        start = seq.num_computed_tokens
-        end = start + length
-        self.blocks.grow(seq, end)
+    def _take(self, seq: Sequence, start: int, end: int) -> Chunk:
+        """Tokens `[start, end)` of `seq`, which holds the blocks for them, run in this step."""
         # Counted as computed now: the forward pass that fills them runs before the next schedule.
         seq.num_computed_tokens = end
-        return Chunk(seq, start, length, end == len(seq.token_ids))
+        return Chunk(seq, start, end - start, end == len(seq.token_ids))
 
     def _make_room(self, seq: Sequence, num_tokens: int) -> bool:
         """Preempt the newest running sequences until `seq` fits; False if `seq` itself had to go."""

@@ -48,10 +48,13 @@ class Sequence:
     sink: Any = None
     lora_name: str | None = None  # None: the base model
     lora_id: int = 0  # the adapter's id in the model's LoRA registry, set on admission; 0: the base model
+    # Read for every token of every step: an attribute, not a property over the prompt.
+    num_prompt_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+        self.num_prompt_tokens = len(self.prompt_token_ids)
 
     @classmethod
     def from_request(
@@ -67,10 +70,6 @@ class Sequence:
             request.request_id, prompt, sampling, arrival_time, seed, grammar, request.cache_salt,
             lora_name=request.lora_name,
         )  # fmt: skip
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
 
     @property
     def output_token_ids(self) -> list[int]:

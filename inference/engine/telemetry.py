@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 
 import torch
@@ -82,24 +81,30 @@ class EngineTelemetry:
 
     def tokens(self, seqs: Iterable[Sequence], now: float) -> None:
         """A step gave each of `seqs` one token at `now`."""
-        generated: Counter[str] = Counter()
-        gaps: dict[str, list[float]] = {}  # per model, the inter-token latencies
+        # Per adapter (None: the base model), the inter-token latencies of the step's later tokens.
+        gaps: dict[str | None, list[float]] = {}
         for seq in seqs:
-            model = self._model_of(seq)
-            generated[model] += 1
             if seq.first_token_time is None:
-                seq.first_token_time = now
-                self._child(metrics.TIME_TO_FIRST_TOKEN, model).observe(now - seq.arrival_time)
-                self._child(metrics.PROMPT_TOKENS, model).inc(seq.num_prompt_tokens)
-                self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
-                self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
+                self._first_token(seq, now)
             else:
-                gaps.setdefault(model, []).append(now - seq.last_token_time)
+                latencies = gaps.get(seq.lora_name)
+                if latencies is None:
+                    latencies = gaps[seq.lora_name] = []
+                latencies.append(now - seq.last_token_time)
             seq.last_token_time = now
-        for model, count in generated.items():
-            self._child(metrics.GENERATION_TOKENS, model).inc(count)
-        for model, latencies in gaps.items():
+        for lora_name, latencies in gaps.items():
+            model = lora_name or self._base_model
+            self._child(metrics.GENERATION_TOKENS, model).inc(len(latencies))
             self._child(metrics.INTER_TOKEN_LATENCY, model).observe_all(latencies)
+
+    def _first_token(self, seq: Sequence, now: float) -> None:
+        seq.first_token_time = now
+        model = self._model_of(seq)
+        self._child(metrics.GENERATION_TOKENS, model).inc()
+        self._child(metrics.TIME_TO_FIRST_TOKEN, model).observe(now - seq.arrival_time)
+        self._child(metrics.PROMPT_TOKENS, model).inc(seq.num_prompt_tokens)
+        self._metric(metrics.PREFIX_CACHE_QUERIES).inc(seq.num_prompt_tokens)
+        self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
 
     def finished(self, seq: Sequence, now: float) -> None:
         labels = {"model": self._model_of(seq), "finish_reason": seq.finish_reason or "abort"}

@@ -2,9 +2,10 @@
 
 For each batch size the engine core is filled with that many sequences, their prompts prefilled,
 and then a number of decode-only steps are timed phase by phase: scheduling, building the step's
-tensors (`prepare`), the model's forward pass, sampling, committing the tokens, and recording the
-token metrics that the serving loop records each step (`metrics`: latency histograms and counters,
-in a registry of the profile's own). Everything
+tensors (`prepare`), the model's forward pass, sampling, committing the tokens, recording the
+metrics that the serving loop records each step (`metrics`: load gauges, latency histograms and
+counters, in a registry of the profile's own), and handing the step's tokens over as the engine
+process does (`deliver`: the message it pickles for the API process, less the pipe's write). Everything
 except the forward pass is host work that a faster model does not shrink; the report gives it per
 step beside the forward time. On a GPU the device is synchronised around the forward pass so that
 its kernels are not billed to the phase after it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import pickle
 import random
 import statistics
 import time
@@ -26,14 +28,15 @@ import torch
 from inference.bench.shapes import add_model_arguments, loaded_model
 from inference.config import KvCacheDtype, ServerConfig, default_torch_threads
 from inference.engine.core import EngineCore
+from inference.engine.process import to_wire
 from inference.engine.request import GenerationRequest, SamplingParams
 from inference.engine.sampler import sample
 from inference.engine.sequence import Sequence
 from inference.engine.telemetry import EngineTelemetry
 from inference.quantize.memory import model_weight_bytes
 
-PHASES = ("schedule", "prepare", "forward", "sample", "commit", "metrics")
-HOST_PHASES = ("schedule", "prepare", "sample", "commit", "metrics")
+PHASES = ("schedule", "prepare", "forward", "sample", "commit", "metrics", "deliver")
+HOST_PHASES = ("schedule", "prepare", "sample", "commit", "metrics", "deliver")
 _COPY_REPEATS = 5
 
 
@@ -105,7 +108,12 @@ def profile_batch(
         with clock.phase("commit"):
             outputs, _ = core.commit(chunks, sampled)
         with clock.phase("metrics"):
+            stats = core.stats()
+            telemetry.load(stats.running, stats.waiting, stats.kv_cache_usage)
             telemetry.tokens([output.seq for output in outputs], time.monotonic())
+        with clock.phase("deliver"):
+            deliveries = [(output.seq.request_id, output.event) for output in outputs]
+            pickle.dumps(("items", to_wire(deliveries), stats))
     for request_id in list(core.sequences):
         core.abort(request_id)
     medians_ms = {phase: 1000 * statistics.median(clock.times[phase]) for phase in PHASES}

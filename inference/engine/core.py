@@ -160,6 +160,9 @@ class EngineCore:
         return token_bytes(self.grammars, self.tokenizer, token_id)
 
     def add(self, seq: Sequence) -> None:
+        params = seq.sampling
+        seq.end_token_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eos_token_ids)
+        seq.max_length = min(seq.num_prompt_tokens + params.max_tokens, self.max_model_len)
         seq.lora_id = self.adapters.id_of(seq.lora_name)
         if seq.lora_id != BASE_LORA_ID:
             # An adapter changes the KV of the same tokens, so only its own sequences share cached
@@ -261,13 +264,17 @@ class EngineCore:
         return outputs
 
     def _append(self, seq: Sequence, token_id: int, logprobs: TokenLogprobs | None) -> StepOutput:
-        seq.token_ids.append(token_id)
+        tokens = seq.token_ids
+        tokens.append(token_id)
         grammar_done = seq.grammar is not None and seq.grammar.accept(token_id)
-        seq.finish_reason = "stop" if grammar_done else self._finish_reason(seq, token_id)
+        if grammar_done or token_id in seq.end_token_ids:
+            seq.finish_reason = "stop"
+        elif len(tokens) >= seq.max_length:
+            seq.finish_reason = "length"
         if seq.finish_reason is not None:
             del self.sequences[seq.request_id]
             self.scheduler.finish(seq)
-        cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else None
+        cached = seq.num_cached_tokens if len(tokens) == seq.num_prompt_tokens + 1 else None
         return StepOutput(seq, TokenEvent(token_id, logprobs, seq.finish_reason, cached))
 
     def warm_up(self) -> int:
@@ -282,11 +289,3 @@ class EngineCore:
             self.step()
         logger.info("warm-up (first prefill and decode steps) took %.1f s", time.perf_counter() - started)
         return seq.output_token_ids[0]
-
-    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
-        params = seq.sampling
-        if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.eos_token_ids):
-            return "stop"
-        if seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_model_len:
-            return "length"
-        return None

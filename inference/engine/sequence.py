@@ -50,6 +50,10 @@ class Sequence:
     lora_id: int = 0  # the adapter's id in the model's LoRA registry, set on admission; 0: the base model
     # Read for every token of every step: an attribute, not a property over the prompt.
     num_prompt_tokens: int = field(init=False)
+    # Set when the engine takes the request (`EngineCore.add`): the tokens that end it (its stop
+    # tokens, and end-of-sequence unless it ignores them), and the length at which it ends.
+    end_token_ids: frozenset[int] = frozenset()
+    max_length: int = 0
 
     def __post_init__(self) -> None:
         if not self.token_ids:

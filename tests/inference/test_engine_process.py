@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from inference.config import ServerConfig
-from inference.engine.process import EngineProcess
-from inference.engine.request import QueueFullError
+from inference.engine.process import EngineProcess, from_wire, to_wire
+from inference.engine.request import EngineNotReadyError, QueueFullError, TokenEvent, TokenLogprobs
 from inference.model_loading import ModelLoadError, ServedModel
 from inference.server import build_server
 
@@ -44,6 +44,21 @@ from .greedy_reference import generate_each, load_reference, random_greedy_reque
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 LONG_STREAM = {"prompt": "keep going", "max_tokens": 400, "ignore_eos": True, "stream": True}
+
+
+def test_a_steps_items_cross_the_pipe_as_they_were_and_token_events_as_plain_tuples():
+    deliveries = [
+        ("first", TokenEvent(7)),
+        ("second", TokenEvent(8, TokenLogprobs(-0.25, ((8, -0.25), (9, -1.5))), "stop", 16)),
+        ("aborted", None),
+        ("failed", EngineNotReadyError("the engine is stopping")),
+    ]
+    wire = to_wire(deliveries)
+    assert [type(item) for _, item in wire[:2]] == [tuple, tuple]
+    received = from_wire(pickle.loads(pickle.dumps(wire)))
+    assert received[:3] == deliveries[:3]
+    assert [type(item) for _, item in received] == [TokenEvent, TokenEvent, type(None), EngineNotReadyError]
+    assert str(received[3][1]) == "the engine is stopping"
 
 
 def test_the_engine_runs_in_a_child_process_and_the_server_holds_no_weights(

@@ -361,6 +361,8 @@ class _DecodeRun:
     took about three times as long there as when warm.
     """
 
+    # Held, not copied: identity says whether a chunk continues the run, and holding the objects keeps
+    # a new sequence or table from taking a finished one's identity.
     seqs: list[Sequence]
     block_tables: list[list[int]]  # the sequences' own lists: a running sequence's table only grows
     table_lengths: list[int]

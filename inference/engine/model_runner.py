@@ -358,7 +358,7 @@ class _DecodeRun:
     Such a step is built with a Python pass over its sequences and a few conversions to arrays. Each
     numpy operation comes with a cost of its own after a forward pass, which evicts numpy's code and
     data from the CPU's caches: building the step with whole-step numpy ops, as `_HostStep` does,
-    took about three times as long there as when warm.
+    took several times as long there as when warm.
     """
 
     # Held, not copied: identity says whether a chunk continues the run, and holding the objects keeps

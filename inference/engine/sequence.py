@@ -88,9 +88,5 @@ class Sequence:
         return self.sampling.max_tokens - self.num_output_tokens
 
     @property
-    def num_uncomputed_tokens(self) -> int:
-        return len(self.token_ids) - self.num_computed_tokens
-
-    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED

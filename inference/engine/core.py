@@ -160,9 +160,8 @@ class EngineCore:
         return token_bytes(self.grammars, self.tokenizer, token_id)
 
     def add(self, seq: Sequence) -> None:
-        params = seq.sampling
-        seq.end_token_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eos_token_ids)
-        seq.max_length = min(seq.num_prompt_tokens + params.max_tokens, self.max_model_len)
+        seq.end_token_ids = seq.sampling.end_token_ids(self.eos_token_ids)
+        seq.max_length = min(seq.num_prompt_tokens + seq.sampling.max_tokens, self.max_model_len)
         seq.lora_id = self.adapters.id_of(seq.lora_name)
         if seq.lora_id != BASE_LORA_ID:
             # An adapter changes the KV of the same tokens, so only its own sequences share cached

@@ -50,6 +50,10 @@ class SamplingParams:
     def penalized(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
+    def end_token_ids(self, eos_token_ids: frozenset[int]) -> frozenset[int]:
+        """The tokens that end the output: the stop tokens, and end-of-sequence unless it is ignored."""
+        return self.stop_token_ids | (frozenset() if self.ignore_eos else eos_token_ids)
+
     @functools.cached_property
     def plain_greedy(self) -> bool:
         """Whether the token is the argmax of the model's own logits, with no log-probabilities to

@@ -113,7 +113,7 @@ def _suppress_end_tokens(
     for row, seq in enumerate(seqs):
         params = seq.sampling
         if seq.num_output_tokens < params.min_tokens:
-            ends = params.stop_token_ids | (frozenset() if params.ignore_eos else eos_token_ids)
+            ends = params.end_token_ids(eos_token_ids)
             rows.extend([row] * len(ends))
             columns.extend(ends)
     if not rows:

@@ -66,9 +66,9 @@ class EngineTelemetry:
         if count:
             self._metric(metrics.PREEMPTIONS).inc(count)
 
-    def _model_of(self, seq: Sequence) -> str:
+    def _model_of(self, lora_name: str | None) -> str:
         # Only the base model and loaded adapters reach the engine: the label's values stay few.
-        return seq.lora_name or self._base_model
+        return lora_name or self._base_model
 
     def _child(self, spec: metrics.MetricSpec, model: str) -> MetricWrapperBase:
         """The `model`-labelled series of a metric, looked up once: `labels()` costs microseconds, paid
@@ -93,13 +93,13 @@ class EngineTelemetry:
                 latencies.append(now - seq.last_token_time)
             seq.last_token_time = now
         for lora_name, latencies in gaps.items():
-            model = lora_name or self._base_model
+            model = self._model_of(lora_name)
             self._child(metrics.GENERATION_TOKENS, model).inc(len(latencies))
             self._child(metrics.INTER_TOKEN_LATENCY, model).observe_all(latencies)
 
     def _first_token(self, seq: Sequence, now: float) -> None:
         seq.first_token_time = now
-        model = self._model_of(seq)
+        model = self._model_of(seq.lora_name)
         self._child(metrics.GENERATION_TOKENS, model).inc()
         self._child(metrics.TIME_TO_FIRST_TOKEN, model).observe(now - seq.arrival_time)
         self._child(metrics.PROMPT_TOKENS, model).inc(seq.num_prompt_tokens)
@@ -107,7 +107,7 @@ class EngineTelemetry:
         self._metric(metrics.PREFIX_CACHE_HITS).inc(seq.num_cached_tokens or 0)
 
     def finished(self, seq: Sequence, now: float) -> None:
-        labels = {"model": self._model_of(seq), "finish_reason": seq.finish_reason or "abort"}
+        labels = {"model": self._model_of(seq.lora_name), "finish_reason": seq.finish_reason or "abort"}
         self._metric(metrics.REQUEST_LATENCY).labels(**labels).observe(now - seq.arrival_time)
 
     def load(self, running: int, waiting: int, kv_usage: float) -> None:

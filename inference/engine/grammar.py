@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 GrammarKind = Literal["json_schema", "regex", "choice", "lark"]
 
+# A backslash and the character it escapes (an escaped backslash is one pair, so `\\d` is no class).
+_CLASS_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_ASCII_CLASSES = {"d": "[[:digit:]]", "D": "[[:^digit:]]", "w": "[[:word:]]", "W": "[[:^word:]]"}
 # Compact JSON: a model (especially a random one) is not invited to pad its output with whitespace.
 _JSON_OPTIONS = {"whitespace_flexible": False}
 _CACHE_SIZE = 256
@@ -122,12 +126,20 @@ def token_bytes(compiler: GrammarCompiler | None, tokenizer: PreTrainedTokenizer
     return compiler.token_bytes(token_id)
 
 
+def ascii_class_escapes(regex: str) -> str:
+    """`regex` with `\\d`, `\\w` and their negations meaning ASCII digits and word characters, as in
+    JavaScript's regexes, which vLLM's default grammar backend and JSON Schema's `pattern` follow.
+    llguidance's regexes give them Unicode's meaning (any script's digits); its JSON schemas already
+    do not. The classes are written in its syntax, which takes a class inside a class too."""
+    return _CLASS_ESCAPE.sub(lambda escape: _ASCII_CLASSES.get(escape[1], escape[0]), regex)
+
+
 def grammar_text(spec: GrammarSpec) -> str:
     """The llguidance grammar of `spec` (its own JSON form), not yet checked."""
     if spec.kind == "json_schema":
         return llguidance.LLMatcher.grammar_from_json_schema(spec.source, defaults=_JSON_OPTIONS)
     if spec.kind == "regex":
-        return llguidance.LLMatcher.grammar_from_regex(spec.source)
+        return llguidance.LLMatcher.grammar_from_regex(ascii_class_escapes(spec.source))
     if spec.kind == "choice":
         options = json.loads(spec.source)
         return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(o) for o in options))

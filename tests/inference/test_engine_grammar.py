@@ -8,7 +8,7 @@ import pytest
 
 from inference.config import ServerConfig
 from inference.engine.core import EngineCore
-from inference.engine.grammar import GrammarCompiler, GrammarSpec
+from inference.engine.grammar import GrammarCompiler, GrammarSpec, GrammarState
 from inference.engine.request import GenerationRequest, InvalidGrammarError, SamplingParams
 from inference.engine.sequence import Sequence
 from inference.model_loading import LoadedModel
@@ -35,6 +35,31 @@ def test_a_bad_regex_is_refused_and_a_good_one_cached(compiler: GrammarCompiler)
         compiler.compile(GrammarSpec("regex", "(["))
     spec = GrammarSpec("regex", "[0-9]+")
     assert compiler.compile(spec) is compiler.compile(spec)
+
+
+@pytest.mark.parametrize(
+    ("regex", "text", "allowed"),
+    [
+        (r"\d", "3", True),
+        (r"\d", "\N{NKO DIGIT THREE}", False),  # a decimal digit to Unicode, not to JavaScript
+        (r"[a-f\d]", "\N{ARABIC-INDIC DIGIT FIVE}", False),
+        (r"[^\d]", "\N{NKO DIGIT THREE}", True),
+        (r"\D", "\N{NKO DIGIT THREE}", True),
+        (r"\w", "_", True),
+        (r"\w", "\N{LATIN SMALL LETTER E WITH ACUTE}", False),
+        (r"\W", "\N{LATIN SMALL LETTER E WITH ACUTE}", True),
+        (r"\\d", "\\", True),  # an escaped backslash, then the letter d
+    ],
+)
+def test_regex_classes_mean_what_they_mean_in_javascript(
+    compiler: GrammarCompiler, regex: str, text: str, allowed: bool
+) -> None:
+    """vLLM's default backend and JSON Schema read `\\d` and `\\w` as ASCII classes; a client's regex
+    must not let the model write another script's digits where it asked for digits."""
+    state = GrammarState(compiler, compiler.compile(GrammarSpec("regex", regex)))
+    first_byte = text.encode()[0]
+    token = next(token for token in range(256) if compiler.token_bytes(token) == bytes([first_byte]))
+    assert state.allows(token) is allowed
 
 
 @pytest.mark.parametrize("budget", [3, 8, 20])

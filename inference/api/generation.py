@@ -83,11 +83,12 @@ class OpenedRequest:
         self._first = first
         self._rest = rest
 
-    async def events(self) -> AsyncIterator[TokenEvent]:
+    async def arrivals(self) -> AsyncIterator[list[TokenEvent]]:
+        """The request's tokens, in lists of those that arrived together (see `RequestStream.arrived`)."""
         if self._first is not None:
-            yield self._first
-        async for event in self._rest:
-            yield event
+            yield [self._first]
+        while events := await self._rest.arrived():
+            yield events
 
     def finish_on_stop_string(self) -> None:
         # A normal finish for the engine, unlike closing the stream, which counts as a cancellation.
@@ -130,21 +131,29 @@ async def choice_deltas(
     prompt_token_ids: Sequence[int],
     stop: Sequence[str],
 ) -> AsyncIterator[ChoiceDelta]:
-    """Text deltas of one choice; the last one carries the finish reason."""
+    """Text deltas of one choice, one per arrival of tokens; the last one carries the finish reason."""
     detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids)
     matcher = StopStringMatcher(stop)
     tokens = _TokenRelease()
     try:
-        async for event in opened.events():
-            final = event.finish_reason is not None
-            new_text = detokenizer.push(event.token_id) + (detokenizer.flush() if final else "")
-            tokens.add(OutputToken(event, new_text))
-            text, stopped = matcher.feed(new_text, final=final)
-            if stopped and not final:
-                opened.finish_on_stop_string()
-            finish_reason = "stop" if stopped else event.finish_reason
-            released = tokens.finish(text) if finish_reason is not None else tokens.release(text)
-            yield ChoiceDelta(index, text, released, finish_reason)
+        async for events in opened.arrivals():
+            texts: list[str] = []
+            released: list[OutputToken] = []
+            finish_reason = None
+            for event in events:
+                final = event.finish_reason is not None
+                new_text = detokenizer.push(event.token_id) + (detokenizer.flush() if final else "")
+                tokens.add(OutputToken(event, new_text))
+                text, stopped = matcher.feed(new_text, final=final)
+                texts.append(text)
+                finish_reason = "stop" if stopped else event.finish_reason
+                if finish_reason is not None:
+                    if stopped and not final:
+                        opened.finish_on_stop_string()
+                    released += tokens.finish(text)
+                    break  # tokens after a stop string are not the output's
+                released += tokens.release(text)
+            yield ChoiceDelta(index, "".join(texts), released, finish_reason)
             if finish_reason is not None:
                 return
         # The engine ended the request without a finish reason: it was stopped under us.

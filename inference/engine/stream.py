@@ -37,20 +37,46 @@ class RequestStream:
     async def __anext__(self) -> TokenEvent:
         if self._done:
             raise StopAsyncIteration
-        if not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            except asyncio.CancelledError:
-                self._abandon()
-                raise
-            finally:
-                self._waiter = None
+        await self._arrival()
+        event = self._take()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def arrived(self) -> list[TokenEvent]:
+        """Every token that has arrived, waiting for the first; an empty list once the stream has ended.
+        A consumer that fell behind the engine takes what piled up in one go (and sends it as one
+        chunk, as vLLM's server does), so that an overloaded event loop does less work per token. A
+        failure after some tokens is raised on the next call, once they are handed out."""
+        if self._done:
+            return []
+        await self._arrival()
+        events: list[TokenEvent] = []
+        while self._items and not self._done:
+            if events and type(self._items[0]) is not TokenEvent:
+                break  # an abort's end or a failure: the next call's
+            event = self._take()
+            if event is not None:
+                events.append(event)
+        return events
+
+    async def _arrival(self) -> None:
+        if self._items:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        finally:
+            self._waiter = None
+
+    def _take(self) -> TokenEvent | None:
+        """The next item's token; None for the end of an abort. A failure is raised."""
         item = self._items.popleft()
         if ends_stream(item):
             self._done = True
-        if item is None:
-            raise StopAsyncIteration
         if isinstance(item, EngineError):
             raise item
         return item

@@ -164,6 +164,7 @@ def test_echo_of_token_ids_outside_the_vocabulary_is_400(http: httpx.Client) -> 
             '{"messages": [{"role": "user", "content": "a\\ud800b"}]}',
             "messages.0.content",
         ),
+        ("/v1/completions", '{"prompt": ["ok", "a\\udc00"], "max_tokens": 1}', "prompt.1"),
     ],
 )
 def test_a_lone_surrogate_is_400_and_the_connection_stays_open(
@@ -172,6 +173,30 @@ def test_a_lone_surrogate_is_400_and_the_connection_stays_open(
     response = raw_json(http, path, body)
     assert_error(response, 400, param=param)
     assert response.headers.get("connection") != "close"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "token_ids"), [([1, 2.0, 3], [1, 2, 3]), ([[1, 2.0], [3.0]], [[1, 2], [3]])]
+)
+def test_integral_floats_among_token_ids_are_token_ids(http: httpx.Client, prompt, token_ids) -> None:
+    # JSON Schema's integers include 2.0; echo shows the prompts as the server read them.
+    def echoed(prompt: list) -> list[str]:
+        body = {"prompt": prompt, "echo": True, "max_tokens": 1, "temperature": 0.0}
+        response = http.post("/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+        return [choice["text"] for choice in response.json()["choices"]]
+
+    assert echoed(prompt) == echoed(token_ids)
+
+
+@pytest.mark.parametrize(
+    "prompt", [[1, 2.5], [[1], [2.5]], [1, -1], [True, 2], [1, "a"], ["a", ""], [[1], []]]
+)
+def test_a_prompt_list_with_a_fraction_a_negative_a_boolean_a_mix_or_an_empty_item_is_400(
+    http: httpx.Client, prompt
+) -> None:
+    response = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1})
+    assert_error(response, 400, param="prompt")
 
 
 # 4. Request body size --------------------------------------------------------------------------------

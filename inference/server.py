@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 import uvicorn
@@ -78,8 +81,8 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def build_server(config: ServerConfig) -> DrainingServer:
-    app = create_app(config)
+def build_server(config: ServerConfig, before_ready: Callable[[], None] | None = None) -> DrainingServer:
+    app = create_app(config, before_ready)
     uvicorn_config = uvicorn.Config(
         app,
         host=config.host,
@@ -107,9 +110,37 @@ def configure_process(config: ServerConfig) -> None:
     hf_logging.disable_progress_bar()
 
 
+def freeze_startup_heap(log: logging.Logger) -> None:
+    """Leave what start-up made alive (torch's, transformers' and the server's own objects, hundreds of
+    thousands) out of every later garbage collection, as vLLM does. A full collection walks them all,
+    which holds the process, and every stream or the engine loop in it, for tens of milliseconds.
+    Collected first, so no garbage is kept. For a server's own process only: a process that starts
+    and stops many servers (the tests) would keep their cycles for good. Logs what a full collection
+    took before and takes after, with nothing but live objects to walk both times."""
+    gc.collect()
+    before = _full_collection_seconds()
+    gc.freeze()
+    after = _full_collection_seconds()
+    log.info(
+        "startup heap frozen",
+        extra={
+            "objects": gc.get_freeze_count(),
+            "full_collection_ms_before": round(before * 1000, 3),
+            "full_collection_ms_after": round(after * 1000, 3),
+        },
+    )
+
+
+def _full_collection_seconds() -> float:
+    start = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - start
+
+
 def serve(config: ServerConfig) -> int:
     """Serve until drained or failed; the process exit status."""
     configure_process(config)
-    server = build_server(config)
+    # Frozen once the engine (or, with an engine process, its client and the tokenizer) is up.
+    server = build_server(config, before_ready=functools.partial(freeze_startup_heap, logger))
     server.run()
     return 1 if server.serving.failed else 0

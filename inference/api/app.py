@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -25,9 +25,11 @@ from inference.config import ServerConfig
 logger = logging.getLogger(__name__)
 
 
-async def start_engine(state: ServingState, engines: contextlib.AsyncExitStack) -> None:
-    """Load the model and start the engine (stopped when `engines` closes); a failure is recorded for
-    the server to exit on."""
+async def start_engine(
+    state: ServingState, engines: contextlib.AsyncExitStack, before_ready: Callable[[], None] | None
+) -> None:
+    """Load the model and start the engine (stopped when `engines` closes), run `before_ready`, then
+    turn ready; a failure is recorded for the server to exit on."""
     # Imported here so the API (schemas, errors, auth) stays importable without the torch stack.
     from inference.engine.async_engine import AsyncEngine
     from inference.engine.process import EngineProcess
@@ -46,6 +48,8 @@ async def start_engine(state: ServingState, engines: contextlib.AsyncExitStack) 
         state.startup_error = error
         logger.error("model loading failed: %s", error, exc_info=error)
         return
+    if before_ready is not None:
+        before_ready()
     state.model, state.engine = model, engine
     logger.info(
         "ready",
@@ -53,13 +57,14 @@ async def start_engine(state: ServingState, engines: contextlib.AsyncExitStack) 
     )
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+def create_app(config: ServerConfig, before_ready: Callable[[], None] | None = None) -> FastAPI:
+    """The app; `before_ready` runs once the engine has started, before the server turns ready."""
     state = ServingState.from_config(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as engines:
-            starting = asyncio.create_task(start_engine(state, engines))
+            starting = asyncio.create_task(start_engine(state, engines, before_ready))
             try:
                 yield
             finally:

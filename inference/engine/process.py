@@ -57,7 +57,7 @@ from inference.engine.request import (
 )
 from inference.engine.stream import RequestStream, StreamItem, ends_stream
 from inference.model_loading import ModelLoadError, ServedModel, load_model
-from inference.server import configure_process
+from inference.server import configure_process, freeze_startup_heap
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +385,7 @@ class _EngineHost:
             loaded.close()
             self._send(("start", _transportable(error)))
             return 1
+        freeze_startup_heap(logger)  # the model loaded, the engine warmed up: what serving keeps
         self._send(("start", loaded.served()))
         reader = threading.Thread(target=self._read, args=(loop, engine), name="engine-commands", daemon=True)
         reader.start()

@@ -6,6 +6,7 @@ model, once per module; each test below checks one thing it observed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,13 @@ class DrainObservation:
     new_request_during_drain: int
     in_flight_payloads: list[dict | str]
     exit_status: int
+    log: list[dict]
+
+
+def log_records(path: Path) -> list[dict]:
+    """The JSON records of a server's log (other lines, such as a library's warnings, skipped)."""
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +91,10 @@ def drain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrainObservation
             ready_status = http.get("/health/ready").status_code
             new_status = http.post("/v1/completions", json=late_request).status_code
             payloads = sse_payloads([first, *lines])
-        yield DrainObservation(ready_status, new_status, payloads, process.wait(timeout=60))
+        exit_status = process.wait(timeout=60)
+        yield DrainObservation(
+            ready_status, new_status, payloads, exit_status, log_records(tmp_path / "server.log")
+        )
     finally:
         if process.poll() is None:
             process.kill()
@@ -105,6 +116,16 @@ def test_sigterm_lets_the_in_flight_request_finish(drain: DrainObservation) -> N
 
 def test_sigterm_exits_0_after_the_drain(drain: DrainObservation) -> None:
     assert drain.exit_status == 0
+
+
+def test_both_processes_freeze_their_startup_heaps_before_serving(drain: DrainObservation) -> None:
+    frozen = {record["logger"]: record for record in drain.log if record["message"] == "startup heap frozen"}
+    # The server's process and the engine's, each with what start-up left alive (torch, transformers),
+    # which a full collection then no longer walks.
+    assert set(frozen) == {"inference.server", "inference.engine.process"}
+    for record in frozen.values():
+        assert record["objects"] > 10_000, record
+        assert record["full_collection_ms_after"] < record["full_collection_ms_before"], record
 
 
 @dataclass

@@ -128,6 +128,14 @@ MODEL_INFO = MetricSpec(
     "llm_model_info", Kind.GAUGE, "Always 1; labels describe the served model.",
     ("model", "dtype", "device", "quantization"),
 )
+# A stall of the API server's event loop holds every stream at once, whatever held it (a garbage
+# collection, a long prompt's validation, a chat template), and shows in no token latency: those are
+# measured by the engine.
+EVENT_LOOP_LAG = MetricSpec(
+    "llm_event_loop_lag_seconds", Kind.HISTOGRAM,
+    "How late the API server's event loop ran a timer it sets every 0.1 s: time it served no stream.",
+    (), (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 CATALOG: tuple[MetricSpec, ...] = (
     HTTP_REQUESTS,
@@ -149,6 +157,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     DEVICE_MEMORY_TOTAL,
     TENSOR_PARALLEL_RANKS_UP,
     MODEL_INFO,
+    EVENT_LOOP_LAG,
 )
 
 

@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from inference import metrics
 from inference.api import lora_adapters, probes, v1
 from inference.api.auth import ApiKeyMiddleware
 from inference.api.body import BodyLimits
 from inference.api.errors import install_error_handlers
+from inference.api.loop_lag import watch_event_loop
 from inference.api.middleware import RequestObserver
 from inference.api.openapi import EDGE_ERRORS, install_openapi
 from inference.api.state import ServingState
@@ -65,12 +67,14 @@ def create_app(config: ServerConfig, before_ready: Callable[[], None] | None = N
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as engines:
             starting = asyncio.create_task(start_engine(state, engines, before_ready))
+            watching = asyncio.create_task(watch_event_loop(state.collectors[metrics.EVENT_LOOP_LAG.name]))
             try:
                 yield
             finally:
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
+                for task in (starting, watching):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app = FastAPI(
         title="llm-serving",

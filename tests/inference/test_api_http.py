@@ -13,7 +13,7 @@ import torch
 from inference.logging import ACCESS_LOGGER
 from inference.model_loading import LoadedModel
 
-from .conftest import RunningServer, metric_value, sse_payloads, stop_string_from
+from .conftest import RunningServer, eventually, metric_value, sse_payloads, stop_string_from
 from .greedy_reference import load_reference
 
 CHAT = {"messages": [{"role": "user", "content": "Say something."}]}
@@ -326,6 +326,12 @@ def test_http_metrics_use_the_route_template(client: httpx.Client, api_server: R
     before = metric_value(api_server.base_url, "http_requests_total", labels)
     client.get("/v1/models")
     assert metric_value(api_server.base_url, "http_requests_total", labels) == before + 1
+
+
+def test_the_server_watches_its_event_loop(api_server: RunningServer) -> None:
+    count = "llm_event_loop_lag_seconds_count"
+    before = metric_value(api_server.base_url, count)
+    assert eventually(lambda: metric_value(api_server.base_url, count) >= before + 3)  # a timer every 0.1 s
 
 
 def test_unmatched_paths_share_one_route_label(client: httpx.Client, api_server: RunningServer) -> None:

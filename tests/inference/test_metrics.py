@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from inference import metrics
+from inference.api.loop_lag import watch_event_loop
 
 
 def _exported(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
@@ -54,3 +59,25 @@ def test_merged_families_add_up_the_series_two_processes_write_and_keep_each_fam
         if sample.name == "llm_requests_rejected_created" and sample.labels == {"reason": "draining"}
     ]  # fmt: skip
     assert len(created) == 1
+
+
+def test_a_stall_of_the_event_loop_shows_in_its_lag():
+    registry = CollectorRegistry()
+    lag = metrics.build_collectors(registry)[metrics.EVENT_LOOP_LAG.name]
+
+    async def main() -> None:
+        watching = asyncio.create_task(watch_event_loop(lag, interval=0.01))
+        await asyncio.sleep(0.1)
+        time.sleep(0.4)  # the loop serves nothing meanwhile, as in a full garbage collection
+        await asyncio.sleep(0.1)
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+
+    asyncio.run(main())
+    name = metrics.EVENT_LOOP_LAG.name
+    count = registry.get_sample_value(f"{name}_count")
+    within_quarter_second = registry.get_sample_value(f"{name}_bucket", {"le": "0.25"})
+    assert count is not None and count >= 10  # a timer every 10 ms, before and after the stall
+    assert count - within_quarter_second >= 1  # the stall
+    assert registry.get_sample_value(f"{name}_sum") >= 0.35

@@ -1,5 +1,6 @@
 """How close a run comes to the machine: model FLOPs done per second against the matmul FLOP/s
-that the same weight shapes reach on this device, measured in the same process.
+that the same weight shapes reach on this device, measured in the same process with the layers the
+engine runs (bfloat16 weights packed for oneDNN on the CPU, see `packed_linear`).
 
 A token costs two FLOPs per weight of every linear layer it passes; the LM head counts only for
 the tokens whose logits are needed (one per output token), attention scores not at all, so the
@@ -13,8 +14,9 @@ import time
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from inference.engine.packed_linear import engine_linear
 
 # Timed repetitions of each shape, the best kept; a first call warms up.
 _REPEATS = 10
@@ -56,19 +58,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@torch.inference_mode()
 def matmul_flops_per_second(model: nn.Module, tokens: int, device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of `tokens`-row matmuls on each linear shape of `model`, weighted as the model runs them."""
     shapes = linear_shapes(model)
     total_flops, total_seconds = 0, 0.0
     for (out_features, in_features), count in shapes.items():
         inputs = torch.randn(tokens, in_features, device=device, dtype=dtype)
-        weight = torch.randn(out_features, in_features, device=device, dtype=dtype)
-        F.linear(inputs, weight)
+        linear = engine_linear(out_features, in_features, device, dtype)
+        linear(inputs)
         best = float("inf")
         for _ in range(_REPEATS):
             _synchronize(device)
             start = time.perf_counter()
-            F.linear(inputs, weight)
+            linear(inputs)
             _synchronize(device)
             best = min(best, time.perf_counter() - start)
         total_seconds += best * count

@@ -37,6 +37,7 @@ from inference.engine.attention import (
 )
 from inference.engine.cuda_graphs import DecodeGraphs
 from inference.engine.fused_layers import fuse_layers
+from inference.engine.packed_linear import pack_linear_layers
 from inference.engine.scheduler import Chunk
 from inference.engine.sequence import Sequence
 from inference.lora import BASE_LORA_ID, LoraSegment, LoraStep, lora_step
@@ -89,6 +90,7 @@ class ModelRunner:
         self.decode_kernel = pick_decode_kernel(attention_backend, device, block_size)
         # With the CPU's decode kernel come its other kernels: KV stores, norms and MLPs (and the argmax).
         self.cpu_kernels = self.decode_kernel is cpu_decode.paged_decode_attention
+        pack_linear_layers(model)
         if self.cpu_kernels:
             fuse_layers(model, model.dtype)
         model.set_attn_implementation(ATTENTION_NAME)

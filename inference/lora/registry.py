@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from inference.engine.packed_linear import PackedLinear
 from inference.lora.layer import LoraLinear
 from inference.lora.weights import LoraAdapter, LoraAdapterError
 from inference.quantize.int8_linear import Int8Linear
@@ -20,7 +21,7 @@ BASE_LORA_ID = 0
 
 def _is_lora_target(module: nn.Module) -> bool:
     # Exact nn.Linear: subclasses (MultiheadAttention's out_proj) are read as raw weights by their parent.
-    return type(module) is nn.Linear or isinstance(module, Int8Linear | LoraLinear)
+    return type(module) is nn.Linear or isinstance(module, Int8Linear | LoraLinear | PackedLinear)
 
 
 class LoraRegistry:

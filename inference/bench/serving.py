@@ -63,6 +63,16 @@ class SystemRun:
 
 
 @dataclass(frozen=True)
+class BenchModels:
+    """The checkpoint loaded twice. The engine changes the model it runs (packed linear layers, its
+    kernels' forwards, its attention); the baseline and `transformers`' peers run the stock model, as
+    their users would, however many engine runs came before."""
+
+    engine: LoadedModel
+    peers: LoadedModel
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     model_path: Path | None = None
     shape: str = "tiny"  # the random model made when model_path is None (inference.bench.shapes)
@@ -162,19 +172,20 @@ HTTP_SYSTEMS = {"engine_http": True, "engine_http_one_process": False}
 
 
 def run_systems(
-    model_dir: Path, loaded: LoadedModel, settings: BenchSettings, workload: list[WorkItem]
+    model_dir: Path, models: BenchModels, settings: BenchSettings, workload: list[WorkItem]
 ) -> dict[str, SystemRun]:
-    """Each system's run of `workload`, the systems run one after another on the same model."""
-    systems = {"baseline": lambda: run_baseline(loaded, settings, workload)}
+    """Each system's run of `workload`, the systems run one after another on the same weights."""
+    peers = models.peers
+    systems = {"baseline": lambda: run_baseline(peers, settings, workload)}
     if settings.peers:
         static_size = settings.static_batch_size
-        systems["transformers_static"] = lambda: SystemRun(run_static_batches(loaded, static_size, workload))
-        systems["transformers_continuous"] = lambda: SystemRun(run_transformers_continuous(loaded, workload))
-    systems["engine"] = lambda: run_engine(loaded, settings, workload)
+        systems["transformers_static"] = lambda: SystemRun(run_static_batches(peers, static_size, workload))
+        systems["transformers_continuous"] = lambda: SystemRun(run_transformers_continuous(peers, workload))
+    systems["engine"] = lambda: run_engine(models.engine, settings, workload)
     if settings.http:
         for name, engine_process in HTTP_SYSTEMS.items():
             systems[name] = functools.partial(
-                run_engine_over_http, model_dir, loaded, settings, workload, engine_process
+                run_engine_over_http, model_dir, models.engine, settings, workload, engine_process
             )
     return {name: run_system() for name, run_system in systems.items()}
 
@@ -218,10 +229,11 @@ def run_bench(settings: BenchSettings) -> dict[str, object]:
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
     with model_directory(settings.model_path, settings.shape) as model_dir:
         config = ServerConfig(model_path=model_dir, device=settings.device, dtype=settings.dtype)
-        return _run_bench(model_dir, load_model(config), settings)
+        return _run_bench(model_dir, BenchModels(load_model(config), load_model(config)), settings)
 
 
-def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) -> dict[str, object]:
+def _run_bench(model_dir: Path, models: BenchModels, settings: BenchSettings) -> dict[str, object]:
+    loaded = models.engine
     layer_flops, head_flops = flops_per_token(loaded.model)
     report: dict[str, object] = {
         "model": loaded.name,
@@ -284,7 +296,7 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
             matmul_rates.append(
                 matmul_flops_per_second(loaded.model, settings.max_num_seqs, loaded.device, loaded.dtype)
             )
-            runs.append(run_systems(model_dir, loaded, settings, requests))
+            runs.append(run_systems(model_dir, models, settings, requests))
         matmul_rate = max(matmul_rates)
         rounds = [summaries_of(systems, flops, matmul_rate) for systems in runs]
         summaries = {name: median_run([systems[name] for systems in rounds]) for name in rounds[0]}
@@ -311,7 +323,8 @@ def _run_bench(model_dir: Path, loaded: LoadedModel, settings: BenchSettings) ->
                 capacity, measured_in = report["burst"]["baseline"]["requests_per_s"], "burst"
             else:
                 calibration = workload(None)[: CALIBRATION_BATCHES * settings.max_batch_size]
-                capacity = summarize(run_baseline(loaded, settings, calibration).timings)["requests_per_s"]
+                calibrated = run_baseline(models.peers, settings, calibration)
+                capacity = summarize(calibrated.timings)["requests_per_s"]
                 measured_in = f"a calibration burst of {len(calibration)} requests"
             rate = STEADY_LOAD_OVER_BASELINE_CAPACITY * capacity
             source = f"{STEADY_LOAD_OVER_BASELINE_CAPACITY}x baseline capacity measured in {measured_in}"

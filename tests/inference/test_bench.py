@@ -11,9 +11,16 @@ import torch
 from inference.bench.cli import main
 from inference.bench.flops import model_flops
 from inference.bench.peers import cache_for_workload, run_static_batches
-from inference.bench.serving import STEADY_LOAD_OVER_BASELINE_CAPACITY, BenchSettings, run_bench
+from inference.bench.serving import (
+    STEADY_LOAD_OVER_BASELINE_CAPACITY,
+    BenchModels,
+    BenchSettings,
+    run_bench,
+    run_systems,
+)
 from inference.bench.workload import WorkItem, make_workload, percentiles
-from inference.config import default_torch_threads
+from inference.config import ServerConfig, default_torch_threads
+from inference.model_loading import load_model
 from inference.tiny_model import byte_level_tokenizer
 
 SYSTEMS = ("engine", "baseline")
@@ -128,6 +135,26 @@ def test_peers_serve_the_same_requests_in_the_same_run(small_settings):
     for peer in PEERS:
         ratio = burst[f"engine_over_{peer}"]["output_tokens_per_s"]
         assert ratio == burst["engine"]["output_tokens_per_s"] / burst[peer]["output_tokens_per_s"]
+
+
+def _changed_by_an_engine(model: torch.nn.Module) -> list[str]:
+    """The modules whose forward an engine replaced (its kernels'), or that it swapped in."""
+    stock_modules = ("torch.", "transformers.")
+    return [
+        name
+        for name, module in model.named_modules()
+        if "forward" in vars(module) or not type(module).__module__.startswith(stock_modules)
+    ]
+
+
+def test_the_baseline_runs_the_stock_model_after_any_number_of_engine_runs(tiny_model_dir, small_settings):
+    config = ServerConfig(model_path=tiny_model_dir)
+    models = BenchModels(engine=load_model(config), peers=load_model(config))
+    workload = make_workload(4, (4, 8), (2, 3), models.peers.vocab_size, None, 0)
+    for _ in range(2):  # rounds, as --repeats runs them
+        run_systems(tiny_model_dir, models, replace(small_settings, modes=("burst",)), workload)
+    assert _changed_by_an_engine(models.engine.model)
+    assert _changed_by_an_engine(models.peers.model) == []
 
 
 def test_each_system_reports_its_share_of_the_measured_matmul_rate(report):

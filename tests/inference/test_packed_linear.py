@@ -3,6 +3,8 @@ layers, in the layer, the model, the engine and under adapters."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,13 @@ def test_packing_takes_over_every_linear_layer_and_keeps_the_models_logits(tiny_
     assert _linear_layers(loaded.model) == 0
     assert torch.equal(_logits(loaded.model, tokens), expected)
     assert model_weight_bytes(loaded.model) == weight_bytes  # packed weights are counted, and once
+
+
+def test_the_start_up_log_says_how_many_layers_were_packed_and_how_long_it_took(tiny_model_dir, caplog):
+    loaded = _load(tiny_model_dir)
+    with caplog.at_level(logging.INFO, logger=packed_linear.__name__):
+        replaced = pack_linear_layers(loaded.model)
+    assert re.fullmatch(rf"{replaced} linear layers packed for oneDNN in \d+\.\d s", caplog.messages[-1])
 
 
 def test_float32_layers_are_left_as_they_are(tiny_model_dir):

@@ -6,7 +6,9 @@ features, as the CPU's bfloat16 dot products take them; `torch.nn.functional.lin
 plain matrix, which they read as it is, more slowly (`ONEDNN_VERBOSE=1` shows both layouts;
 `python -m inference.bench.int8_kernels` times both layers, `bench --step-profile` whole steps). The
 arithmetic is oneDNN's either way; each layer is taken over only if a probe input gives the same
-output, bit for bit.
+output, bit for bit. (An input whose rows are strided is multiplied as if it were contiguous, which
+`F.linear` is not: it takes another kernel there, whose rounding differs. Models' layers get
+contiguous rows.)
 
 Only modules that are exactly `torch.nn.Linear` are packed: int8 layers, adapters' wrappers and
 vocabulary-parallel heads keep their own forward (a wrapper's inner linear is packed). A head whose

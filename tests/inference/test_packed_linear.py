@@ -56,6 +56,15 @@ def test_a_packed_layer_gives_the_linear_layers_output_bit_for_bit(rows, bias):
     assert (packed.in_features, packed.out_features) == (96, 160)
 
 
+def test_a_strided_input_is_multiplied_as_its_contiguous_copy():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96, dtype=BF16)
+    packed = PackedLinear(linear)
+    strided = torch.randn(1, 10, 128, dtype=BF16)[:, :, ::2]
+    with torch.inference_mode():
+        assert torch.equal(packed(strided), linear(strided.contiguous()))
+
+
 def test_packing_takes_over_every_linear_layer_and_keeps_the_models_logits(tiny_model_dir):
     loaded = _load(tiny_model_dir)
     layers = _linear_layers(loaded.model)

@@ -80,7 +80,8 @@ def _weight_bytes_read_per_step(model: torch.nn.Module) -> int:
     head shares them."""
     embeddings = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    tied = head is not None and getattr(head, "weight", None) is embeddings
+    head_weight = getattr(head, "weight", None)  # a packed head has none: it holds a copy of its own
+    tied = head_weight is not None and head_weight.data_ptr() == embeddings.data_ptr()
     return model_weight_bytes(model) - (0 if tied else embeddings.nbytes)
 
 

@@ -33,9 +33,8 @@ def candidates(linear: nn.Linear) -> dict[str, Candidate]:
         "bfloat16": lambda x: F.linear(x.bfloat16(), weight_bf16),
         "int8-weight-only": from_linear("int8-weight-only", linear),
     }
-    bf16_linear = copy.deepcopy(linear).bfloat16()
     if packing_applies(linear.weight.device, torch.bfloat16):  # the engine's bfloat16 layers there
-        packed = PackedLinear(bf16_linear)
+        packed = PackedLinear(copy.deepcopy(linear).bfloat16())
         found["bfloat16 (packed for oneDNN)"] = lambda x: packed(x.bfloat16())
     if linear.weight.device.type == "cpu":  # kernels with a CPU implementation only
         int8_weight, scale = quantize_per_channel(linear.weight)
